@@ -1,0 +1,207 @@
+"""LoRaD math: pure functions on tensors (torch only, no modules, no I/O).
+
+Convention (the paper's, as its official code implements it).  A weight ``W`` is
+stored PyTorch-style, ``(out, in)`` for Linear and ``(out, in, kh, kw)`` for
+Conv2d.  Flatten every output row to length ``n = in * kh * kw``; within row
+``i`` the entries ``2k`` and ``2k+1`` form a pair ``(a, b)`` that is rotated by
+``theta[i, k]``::
+
+    a' = cos(theta) * a - sin(theta) * b
+    b' = sin(theta) * a + cos(theta) * b
+
+So ``theta`` has shape ``(out, n // 2)``.  A 2x2 rotation is orthogonal, hence
+every output row keeps its L2 norm exactly and only its direction changes.
+
+Low-rank angles: ``theta = wrap(A @ B)`` with ``A: (out, r)`` (zero init) and
+``B: (r, n // 2)`` (Xavier init); ``wrap`` maps into ``[-pi, pi)``.  A strength
+``s`` scales the angle, and rotations on the same pairs commute, so several
+adapters on one layer compose by adding their (scaled) angles.
+
+All rotation arithmetic runs in float32; the result is cast back to the input
+weight's dtype (fp16/bf16 bases are rotated in fp32, as ComfyUI patches do).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "LoRaDShapeError",
+    "up",
+    "pair_width",
+    "check_pairable",
+    "wrap_angles",
+    "angles",
+    "combine_angles",
+    "rotate_pairs",
+    "rotate",
+    "rotate_",
+    "delta",
+    "angle_grad",
+    "row_norms",
+    "init_factors",
+    "factor_params",
+    "dense_params",
+    "prefer_dense",
+]
+
+
+class LoRaDShapeError(ValueError):
+    """A weight or angle tensor does not fit the LoRaD pairing."""
+
+
+def pair_width(weight_shape: Sequence[int]) -> int:
+    """Number of input elements per output row (``in * kh * kw``)."""
+    if len(weight_shape) < 2:
+        raise LoRaDShapeError(f"LoRaD needs a weight with >= 2 dims, got shape {tuple(weight_shape)}")
+    return int(math.prod(weight_shape[1:]))
+
+
+def check_pairable(weight_shape: Sequence[int], name: str = "weight") -> int:
+    """Return the number of pairs per row; raise naming ``name`` if the width is odd."""
+    n = pair_width(weight_shape)
+    if n % 2:
+        raise LoRaDShapeError(
+            f"{name}: LoRaD pairs input columns (2k, 2k+1) but the row width "
+            f"{n} (shape {tuple(weight_shape)}) is odd"
+        )
+    return n // 2
+
+
+def up(t: Tensor) -> Tensor:
+    """Promote to the arithmetic dtype: float32, or float64 if already float64 (for gradcheck)."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
+def wrap_angles(theta: Tensor) -> Tensor:
+    """Map angles into ``[-pi, pi)``: ``((theta + pi) mod 2pi) - pi``.
+
+    cos/sin are 2pi-periodic, so this changes nothing functionally; it keeps the
+    stored and compared angles canonical (as the official code does).
+    """
+    return torch.remainder(theta + math.pi, 2 * math.pi) - math.pi
+
+
+def angles(a: Tensor, b: Tensor, wrap: bool = True) -> Tensor:
+    """``theta = wrap(A @ B)`` in float32, shape ``(out, pairs)``."""
+    theta = up(a) @ up(b)
+    return wrap_angles(theta) if wrap else theta
+
+
+def combine_angles(parts: Sequence[tuple[float, Tensor]]) -> Tensor | None:
+    """Sum ``strength * theta`` over adapters on one layer (rotations on the same pairs add)."""
+    total: Tensor | None = None
+    for strength, theta in parts:
+        if strength == 0:
+            continue
+        term = up(theta) if strength == 1 else up(theta) * strength
+        total = term if total is None else total + term
+    return total
+
+
+def _pairs(w: Tensor) -> Tensor:
+    """View ``w`` as ``(out, pairs, 2)`` (``w`` must be contiguous float32)."""
+    return w.reshape(w.shape[0], -1, 2)
+
+
+def rotate_pairs(w32: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate a float32 weight by precomputed ``cos``/``sin`` of shape ``(out, pairs)``."""
+    p = _pairs(w32)
+    a, b = p[..., 0], p[..., 1]
+    out = torch.stack((cos * a - sin * b, sin * a + cos * b), dim=-1)
+    return out.reshape(w32.shape)
+
+
+def _check_theta(weight: Tensor, theta: Tensor, name: str) -> None:
+    pairs = check_pairable(weight.shape, name)
+    if tuple(theta.shape) != (weight.shape[0], pairs):
+        raise LoRaDShapeError(
+            f"{name}: angles have shape {tuple(theta.shape)}, expected "
+            f"({weight.shape[0]}, {pairs}) for weight shape {tuple(weight.shape)}"
+        )
+
+
+def rotate(weight: Tensor, theta: Tensor, strength: float = 1.0, name: str = "weight") -> Tensor:
+    """Return ``weight`` rotated by ``strength * theta`` (same dtype and shape).
+
+    ``strength == 0`` returns a bit-exact copy of ``weight``.
+    """
+    _check_theta(weight, theta, name)
+    if strength == 0:
+        return weight.clone()
+    t = up(theta) if strength == 1 else up(theta) * strength
+    w32 = up(weight).contiguous()
+    return rotate_pairs(w32, torch.cos(t), torch.sin(t)).to(weight.dtype)
+
+
+def rotate_(weight: Tensor, theta: Tensor, strength: float = 1.0, name: str = "weight") -> Tensor:
+    """In-place :func:`rotate`; returns ``weight``."""
+    if strength != 0:
+        with torch.no_grad():
+            weight.copy_(rotate(weight, theta, strength, name))
+    return weight
+
+
+def delta(weight: Tensor, theta: Tensor, strength: float = 1.0, name: str = "weight") -> Tensor:
+    """``rotate(W, s*theta) - W`` in float32 (a full-rank update in general)."""
+    _check_theta(weight, theta, name)
+    if strength == 0:
+        return torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+    t = up(theta) * strength
+    w32 = up(weight).contiguous()
+    return rotate_pairs(w32, torch.cos(t), torch.sin(t)) - w32
+
+
+def angle_grad(w_rot32: Tensor, grad_w: Tensor) -> Tensor:
+    """Gradient of a loss w.r.t. ``theta`` given the rotated weight and its gradient.
+
+    With ``a' = c a - s b`` and ``b' = s a + c b``: ``da'/dtheta = -b'`` and
+    ``db'/dtheta = a'``, so ``dL/dtheta = g_b * a' - g_a * b'``.
+    """
+    p = _pairs(w_rot32)
+    g = _pairs(up(grad_w).contiguous())
+    return g[..., 1] * p[..., 0] - g[..., 0] * p[..., 1]
+
+
+def row_norms(weight: Tensor) -> Tensor:
+    """L2 norm of every flattened output row, in float32 (what LoRaD preserves)."""
+    return up(weight).reshape(weight.shape[0], -1).norm(dim=1)
+
+
+def init_factors(
+    out_features: int,
+    pairs: int,
+    rank: int,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Paper init: ``A`` zeros ``(out, r)``; ``B`` Xavier-uniform ``(r, pairs)`` (float32).
+
+    ``A = 0`` makes ``theta = 0`` at step 0, so the adapted model starts as the base.
+    """
+    if rank < 1:
+        raise ValueError(f"rank must be >= 1, got {rank}")
+    a = torch.zeros(out_features, rank, dtype=torch.float32, device=device)
+    bound = math.sqrt(6.0 / (rank + pairs))  # xavier_uniform_ with gain 1 on an (r, pairs) matrix
+    b = torch.empty(rank, pairs, dtype=torch.float32, device=device)
+    b.uniform_(-bound, bound, generator=generator)
+    return a, b
+
+
+def factor_params(out_features: int, pairs: int, rank: int) -> int:
+    """Trainable values of the factored form: ``r * (out + in/2)``."""
+    return rank * (out_features + pairs)
+
+
+def dense_params(out_features: int, pairs: int) -> int:
+    """Trainable values of a dense angle tensor: ``out * in/2``."""
+    return out_features * pairs
+
+
+def prefer_dense(out_features: int, pairs: int, rank: int) -> bool:
+    """True where the factors would hold more values than theta itself."""
+    return factor_params(out_features, pairs, rank) >= dense_params(out_features, pairs)

@@ -1,0 +1,98 @@
+"""One-step generation math shared by the trainer, ``wadi sample`` and the ComfyUI nodes.
+
+WaDi's student maps pure noise ``z`` at ``t = T = 999`` to a clean latent with one
+eps prediction::
+
+    x0 = (z - sqrt(1 - abar_T) * eps(z, T)) / sqrt(abar_T)
+
+``abar_T`` comes from the model's noise schedule (SD's scaled-linear schedule
+gives 0.0046601 at t=999, what ComfyUI's samplers use); the official code
+rounds it to 0.0047 (:data:`OFFICIAL_ALPHA_BAR_T`).  Either way the value used
+is recorded in the ``.lorad`` metadata so inference matches training.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "OFFICIAL_ALPHA_BAR_T",
+    "DEFAULT_TIMESTEP",
+    "scaled_linear_alphas_cumprod",
+    "alpha_bar_at",
+    "sigma_of",
+    "timestep_of_sigma",
+    "predict_x0",
+    "predict_x0_from_v",
+    "eps_from_v",
+    "add_noise",
+    "multistep_timesteps",
+]
+
+OFFICIAL_ALPHA_BAR_T = 0.0047
+DEFAULT_TIMESTEP = 999
+
+
+def scaled_linear_alphas_cumprod(
+    num_train_timesteps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012
+) -> Tensor:
+    """SD's DDPM schedule (``beta_schedule="scaled_linear"``), float64 for exactness."""
+    betas = torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=torch.float64) ** 2
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
+def alpha_bar_at(alphas_cumprod: Tensor, t: int | float) -> float:
+    """``abar_t``; a fractional ``t`` interpolates log-sigma linearly (ComfyUI's convention)."""
+    ac = alphas_cumprod.double()
+    if float(t) == int(t):
+        return float(ac[int(t)])
+    lo, hi = int(math.floor(t)), int(math.ceil(t))
+    w = float(t) - lo
+    log_s = torch.log(((1 - ac) / ac) ** 0.5)
+    s = torch.exp((1 - w) * log_s[lo] + w * log_s[hi])
+    return float(1.0 / (1.0 + s**2))
+
+
+def sigma_of(alpha_bar: float) -> float:
+    """k-diffusion sigma of a DDPM level: ``sqrt((1 - abar) / abar)``."""
+    return math.sqrt((1.0 - alpha_bar) / alpha_bar)
+
+
+def timestep_of_sigma(alphas_cumprod: Tensor, sigma: float) -> int:
+    """Nearest training timestep to ``sigma`` in log space (how ComfyUI picks t)."""
+    log_sigmas = torch.log(((1 - alphas_cumprod.double()) / alphas_cumprod.double()) ** 0.5)
+    return int(torch.argmin((log_sigmas - math.log(sigma)).abs()))
+
+
+def predict_x0(z: Tensor, eps: Tensor, alpha_bar: float) -> Tensor:
+    """``(z - sqrt(1 - abar) * eps) / sqrt(abar)``, computed in ``z``'s dtype."""
+    return (z - math.sqrt(1.0 - alpha_bar) * eps) / math.sqrt(alpha_bar)
+
+
+def predict_x0_from_v(z: Tensor, v: Tensor, alpha_bar: float) -> Tensor:
+    """x0 for a v-prediction model: ``sqrt(abar) z - sqrt(1 - abar) v``."""
+    return math.sqrt(alpha_bar) * z - math.sqrt(1.0 - alpha_bar) * v
+
+
+def eps_from_v(z: Tensor, v: Tensor, alpha_bar: float) -> Tensor:
+    """eps for a v-prediction model: ``sqrt(1 - abar) z + sqrt(abar) v``."""
+    return math.sqrt(1.0 - alpha_bar) * z + math.sqrt(alpha_bar) * v
+
+
+def add_noise(x0: Tensor, noise: Tensor, alpha_bar: float) -> Tensor:
+    """Sample ``q(x_t | x0)``: ``sqrt(abar) x0 + sqrt(1 - abar) noise``."""
+    return math.sqrt(alpha_bar) * x0 + math.sqrt(1.0 - alpha_bar) * noise
+
+
+def multistep_timesteps(steps: int, first: int = DEFAULT_TIMESTEP, num_train_timesteps: int = 1000) -> list[int]:
+    """Re-noising schedule for 1-4 step use of a one-step model.
+
+    Evenly spaced from ``first`` down (999, 499 for 2 steps; 999, 666, 333 for 3;
+    999, 749, 499, 249 for 4), the same points ComfyUI's ``simple`` scheduler visits.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    return [first - int(i * num_train_timesteps / steps) for i in range(steps)]
