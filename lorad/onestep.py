@@ -14,6 +14,7 @@ is recorded in the ``.lorad`` metadata so inference matches training.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -30,6 +31,8 @@ __all__ = [
     "eps_from_v",
     "add_noise",
     "multistep_timesteps",
+    "EpsFn",
+    "generate",
 ]
 
 OFFICIAL_ALPHA_BAR_T = 0.0047
@@ -96,3 +99,40 @@ def multistep_timesteps(steps: int, first: int = DEFAULT_TIMESTEP, num_train_tim
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     return [first - int(i * num_train_timesteps / steps) for i in range(steps)]
+
+
+# eps_fn(x_t, t) -> eps prediction; the caller binds conditioning, CFG and the model.
+EpsFn = Callable[[Tensor, int], Tensor]
+
+
+def generate(
+    eps_fn: EpsFn,
+    noise: Tensor,
+    alphas_cumprod: Tensor,
+    timesteps: Sequence[int] = (DEFAULT_TIMESTEP,),
+    alpha_bar_first: float | None = None,
+    renoise: Sequence[Tensor] | None = None,
+    start_latent: Tensor | None = None,
+) -> Tensor:
+    """One-step (or few-step) generation: THE function the trainer, ``wadi sample`` and nodes share.
+
+    Step 1 evaluates the model at ``timesteps[0]`` on ``x_t``: pure ``noise`` for
+    txt2img, or ``add_noise(start_latent, noise)`` for img2img/hires refinement.
+    Each later step re-noises the current x0 to ``timesteps[i]`` with
+    ``renoise[i-1]`` (fresh noise) and predicts again (consistency-style).
+    ``alpha_bar_first`` overrides the schedule's value at ``timesteps[0]`` (e.g. the
+    official 0.0047 the model was distilled with); later steps use the schedule.
+    """
+    steps = list(timesteps)
+    if renoise is not None and len(renoise) < len(steps) - 1:
+        raise ValueError(f"need {len(steps) - 1} re-noise tensors for {len(steps)} steps, got {len(renoise)}")
+    x0 = None
+    for i, t in enumerate(steps):
+        ab = alpha_bar_first if (i == 0 and alpha_bar_first is not None) else alpha_bar_at(alphas_cumprod, t)
+        if i == 0:
+            x_t = noise if start_latent is None else add_noise(start_latent, noise, ab)
+        else:
+            fresh = renoise[i - 1] if renoise is not None else torch.randn_like(noise)
+            x_t = add_noise(x0, fresh, ab)
+        x0 = predict_x0(x_t, eps_fn(x_t, t), ab)
+    return x0
