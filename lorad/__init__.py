@@ -6,13 +6,12 @@ file format, key maps, converters and analysis.  Torch (and safetensors for
 files) only: nothing here imports ComfyUI or Gradio.
 """
 
-from . import functional
+from . import functional, inject  # modules (``lorad.inject.inject(...)`` adds an adapter)
 from .functional import angles, rotate, wrap_angles
 from .inject import (
     active_adapters,
     adapter_state,
     count_parameters,
-    inject,
     load_adapter_state,
     merge,
     remove,

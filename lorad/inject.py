@@ -85,8 +85,11 @@ def inject(
             raise ValueError(f"{name}: adapter {adapter!r} already exists")
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
     if freeze_base:
+        # Freeze the base only: adapters injected earlier (e.g. the student) stay trainable.
+        adapter_ids = {id(p) for _, layer in lorad_layers(model) for p in layer.lorad.parameters()}
         for p in model.parameters():
-            p.requires_grad_(False)
+            if id(p) not in adapter_ids:
+                p.requires_grad_(False)
     done = []
     for name, m in chosen:
         layer = m if isinstance(m, LoRaDLayer) else LoRaDLayer(m, name)
