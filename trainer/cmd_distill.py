@@ -18,12 +18,11 @@ def user_errors() -> tuple[type[Exception], ...]:
 
 
 def build_config(config_path: str | None, overrides: list[str]):
-    from .config import DistillConfig, apply_overrides, load_yaml, parse_override_args, validate
+    """YAML (or defaults) + overrides, type-checked; cross-field checks come with ``validate``."""
+    from .config import DistillConfig, apply_overrides, load_yaml, parse_override_args
 
     cfg = load_yaml(config_path) if config_path else DistillConfig()
-    cfg = apply_overrides(cfg, parse_override_args(overrides))
-    validate(cfg)
-    return cfg
+    return apply_overrides(cfg, parse_override_args(overrides))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -44,13 +45,22 @@ def make_accelerator(mixed_precision: str):
     if AcceleratorState._shared_state and PartialState().num_processes == 1:
         if AcceleratorState().mixed_precision != mixed_precision:
             AcceleratorState._reset_state(True)
-    return Accelerator(mixed_precision=mixed_precision)
+    import os
+
+    # accelerate runs several CPU processes (gloo) only when told it is on CPU; without a GPU a
+    # multi-process launch (torchrun / accelerate launch) means exactly that.
+    multi = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return Accelerator(mixed_precision=mixed_precision, cpu=multi and not torch.cuda.is_available())
 
 
 class Distiller:
-    def __init__(self, cfg: DistillConfig, log=print, progress: bool = True) -> None:
+    def __init__(self, cfg: DistillConfig, log=print, progress: bool = True,
+                 extra_prompts: Sequence[str] = ()) -> None:
+        """``extra_prompts`` are encoded with the training prompts (before the text encoders are
+        released) into ``self.extra_cond``, e.g. for an evaluation after training."""
         validate(cfg)
         self.cfg, self.log, self.progress = cfg, log, progress
+        self.extra_prompts = list(extra_prompts)
         # -- input checks (no model loaded yet) --------------------------------------------------
         d = cfg.data
         self.prompts = load_prompts(d.prompts, d.format, d.jsonl_key, d.max_prompts)
@@ -110,6 +120,10 @@ class Distiller:
                                          progress=self.progress and self.main)
             samples, _ = encode_cached(self.sample_prompts, lambda p: bb.encode_prompts(p, dev), cache_dir, ident,
                                        progress=False)
+            self.extra_cond = None
+            if self.extra_prompts:
+                self.extra_cond, _ = encode_cached(self.extra_prompts, lambda p: bb.encode_prompts(p, dev), cache_dir,
+                                                   ident, progress=False)
         self.table, self.sample_cond = table.to(dev), samples.to(dev)
         self.null = bb.null_cond(dev).float()
         bb.release_text_encoders()
