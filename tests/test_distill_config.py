@@ -103,13 +103,18 @@ def test_to_dict_is_plain_yaml():
     assert yaml.safe_load(yaml.safe_dump(d)) == d
 
 
-def test_cli_print_config_and_errors(tmp_path):
-    r = subprocess.run(cli("distill", "--print-config", "--max_steps", "3", "--adapter.kind", "lora"),
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    d = yaml.safe_load(r.stdout)
+def test_cli_print_config_and_errors(capsys):
+    from wadi_lorad.trainer.cli import main
+
+    assert main(["distill", "--print-config", "--max_steps", "3", "--adapter.kind", "lora"]) == 0
+    d = yaml.safe_load(capsys.readouterr().out)
     assert d["train"]["max_steps"] == 3 and d["adapter"]["kind"] == "lora"
-    r = subprocess.run(cli("distill", "--max_steps", "many"), capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and "train.max_steps: expected int, got 'many'" in r.stderr
-    r = subprocess.run(cli("distill", "--max_steps", "3"), capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and "model.base: is required" in r.stderr
+    assert main(["distill", "--max_steps", "many"]) == 2
+    assert "train.max_steps: expected int, got 'many'" in capsys.readouterr().err
+    assert main(["distill", "--max_steps", "3"]) == 2
+    assert "model.base: is required" in capsys.readouterr().err
+
+
+def test_cli_entry_point_runs_as_a_script():
+    r = subprocess.run(cli("distill", "--help"), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "--section.key" not in r.stderr and "--print-config" in r.stdout
