@@ -337,3 +337,25 @@ def test_meta_shapes_map_to_file_layers_and_back():
     back = LIO.adapter_state_from_layers("sd15", layers)
     assert {n: {k: v.shape for k, v in t.items()} for n, t in back.items()} == \
            {n: {k: v.shape for k, v in t.items()} for n, t in state.items()}
+
+
+def test_strength_scales_the_wrapped_angle_in_both_forms():
+    """Spec: effective angle = s * wrap(A @ B) or s * wrap(theta); differs from s * theta when |theta| > pi."""
+    import math
+
+    from wadi_lorad.lorad.layer import LoRaDLayer
+
+    lin = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[1.0, 2.0]]))
+    layer = LoRaDLayer(lin, "l")
+    dense, fact = layer.add_adapter("d", None, dense=True), layer.add_adapter("f", 1)
+    with torch.no_grad():
+        dense.theta.fill_(4.0)
+        fact.A.fill_(2.0)
+        fact.B.fill_(2.0)
+    dense.strength = fact.strength = 0.5
+    t = 0.5 * (4.0 - 2 * math.pi)  # wrap(4) = 4 - 2pi
+    want = torch.tensor([[math.cos(t) * 1 - math.sin(t) * 2, math.sin(t) * 1 + math.cos(t) * 2]])
+    for name in ("d", "f"):
+        assert torch.allclose(layer.rotated_weight([name]), want, atol=1e-6), name
