@@ -66,7 +66,7 @@ def weight_shapes_of(
 
 
 def export_adapter(
-    model: nn.Module,
+    model: nn.Module | Mapping[str, nn.Module],
     adapter: str,
     path: str | os.PathLike,
     *,
@@ -80,9 +80,20 @@ def export_adapter(
     dtype: torch.dtype = torch.float32,
     **extra,
 ) -> Path:
-    """One call for the trainer: adapter ``adapter`` of ``model`` (a diffusers component) -> ``path``."""
-    layout = model_layout(arch, model, component)
-    layers = layers_from_adapter_state(arch, adapter_state(model, adapter), component, layout)
+    """One call for the trainer: adapter ``adapter`` of ``model`` -> ``path``.
+
+    ``model`` is one diffusers/transformers component (``component`` names it; default
+    the denoiser) or a mapping ``{component: module}`` to write e.g. UNet and text
+    encoder layers into one file.
+    """
+    spec = get_arch(arch)
+    parts = dict(model) if isinstance(model, Mapping) else {component or spec.denoiser: model}
+    layers: dict = {}
+    layout = None
+    for comp, module in parts.items():
+        lay = model_layout(arch, module, comp)
+        layout = lay if comp == spec.denoiser else layout
+        layers.update(layers_from_adapter_state(arch, adapter_state(module, adapter), comp, lay))
     if not layers:
         raise ValueError(f"model has no adapter named {adapter!r}")
     rank = LoRaDFile(None, layers, {}).rank
@@ -110,11 +121,11 @@ def load_adapter(
     f = src if isinstance(src, LoRaDFile) else load_lorad(src)
     spec = get_arch(f.arch)
     component = component or spec.denoiser
+    prefix = KM.file_prefix(spec, component)  # unknown component for this arch: KeyMapError
     layout = model_layout(spec.id, model, component)
     own = {k: t for k, t in f.layers.items() if KM.component_of(spec, k) == component}
     if not own:
-        raise LoRaDFileError(f.path, None, f"no layers for component {component!r}",
-                             f"keys starting with {KM.file_prefix(spec, component)!r}")
+        raise LoRaDFileError(f.path, None, f"no layers for component {component!r}", f"keys starting with {prefix!r}")
     sub = LoRaDFile(f.path, own, f.metadata, f.storage_dtype)
     matched = validate_layers(sub, weight_shapes_of(spec.id, model, component, layout), allow_partial=allow_partial)
     state = adapter_state_from_layers(spec.id, {k: own[k] for k in matched}, component, layout)

@@ -359,3 +359,38 @@ def test_strength_scales_the_wrapped_angle_in_both_forms():
     want = torch.tensor([[math.cos(t) * 1 - math.sin(t) * 2, math.sin(t) * 1 + math.cos(t) * 2]])
     for name in ("d", "f"):
         assert torch.allclose(layer.rotated_weight([name]), want, atol=1e-6), name
+
+
+def test_unet_and_text_encoder_in_one_file(tmp_path):
+    import transformers
+    from wadi_lorad.lorad.presets import Targets
+
+    def tiny_clip():
+        torch.manual_seed(0)
+        cfg = transformers.CLIPTextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                          num_attention_heads=4, vocab_size=100, max_position_embeddings=8)
+        return transformers.CLIPTextModel(cfg).eval()
+
+    te_targets = Targets(include=(r"self_attn\.(q|k|v|out)_proj$", r"mlp\.fc\d$"))
+    unet, te = student(), tiny_clip()
+    inject(te, "student", te_targets, rank=2)
+    with torch.no_grad():
+        for t in adapter_state(te, "student").values():
+            t["A"].normal_(0, 0.3)
+    path = export_adapter({"unet": unet, "text_encoder": te}, "student", tmp_path / "both.lorad.safetensors",
+                          arch="sd15", target_preset="custom", title="both")
+    f = LIO.load_lorad(path)
+    assert f.components() == {"unet": len(adapter_state(unet, "student")), "text_encoder": 12}
+    assert "text_encoders.clip_l.transformer.text_model.encoder.layers.1.mlp.fc2" in f.layers
+    fresh_te = tiny_clip()
+    names = load_adapter(fresh_te, "student", f, component="text_encoder")
+    assert sorted(names) == sorted(adapter_state(te, "student"))
+    for n in names:
+        assert torch.equal(fresh_te.get_submodule(n).rotated_weight(["student"]),
+                           te.get_submodule(n).rotated_weight(["student"]))
+    with pytest.raises(KM.KeyMapError, match="no LoRaD key spelling for component 'text_encoder_2'"):
+        load_adapter(tiny_clip(), "x", f, component="text_encoder_2")
+    unet_only = export_adapter(unet, "student", tmp_path / "u.lorad.safetensors", arch="sd15",
+                               target_preset="custom", title="u")
+    with pytest.raises(LIO.LoRaDFileError, match="no layers for component 'text_encoder'.*text_encoders.clip_l"):
+        load_adapter(tiny_clip(), "x", unet_only, component="text_encoder")
