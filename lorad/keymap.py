@@ -41,6 +41,7 @@ __all__ = [
     "component_of",
     "pixart_native",
     "comfy_target",
+    "comfy_weight_shapes",
     "text_name_in",
     "COMFY_CLIP_NAMES",
 ]
@@ -412,3 +413,31 @@ def comfy_target(
         native, offset = pixart_native(name, hidden)
         return f"diffusion_model.{native}.weight", offset
     return key[len("text_encoders."):] + ".weight", None
+
+
+def comfy_weight_shapes(
+    arch: str | ArchSpec,
+    keys: Any,
+    comfy_shapes: Mapping[str, tuple[int, ...]],
+    layout: Mapping[str, Any] | None = None,
+) -> dict[str, tuple[int, ...]]:
+    """File key -> shape of the weight (or fused-weight row slice) it patches in a ComfyUI model.
+
+    ``comfy_shapes`` maps ComfyUI state-dict keys to shapes (MODEL: ``diffusion_model.…``,
+    CLIP: ``clip_l.transformer.…``).  Keys without a target are left out, so the result
+    can be passed to ``io.validate_layers`` directly (it reports them as unmatched).
+    """
+    out: dict[str, tuple[int, ...]] = {}
+    for key in keys:
+        try:
+            target, offset = comfy_target(arch, key, layout)
+        except KeyMapError:
+            continue
+        shape = comfy_shapes.get(target)
+        if shape is None:
+            continue
+        shape = list(shape)
+        if offset is not None:
+            shape[offset[0]] = offset[2]
+        out[key] = tuple(shape)
+    return out

@@ -154,3 +154,24 @@ def test_unknown_file_keys_are_errors():
         KM.to_module_name("sd15", "diffusion_model.input_blocks.99.1.proj_in")
     with pytest.raises(KM.KeyMapError, match="text_encoder_2"):
         KM.file_prefix("sd15", "text_encoder_2")
+
+
+def test_comfy_weight_shapes_for_fused_pixart_and_unet():
+    """Shapes a ComfyUI loader would validate against: fused qkv rows are sliced to one projection."""
+    model = build_meta("pixart-alpha")
+    native: dict[str, list[int]] = {}
+    for k, v in model.state_dict().items():  # native shapes, fused by our rules
+        nk, off = KM.pixart_native(k)
+        shape = native.setdefault("diffusion_model." + nk, [0, *v.shape[1:]])
+        shape[0] += v.shape[0] if off else 0
+        if off is None:
+            native["diffusion_model." + nk] = list(v.shape)
+    keys = ["transformer.transformer_blocks.3.attn1.to_v", "transformer.transformer_blocks.3.attn2.to_k",
+            "transformer.proj_out", "transformer.transformer_blocks.99.attn1.to_q"]
+    shapes = KM.comfy_weight_shapes("pixart-alpha", keys, {k: tuple(v) for k, v in native.items()})
+    assert native["diffusion_model.blocks.3.attn.qkv.weight"] == [3456, 1152]
+    assert shapes == {keys[0]: (1152, 1152), keys[1]: (1152, 1152), keys[2]: (32, 1152)}
+    unet = build_meta("sd15")
+    ldm = {"diffusion_model." + KM.unet_keymap("sd15").ldm(k): tuple(v.shape) for k, v in unet.state_dict().items()}
+    key = "diffusion_model.input_blocks.4.1.proj_in"
+    assert KM.comfy_weight_shapes("sd15", [key], ldm) == {key: (640, 640, 1, 1)}
