@@ -10,8 +10,13 @@ import pytest
 import torch
 from distill_helpers import small_cfg, tiny_bases_fixture, write_prompts  # noqa: F401  (fixture)
 from safetensors.torch import load_file
+from wadi_lorad.lorad import inject as LI
+from wadi_lorad.lorad.io import load_lorad
 from wadi_lorad.trainer.backbones import BaseModelError, check_one_step_alpha_bar, inspect_folder, load_backbone
+from wadi_lorad.trainer.cmd_sample import load_student
 from wadi_lorad.trainer.distill import Distiller
+from wadi_lorad.trainer.export import export_student
+from wadi_lorad.trainer.sampling import one_step, seeded_noise
 
 
 @pytest.mark.parametrize("kind", ["sd", "sd-v", "sdxl", "pixart"])
@@ -29,6 +34,17 @@ def test_each_backbone_runs_a_distillation_step(tiny_bases, tmp_path, kind):
     assert changed
     want = {"sd": "sd", "sd-v": "sd", "sdxl": "sdxl", "pixart": "pixart"}[kind]
     assert d.bb.kind == want
+    # The exported .lorad reloads into a fresh copy of this base and reproduces the one-step output.
+    path = export_student(d, "student", tmp_path / "s.lorad.safetensors", 4, "paper-student")
+    assert load_lorad(path).arch == {"sd": "sd15", "sd-v": "sd21", "sdxl": "sdxl", "pixart": "pixart-alpha"}[kind]
+    noise = seeded_noise([1, 2], d.latent)
+    cond = d.table.index(slice(0, 2))
+    with d.views.student_view() as m:
+        ref = one_step(d.bb, m, cond, noise, d.settings.alpha_bar_T)
+    bb2 = load_backbone(tiny_bases(kind), text=False, vae=False)
+    load_student(bb2, path)
+    LI.set_active(bb2.denoiser, "student")
+    assert torch.equal(one_step(bb2, bb2.denoiser, cond, noise, d.settings.alpha_bar_T), ref)
 
 
 def test_v_prediction_is_converted_to_eps(tiny_bases):
@@ -122,9 +138,7 @@ def test_alpha_bar_choice_is_recorded(tiny_bases, tmp_path):
         cfg = small_cfg(tiny_bases("sd"), prompts, tmp_path / mode, train__max_steps=1, vsd__alpha_bar=mode)
         d = Distiller(cfg, progress=False)
         out = d.run()
-        from wadi_lorad.trainer.export import load_student_file
-
-        _, meta = load_student_file(out["student"])
-        assert abs(meta["one_step"]["alpha_bar_T"] - want) < 1e-6 and meta["one_step"]["alpha_bar_source"] == mode
-        assert meta["one_step"]["timestep"] == 999 and meta["one_step"]["prediction_type"] == "epsilon"
+        f = load_lorad(out["student"])
+        assert abs(f.one_step.alpha_bar_T - want) < 1e-6 and f.metadata["lorad.provenance.alpha_bar_source"] == mode
+        assert f.one_step.timestep == 999 and f.one_step.prediction_type == "epsilon"
     assert load_file(str(out["student"]))

@@ -94,6 +94,6 @@ def test_two_cpu_processes_equal_one_at_the_same_global_batch(tiny_bases, tmp_pa
     (s1, f1), (s2, f2) = _final(tmp_path / "one"), _final(tmp_path / "two")
     for w1, w2 in ((s1, s2), (f1, f2)):
         num = torch.cat([(w1[k] - w2[k]).flatten() for k in w1]).norm()
-        moved = torch.cat([w1[k].flatten() for k in w1 if k.endswith(".A")]).norm()  # A starts at 0
+        moved = torch.cat([w1[k].flatten() for k in w1 if k.endswith("A")]).norm()  # A starts at 0
         assert moved > 0 and num / moved < 1e-3, float(num / moved)
     assert yaml.safe_load((tmp_path / "two" / "config.yaml").read_text())["train"]["batch_size"] == 2

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 from distill_helpers import small_cfg, tiny_bases_fixture, write_prompts  # noqa: F401  (fixture)
 from wadi_lorad.lorad import inject as LI
+from wadi_lorad.lorad.io import load_lorad
 from wadi_lorad.trainer.backbones import BaseModelError, load_backbone
 from wadi_lorad.trainer.cmd_sample import load_student, one_step_params
 from wadi_lorad.trainer.distill import Distiller, OutputExistsError
 from wadi_lorad.trainer.events import read_events
-from wadi_lorad.trainer.export import load_student_file
 from wadi_lorad.trainer.prompts import PromptFileError
 from wadi_lorad.trainer.sampling import one_step, seeded_noise
 from wadi_lorad.trainer.textcache import encode_cached
@@ -39,20 +37,24 @@ def test_short_distillation_end_to_end(tiny_bases, tmp_path):
     assert all({"loss_student", "loss_fake", "lr_student", "lr_fake", "it_s", "eta_s"} <= set(e) for e in steps)
     assert steps[0]["lr_student"] == 1e-4 and steps[0]["lr_fake"] == 1e-2
     # Metadata: one-step parameters and provenance.
-    _, meta = load_student_file(out["student"])
-    assert meta["one_step"] == {"timestep": 999, "alpha_bar_T": d.settings.alpha_bar_T,
-                                "alpha_bar_source": "scheduler", "prediction_type": "epsilon"}
-    prov = meta["provenance"]
-    assert prov["steps"] == 3 and prov["student_lr"] == 1e-4 and prov["guidance_scale"] == 1.5
-    assert prov["base_fingerprint"] == d.base_fp and prov["seed"] == 0
+    f = load_lorad(out["student"])
+    assert (f.one_step.timestep, f.one_step.alpha_bar_T, f.one_step.prediction_type) == (
+        999, d.settings.alpha_bar_T, "epsilon")
+    md = f.metadata
+    assert f.arch == "sd15" and f.rank == 4 and md["lorad.target_preset"] == "paper-student"
+    assert md["lorad.provenance.steps"] == "3" and float(md["lorad.provenance.student_lr"]) == 1e-4
+    assert float(md["lorad.provenance.teacher_cfg"]) == 1.5 and md["lorad.provenance.seed"] == "0"
+    assert md["lorad.provenance.base_fingerprint"] == d.base_fp
+    assert md["lorad.provenance.alpha_bar_source"] == "scheduler"
+    assert load_lorad(out["fake"]).one_step is None
     # The exported file on a freshly loaded base reproduces the trained student's one-step output exactly.
     noise = seeded_noise([5, 6], d.latent)
     cond = d.sample_cond.index(slice(0, 2))
     with d.views.student_view() as m:
         want = one_step(d.bb, m, cond, noise, d.settings.alpha_bar_T)
     bb2 = load_backbone(base)
-    meta2 = load_student(bb2, out["student"])
-    T, ab = one_step_params(meta2, bb2, None, None)
+    f2 = load_student(bb2, out["student"])
+    T, ab = one_step_params(f2, bb2, None, None)
     LI.set_active(bb2.denoiser, "student")
     got = one_step(bb2, bb2.denoiser, cond, noise, ab, T)
     assert torch.equal(got, want)
@@ -68,7 +70,10 @@ def test_ema_weights_are_exported(tiny_bases, tmp_path):
                     train__ema_decay=0.5, vsd__fake_guidance_scale=1.0)
     d = Distiller(cfg, progress=False)
     out = d.run()
-    state, _ = load_student_file(out["student"])
+    from wadi_lorad.lorad.io import adapter_state_from_layers
+
+    state = adapter_state_from_layers("sd15", load_lorad(out["student"]).layers,
+                                      layout=load_lorad(out["student"]).layout)
     assert state and d.ema.updates == 3
     for name, layer in state.items():
         assert torch.equal(layer["A"], d.ema.shadow[f"{name}.A"]) and torch.equal(layer["B"], d.ema.shadow[f"{name}.B"])
@@ -191,4 +196,7 @@ def test_wadi_sample_cli(tiny_bases, tmp_path):
     assert rc == 0 and png.stat().st_size > 0
     assert main(["sample", "--base", str(base), "--lorad", str(out["student"]), "--prompt", "x",
                  "--out", str(png)]) == 2  # exists without --force
-    assert json.loads(json.dumps(load_student_file(out["student"])[1]))["one_step"]["timestep"] == 999
+    bad = tmp_path / "bad.lorad.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    assert main(["sample", "--base", str(base), "--lorad", str(bad), "--prompt", "x", "--out",
+                 str(tmp_path / "t.png")]) == 2

@@ -158,7 +158,11 @@ class Backbone:
         self.alphas_cumprod = alphas_cumprod  # float64, CPU
         self.prediction_type = prediction_type
         self.latent_channels = int(denoiser.config.in_channels)
-        self.vae_scale = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 8
+        # From the config file, so it is right even when the VAE itself is not loaded (SDXL's
+        # time ids and PixArt's resolution are given in pixels).
+        vae_cfg = vae.config if vae is not None else _read_json(folder / "vae" / "config.json", "vae")
+        blocks = vae_cfg["block_out_channels"] if isinstance(vae_cfg, dict) else vae_cfg.block_out_channels
+        self.vae_scale = 2 ** (len(blocks) - 1)
         self.sample_size = int(denoiser.config.sample_size)
         self.force_zeros_null = bool(index.get("force_zeros_for_empty_prompt", False)) and kind == "sdxl"
         self._learned_sigma = int(denoiser.config.out_channels or 0) == 2 * self.latent_channels

@@ -12,30 +12,34 @@ import sys
 from pathlib import Path
 
 
-def load_student(bb, path: str | Path) -> dict:
-    """Attach the student adapter of a ``.lorad`` file to ``bb.denoiser`` as "student"; return its metadata."""
-    from ..lorad import inject as LI
-    from .export import load_student_file
+def load_student(bb, path: str | Path):
+    """Attach the student of a ``.lorad`` file to ``bb.denoiser`` as adapter "student"; return the LoRaDFile."""
+    from ..lorad.bridge import load_adapter
+    from ..lorad.io import load_lorad
 
-    state, meta = load_student_file(path)
-    LI.load_adapter_state(bb.denoiser, "student", state)
-    return meta
+    f = load_lorad(path)
+    load_adapter(bb.denoiser, "student", f)
+    return f
 
 
-def one_step_params(meta: dict, bb, timestep: int | None, alpha_bar: float | None) -> tuple[int, float]:
-    """(T, abar_T): explicit arguments, else the file's recorded values, else the schedule's."""
+def one_step_params(f, bb, timestep: int | None, alpha_bar: float | None) -> tuple[int, float]:
+    """(T, abar_T): explicit arguments, else the file's ``wadi.*`` values, else the schedule's."""
     from ..lorad.onestep import DEFAULT_TIMESTEP, alpha_bar_at
 
-    os_meta = meta.get("one_step") if isinstance(meta.get("one_step"), dict) else {}
-    t = timestep if timestep is not None else int(os_meta.get("timestep", DEFAULT_TIMESTEP))
-    ab = alpha_bar if alpha_bar is not None else os_meta.get("alpha_bar_T")
-    return t, float(ab) if ab is not None else alpha_bar_at(bb.alphas_cumprod, t)
+    rec = f.one_step if f is not None else None
+    t = timestep if timestep is not None else (rec.timestep if rec else DEFAULT_TIMESTEP)
+    if alpha_bar is not None:
+        return t, float(alpha_bar)
+    if rec is not None and t == rec.timestep:
+        return t, float(rec.alpha_bar_T)
+    return t, alpha_bar_at(bb.alphas_cumprod, t)
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..lorad import inject as LI
+    from ..lorad.io import LoRaDFileError
     from ..lorad.onestep import generate, multistep_timesteps
     from .backbones import BaseModelError, load_backbone
     from .sampling import eps_fn, save_grid, seeded_noise, teacher_multistep
@@ -61,8 +65,12 @@ def run(args: argparse.Namespace) -> int:
     null = bb.null_cond().float()
     noise = seeded_noise(seeds, bb.latent_shape(args.resolution))
     rows, labels = [], []
-    meta = load_student(bb, args.lorad) if args.lorad else {}
-    T, ab = one_step_params(meta, bb, args.timestep, args.alpha_bar)
+    try:
+        f = load_student(bb, args.lorad) if args.lorad else None
+    except (LoRaDFileError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    T, ab = one_step_params(f, bb, args.timestep, args.alpha_bar)
     with torch.no_grad():
         if args.lorad:
             LI.set_active(bb.denoiser, "student")
