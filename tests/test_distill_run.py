@@ -65,6 +65,34 @@ def test_short_distillation_end_to_end(tiny_bases, tmp_path):
         assert not torch.allclose(one_step(d.bb, m, cond, noise, ab), want)
 
 
+def test_single_file_checkpoint_has_ldm_keys(tiny_bases, tmp_path):
+    from safetensors.torch import load_file
+    from wadi_lorad.lorad import keymap as KM
+    from wadi_lorad.lorad.bridge import model_layout
+    from wadi_lorad.trainer.config import ConfigError
+    from wadi_lorad.trainer.export import merged_denoiser
+
+    base = tiny_bases("sd")
+    cfg = small_cfg(base, write_prompts(tmp_path / "p.txt"), tmp_path / "run", train__max_steps=1,
+                    output__export_single_file="true", vsd__fake_guidance_scale=1.0)
+    d = Distiller(cfg, progress=False)
+    out = d.run()
+    sd = load_file(str(out["single_file"]))
+    unet = merged_denoiser(d)
+    km = KM.unet_keymap("sd15", model_layout("sd15", unet))
+    back = {km.diffusers(k[len("model.diffusion_model."):]): v for k, v in sd.items()
+            if k.startswith("model.diffusion_model.")}
+    assert back.keys() == unet.state_dict().keys()
+    assert all(torch.equal(back[k], v) for k, v in unet.state_dict().items())
+    assert "model.diffusion_model.input_blocks.0.0.weight" in sd and "model.diffusion_model.out.2.weight" in sd
+    assert "model.diffusion_model.input_blocks.1.0.in_layers.0.weight" in sd  # ResBlock renamed the ldm way
+    assert any(k.startswith("cond_stage_model.transformer.text_model.") for k in sd)
+    assert "first_stage_model.decoder.up_blocks.0.resnets.0.norm1.weight" in sd  # diffusers VAE, ComfyUI converts
+    with pytest.raises(ConfigError, match="SD1.x bases only"):
+        Distiller(small_cfg(tiny_bases("sdxl"), write_prompts(tmp_path / "p.txt"), tmp_path / "x",
+                            output__export_single_file="true"))
+
+
 def test_ema_weights_are_exported(tiny_bases, tmp_path):
     cfg = small_cfg(tiny_bases("sd"), write_prompts(tmp_path / "p.txt"), tmp_path / "run", train__max_steps=3,
                     train__ema_decay=0.5, vsd__fake_guidance_scale=1.0)

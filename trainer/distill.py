@@ -20,7 +20,7 @@ from ..lorad.onestep import OFFICIAL_ALPHA_BAR_T, alpha_bar_at
 from . import checkpoint as CK
 from .adapters import build_views
 from .backbones import REQUIRED, check_one_step_alpha_bar, inspect_folder, load_backbone
-from .config import DistillConfig, config_hash, save_yaml, validate
+from .config import ConfigError, DistillConfig, config_hash, save_yaml, validate
 from .ema import EMA
 from .events import EventLog
 from .fingerprint import base_fingerprint
@@ -65,6 +65,7 @@ class Distiller:
         d = cfg.data
         self.prompts = load_prompts(d.prompts, d.format, d.jsonl_key, d.max_prompts)
         self.kind, _ = inspect_folder(cfg.model.base, cfg.model.backbone)
+        self._check_exports()
         self.out = Path(cfg.output.dir)
         self.acc = make_accelerator(cfg.train.mixed_precision)
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
@@ -81,6 +82,18 @@ class Distiller:
         self._check_output()
         self.step = 0
         self._ready = False
+
+    def _check_exports(self) -> None:
+        if not self.cfg.output.export_single_file:
+            return
+        import json
+
+        unet_cfg = json.loads((Path(self.cfg.model.base) / "unet" / "config.json").read_text()) \
+            if self.kind != "pixart" else {}
+        if self.kind != "sd" or unet_cfg.get("use_linear_projection"):
+            raise ConfigError("output.export_single_file: single-file checkpoints are written for SD1.x bases only "
+                              f"(this base is {self.kind}{' 2.x' if unet_cfg.get('use_linear_projection') else ''}); "
+                              "use output.export_merged for a diffusers folder")
 
     # -- output folder -----------------------------------------------------------------------------
     def _check_output(self) -> None:
