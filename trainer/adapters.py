@@ -92,12 +92,16 @@ class ModelViews:
         self.fake = fake
         self._trainable = student.parameters() + fake.parameters()
         self._current: tuple[str | None, str | None] = (None, None)
+        self._lorad_layers = [layer for _, layer in LI.lorad_layers(base)]
+        self._peft = student.kind in ("lora", "dora") or fake.kind in ("lora", "dora")
+        self._tuner_layers = PA.tuner_layers(base) if self._peft else []
 
     def _set(self, lorad_name: str | None, peft_name: str | None) -> None:
-        if any(True for _ in LI.lorad_layers(self.base)):
-            LI.set_active(self.base, lorad_name)
-        if self.student.kind in ("lora", "dora") or self.fake.kind in ("lora", "dora"):
-            PA.activate(self.base, peft_name, self._trainable)
+        # Views switch ~6 times per step: use the cached layer list instead of walking the module tree.
+        for layer in self._lorad_layers:
+            layer.active = (lorad_name,) if lorad_name is not None and lorad_name in layer.lorad else ()
+        if self._peft:
+            PA.activate(self._tuner_layers, peft_name, self._trainable)
 
     @contextlib.contextmanager
     def _view(self, lorad_name: str | None, peft_name: str | None, module: nn.Module) -> Iterator[nn.Module]:

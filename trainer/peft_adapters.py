@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["inject_lora", "activate", "named_params", "PEFT_PARAM_MARKERS"]
+__all__ = ["inject_lora", "tuner_layers", "activate", "named_params", "PEFT_PARAM_MARKERS"]
 
 # Sub-module names PEFT adds inside a wrapped layer (used to keep them out of other target sets).
 PEFT_PARAM_MARKERS = ("lora_A", "lora_B", "lora_magnitude_vector", "lora_embedding_A", "lora_embedding_B")
@@ -37,15 +37,16 @@ def inject_lora(model: nn.Module, adapter: str, module_names: Sequence[str], ran
         inject_adapter_in_model(cfg, model, adapter_name=adapter)
 
 
-def _tuner_layers(model: nn.Module):
+def tuner_layers(model: nn.Module) -> list[nn.Module]:
+    """PEFT's adapter-holding layers of ``model`` (cache the list: it is walked on every view switch)."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     return [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
 
 
-def activate(model: nn.Module, adapter: str | None, trainable: Sequence[nn.Parameter] = ()) -> None:
-    """Make ``adapter`` the only active PEFT adapter (None: all off = the base model)."""
-    for layer in _tuner_layers(model):
+def activate(layers: Sequence[nn.Module], adapter: str | None, trainable: Sequence[nn.Parameter] = ()) -> None:
+    """Make ``adapter`` the only active PEFT adapter of ``layers`` (None: all off = the base model)."""
+    for layer in layers:
         if adapter is None:
             layer.enable_adapters(False)
         else:
