@@ -151,18 +151,14 @@ class Backbone:
 
     def __init__(self, folder: Path, kind: str, index: dict, denoiser: nn.Module, vae: nn.Module | None,
                  text: list[tuple[object, nn.Module]], scheduler_config: dict, alphas_cumprod: Tensor,
-                 prediction_type: str) -> None:
+                 prediction_type: str, vae_scale: int = 8) -> None:
         self.folder, self.kind, self.index = folder, kind, index
         self.denoiser, self.vae, self.text = denoiser, vae, text
         self.scheduler_config = scheduler_config
         self.alphas_cumprod = alphas_cumprod  # float64, CPU
         self.prediction_type = prediction_type
         self.latent_channels = int(denoiser.config.in_channels)
-        # From the config file, so it is right even when the VAE itself is not loaded (SDXL's
-        # time ids and PixArt's resolution are given in pixels).
-        vae_cfg = vae.config if vae is not None else _read_json(folder / "vae" / "config.json", "vae")
-        blocks = vae_cfg["block_out_channels"] if isinstance(vae_cfg, dict) else vae_cfg.block_out_channels
-        self.vae_scale = 2 ** (len(blocks) - 1)
+        self.vae_scale = vae_scale  # pixels per latent (SDXL's time ids and PixArt's resolution are in pixels)
         self.sample_size = int(denoiser.config.sample_size)
         self.force_zeros_null = bool(index.get("force_zeros_for_empty_prompt", False)) and kind == "sdxl"
         self._learned_sigma = int(denoiser.config.out_channels or 0) == 2 * self.latent_channels
@@ -367,7 +363,9 @@ def load_backbone(folder: str | Path, backbone: str = "auto", dtype: str = "fp32
     pred = sched_cfg.get("prediction_type", "epsilon")
     if pred not in ("epsilon", "v_prediction"):
         raise BaseModelError(f"{folder}/scheduler: prediction_type {pred!r} is not supported (epsilon, v_prediction)")
-    return Backbone(folder, kind, index, denoiser, vae_m, pairs, sched_cfg, ac, pred)
+    # From the config file, so it is right even when the VAE itself is not loaded.
+    vae_scale = 2 ** (len(_read_json(folder / "vae" / "config.json", "vae")["block_out_channels"]) - 1)
+    return Backbone(folder, kind, index, denoiser, vae_m, pairs, sched_cfg, ac, pred, vae_scale)
 
 
 def with_cond_dtype(c: TextCond, dtype: torch.dtype) -> TextCond:
