@@ -64,11 +64,14 @@ def save_checkpoint(root: Path, snap: Snapshot, cfg: DistillConfig, keep: int) -
 
     final = root / f"step-{snap.step:08d}"
 
+    def cpu(d: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().contiguous() for k, v in d.items()}
+
     def write(tmp: Path) -> None:
-        save_file({k: v.contiguous() for k, v in snap.student.items()}, str(tmp / "student.safetensors"))
-        save_file({k: v.contiguous() for k, v in snap.fake.items()}, str(tmp / "fake.safetensors"))
+        save_file(cpu(snap.student), str(tmp / "student.safetensors"))
+        save_file(cpu(snap.fake), str(tmp / "fake.safetensors"))
         if snap.ema is not None:
-            save_file({k: v.contiguous() for k, v in snap.ema.items()}, str(tmp / "ema.safetensors"))
+            save_file(cpu(snap.ema), str(tmp / "ema.safetensors"))
         torch.save(snap.trainer_state, tmp / "trainer_state.pt")
         (tmp / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         # meta.json last: its presence marks a complete checkpoint even without the rename.
