@@ -118,3 +118,24 @@ def test_cli_print_config_and_errors(capsys):
 def test_cli_entry_point_runs_as_a_script():
     r = subprocess.run(cli("distill", "--help"), capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "--section.key" not in r.stderr and "--print-config" in r.stdout
+
+
+def test_adam_8bit_falls_back_with_a_note_without_cuda():
+    import torch
+
+    from wadi_lorad.trainer.config import OptimConfig
+    from wadi_lorad.trainer.optim import make_lr_schedule, make_optimizer
+
+    notes = []
+    p = [torch.nn.Parameter(torch.zeros(3))]
+    opt = make_optimizer(p, 1e-3, OptimConfig(adam_8bit=True), torch.device("cpu"), notes.append)
+    assert type(opt) is torch.optim.AdamW and opt.defaults["betas"] == (0.9, 0.999)
+    assert notes and "adam_8bit needs CUDA" in notes[0]
+    cfg = OptimConfig(lr_scheduler="linear", warmup_steps=2)
+    sched = make_lr_schedule(torch.optim.SGD(p, lr=1.0), cfg, total_steps=6)
+    lrs = []
+    for _ in range(6):
+        lrs.append(sched.get_last_lr()[0])
+        sched.optimizer.step()
+        sched.step()
+    assert lrs == [0.5, 1.0, 1.0, 0.75, 0.5, 0.25]
