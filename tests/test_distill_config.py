@@ -122,7 +122,6 @@ def test_cli_entry_point_runs_as_a_script():
 
 def test_adam_8bit_falls_back_with_a_note_without_cuda():
     import torch
-
     from wadi_lorad.trainer.config import OptimConfig
     from wadi_lorad.trainer.optim import make_lr_schedule, make_optimizer
 

@@ -228,3 +228,18 @@ def test_wadi_sample_cli(tiny_bases, tmp_path):
     bad.write_bytes(b"not a safetensors file")
     assert main(["sample", "--base", str(base), "--lorad", str(bad), "--prompt", "x", "--out",
                  str(tmp_path / "t.png")]) == 2
+
+
+def test_uncached_prompts_are_encoded_per_batch(tiny_bases, tmp_path):
+    """``data.cache_text false`` (huge prompt sets): same training as with the cache, encoders kept."""
+    base, prompts = tiny_bases("sd"), write_prompts(tmp_path / "p.txt")
+    runs = []
+    for cache in ("true", "false"):
+        d = Distiller(small_cfg(base, prompts, tmp_path / f"run-{cache}", train__max_steps=2,
+                                data__cache_text=cache, vsd__fake_guidance_scale=1.2), progress=False)
+        d.run()
+        runs.append(d)
+    assert runs[0].table is not None and runs[0].bb.text == []
+    assert runs[1].table is None and runs[1].bb.text and not (tmp_path / "run-false" / ".text_cache").exists()
+    a, b = runs[0].views.student.state(), runs[1].views.student.state()
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -122,27 +122,7 @@ class Distiller:
         c = self.cfg
         dev = self.acc.device
         self.bb = bb = load_backbone(c.model.base, self.kind, self._dtype()).to(dev)
-        # Text features for the prompts, the null prompt and the sample prompts; then free the encoders.
-        self.sample_prompts = list(c.output.sample_prompts) or self.prompts[: c.output.num_samples]
-        cache_dir = None
-        if c.data.cache_text:
-            cache_dir = Path(c.data.cache_dir) if c.data.cache_dir else self.out.parent / ".text_cache"
-        ident = bb.encoder_identity()
-        with self.acc.main_process_first():  # the main process writes the cache, the others read it
-            table, fresh = encode_cached(self.prompts, lambda p: bb.encode_prompts(p, dev), cache_dir, ident,
-                                         progress=self.progress and self.main)
-            samples, _ = encode_cached(self.sample_prompts, lambda p: bb.encode_prompts(p, dev), cache_dir, ident,
-                                       progress=False)
-            self.extra_cond = None
-            if self.extra_prompts:
-                self.extra_cond, _ = encode_cached(self.extra_prompts, lambda p: bb.encode_prompts(p, dev), cache_dir,
-                                                   ident, progress=False)
-        self.table, self.sample_cond = table.to(dev), samples.to(dev)
-        self.null = bb.null_cond(dev).float()
-        bb.release_text_encoders()
-        if self.main:
-            self.log(f"text features: {len(self.prompts)} prompts ({fresh} encoded now, "
-                     f"{len(self.prompts) - fresh} from cache)")
+        self._text_features(bb, dev)
         # One base, three views.
         self.views = build_views(bb.denoiser, c.adapter)
         if c.train.gradient_checkpointing:
@@ -174,6 +154,45 @@ class Distiller:
                                tensorboard_dir=self.out / "tensorboard" if c.output.tensorboard else None,
                                log=self.log)
         self._ready = True
+
+    def _text_features(self, bb, dev) -> None:
+        """Features of the prompts, the null prompt, the sample and extra prompts.
+
+        With ``data.cache_text`` (default) every prompt is encoded once into a safetensors
+        cache, the table is kept in host memory and the text encoders are freed.  Without it
+        (millions of prompts) each batch is encoded on the fly and the encoders stay loaded.
+        """
+        c = self.cfg
+        self.sample_prompts = list(c.output.sample_prompts) or self.prompts[: c.output.num_samples]
+        cache_dir = None
+        if c.data.cache_text:
+            cache_dir = Path(c.data.cache_dir) if c.data.cache_dir else self.out.parent / ".text_cache"
+        ident = bb.encoder_identity()
+
+        def enc(p):
+            return bb.encode_prompts(p, dev)
+
+        self.table = None
+        with self.acc.main_process_first():  # the main process writes the cache, the others read it
+            if c.data.cache_text:
+                self.table, fresh = encode_cached(self.prompts, enc, cache_dir, ident,
+                                                  progress=self.progress and self.main)
+                if self.main:
+                    self.log(f"text features: {len(self.prompts)} prompts ({fresh} encoded now, "
+                             f"{len(self.prompts) - fresh} from cache)")
+            self.sample_cond = encode_cached(self.sample_prompts, enc, cache_dir, ident, progress=False)[0].to(dev)
+            self.extra_cond = None
+            if self.extra_prompts:
+                self.extra_cond = encode_cached(self.extra_prompts, enc, cache_dir, ident, progress=False)[0]
+        self.null = bb.null_cond(dev).float()
+        if self.table is not None:
+            bb.release_text_encoders()
+
+    def batch_cond(self, idx: torch.Tensor):
+        """Text features of the prompts at ``idx`` (from the host-memory table, or encoded now)."""
+        if self.table is not None:
+            return self.table.index(idx.cpu()).to(self.acc.device)
+        return self.bb.encode_prompts([self.prompts[i] for i in idx.tolist()], self.acc.device).float()
 
     # -- state -------------------------------------------------------------------------------------
     def _trainer_state(self) -> dict:
@@ -235,7 +254,7 @@ class Distiller:
         for _ in range(accum):
             batch = draw_batch(self.gen, len(self.prompts), self.global_batch, self.latent, self.settings,
                                self.rank, self.world).to(dev)
-            cond = self.table.index(batch.prompt_idx)
+            cond = self.batch_cond(batch.prompt_idx)
             a, b = micro_step(self.bb, self.views, batch, cond, self.null, self.settings, self.acc.autocast,
                               1.0 / accum, self.scalers)
             ls, lf = ls + a / accum, lf + b / accum
