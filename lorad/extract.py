@@ -345,6 +345,7 @@ def extract_state(
     rank: int | None = 256,
     tol: float = 1e-3,
     include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
     include_conv: bool = False,
     zero_rel: float = 1e-6,
     unwrap: bool = True,
@@ -353,19 +354,21 @@ def extract_state(
     """Extract every rotated layer of ``merged`` against ``base`` (both full state dicts).
 
     Candidates are ``<module>.weight`` tensors with 2 dims (Linear; 4 dims too with
-    ``include_conv``), an even row width and, if ``include`` regexes are given, a
-    name matching one of them.  Candidates that are bit-identical are left out;
+    ``include_conv``), an even row width and a module name that matches one of
+    the ``include`` regexes (if any) and none of the ``exclude`` regexes
+    (``re.search``; a preset's :class:`~.presets.Targets` supplies both).  Candidates that are bit-identical are left out;
     every other differing tensor (convs, norms, biases, untargeted or odd-width
     Linears) and any missing/extra key or shape mismatch is listed in ``others``.
     """
     pats = [re.compile(p) for p in include or ()]
+    skip = [re.compile(p) for p in exclude or ()]
     layers: dict[str, dict[str, Tensor]] = {}
     reports: list[LayerExtraction] = []
     others: list[OtherDifference] = []
     unchanged = 0
     for key in sorted(set(merged) - set(base)):
         others.append(OtherDifference(key, "extra-in-merged", tuple(merged[key].shape), math.inf, math.inf))
-    keys = sorted(base)
+    keys = list(base)  # model order
     for key in progress(keys) if progress else keys:
         w0 = base[key]
         if key not in merged:
@@ -389,8 +392,10 @@ def extract_state(
         kind = _kind(key, w0)
         module = key[: -len(".weight")] if key.endswith(".weight") else None
         candidate = module is not None and (kind == "linear" or (include_conv and kind == "conv"))
-        if candidate and pats and not any(p.search(module) for p in pats):
-            others.append(_diff(key, kind, w0, w1, note="not in --include"))
+        if candidate and (
+            (pats and not any(p.search(module) for p in pats)) or any(p.search(module) for p in skip)
+        ):
+            others.append(_diff(key, kind, w0, w1, note="not targeted"))
             continue
         if candidate and LF.pair_width(w0.shape) % 2:
             others.append(_diff(key, kind, w0, w1, note="odd row width: cannot be a LoRaD rotation"))

@@ -135,10 +135,12 @@ def test_changed_conv_bias_norm_and_untargeted_reported():
     assert kinds["conv_in.weight"][0] == "conv"
     assert kinds["down_blocks.0.to_q.bias"][0] == "bias"
     assert kinds["down_blocks.0.norm.weight"][0] == "norm"
-    assert kinds["time_embedding.weight"] == ("linear", "not in --include")
+    assert kinds["time_embedding.weight"] == ("linear", "not targeted")
     conv = next(o for o in res.others if o.name == "conv_in.weight")
     assert conv.max_abs_diff == pytest.approx(0.01, rel=1e-4)
     assert "conv_in" not in res.layers and len(res.layers) == 3
+    res_x = E.extract_state(base, merged, rank=4, include=[r"blocks"], exclude=[r"to_out$"])
+    assert sorted(res_x.layers) == ["down_blocks.0.to_q", "up_blocks.0.ff"]
     # with include_conv the changed conv is a candidate (a +0.01 shift is no rotation: large residual)
     res2 = E.extract_state(base, merged, rank=4, include_conv=True, include=[r"conv_in"])
     rep = next(r for r in res2.reports if r.name == "conv_in")
