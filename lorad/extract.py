@@ -186,7 +186,11 @@ def _lift_and_refit(theta: Tensor, r: int, fill_iters: int, lift_iters: int) -> 
     trusted = theta.abs() < math.pi / 2
     est = _lowrank(theta * trusted, r)
     for _ in range(fill_iters):
-        est = _lowrank(torch.where(trusted, theta, est), r)
+        new = _lowrank(torch.where(trusted, theta, est), r)
+        done = float((new - est).abs().max()) < 1e-9
+        est = new
+        if done:
+            break
     for _ in range(lift_iters):
         lifted = theta + TWO_PI * torch.round((est - theta) / TWO_PI)
         est = _lowrank(lifted, r)
@@ -205,7 +209,7 @@ def factorize(
 
     Returns float32 factors and ``{"energy_kept", "theta_err_rel", "theta_err_max",
     "unwrapped"}``.  With ``unwrap`` the +-pi lift-and-refit is tried when plain SVD
-    leaves a max angular error above ``tol_angle`` and some angles lie beyond pi/2;
+    leaves a max angular error above ``tol_angle`` and some angles lie beyond 3pi/4;
     the better of the two is kept.
     """
     t = theta.detach().to(torch.float64)
@@ -214,7 +218,9 @@ def factorize(
     energy = float((s[:r] ** 2).sum() / (s**2).sum()) if s.numel() and float(s[0]) > 0 else 1.0
     best_u, best_s, best_vh, unwrapped = u, s, vh, False
     err = angular_error((u[:, :r] * s[:r]) @ vh[:r], t)
-    if unwrap and float(err.max()) > tol_angle and float(t.abs().max()) > math.pi / 2:
+    # Only angles close to the +-pi cut can be wrap artefacts; a rank that is simply too
+    # low for the angles is no reason to spend ~40 extra SVDs per layer.
+    if unwrap and float(err.max()) > tol_angle and float(t.abs().max()) > 0.75 * math.pi:
         lifted = _lift_and_refit(t, r, fill_iters, lift_iters)
         u2, s2, vh2 = _svd(lifted)
         err2 = angular_error((u2[:, :r] * s2[:r]) @ vh2[:r], t)
