@@ -21,7 +21,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -194,6 +194,7 @@ def layer_angles(tensors: Mapping[str, Tensor], name: str = "layer") -> Tensor:
 
 def merge_state(
     state: Mapping[str, Tensor], layers: Mapping[str, Mapping[str, Tensor]], strength: float = 1.0,
+    progress: Callable[[Iterable], Iterable] | None = None,
 ) -> dict[str, Tensor]:
     """A new state dict with ``state[key]`` rotated by ``strength * theta`` for each ``layers[key]``.
 
@@ -203,7 +204,8 @@ def merge_state(
     """
     problems = []
     rotated: dict[str, Tensor] = {}
-    for key, tensors in layers.items():
+    items = list(layers.items())
+    for key, tensors in progress(items) if progress else items:
         if key not in state:
             problems.append(f"{key}: not in the base model")
             continue

@@ -92,14 +92,17 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"metadata": f.metadata, "layers": rows, "totals": totals}, indent=2))
         return 0
-    print(f"{args.file}")
-    print("metadata:")
-    for k in sorted(f.metadata):
-        v = f.metadata[k]
-        print(f"  {k}: {v if len(v) <= 100 else v[:97] + '...'}")
+    from .convert import describe
+
+    print(describe(f))
+    if args.metadata:
+        print("metadata:")
+        for k in sorted(f.metadata):
+            v = f.metadata[k]
+            print(f"  {k}: {v if len(v) <= 100 else v[:97] + '...'}")
     if not args.no_layers:
         w = max((len(r["key"]) for r in rows), default=3)
-        print(f"layers:\n  {'key':<{w}}  {'kind':>9}  {'out x pairs':>12}  {'params':>10}  {'max|θ|':>8}  {'mean|θ|':>8}")
+        print(f"per layer:\n  {'key':<{w}}  {'kind':>9}  {'out x pairs':>12}  {'params':>10}  {'max|θ|':>8}  {'mean|θ|':>8}")
         for r in rows:
             print(f"  {r['key']:<{w}}  {r['kind']:>9}  {str(r['out']) + 'x' + str(r['pairs']):>12}  "
                   f"{r['params']:>10}  {r['max_abs_angle']:>8.4f}  {r['mean_abs_angle']:>8.4f}")
@@ -173,7 +176,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
         layers = {k: v for k, v in layers.items() if k in ck.state}
     # merge_state checks every key, shape and result before returning anything (all or nothing).
     by_key = layers
-    merged = merge_state(ck.state, by_key, args.strength)
+    merged = merge_state(ck.state, by_key, args.strength, progress=_progress(args, "merge"))
     if args.dtype:
         dt = _dtype(args.dtype)
         merged = {k: v.to(dt) if v.is_floating_point() else v for k, v in merged.items()}
@@ -368,10 +371,11 @@ def build_parser() -> argparse.ArgumentParser:
                                      "inspect, validate, merge, extract, convert, and weight-space analysis.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("inspect", help="metadata, per-layer summary and totals of a .lorad file")
+    p = sub.add_parser("inspect", help="summary, per-layer table and totals of a .lorad file")
     p.add_argument("file", help=".lorad.safetensors file")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--no-layers", action="store_true", help="metadata and totals only")
+    p.add_argument("--metadata", action="store_true", help="also print every raw metadata entry")
+    p.add_argument("--no-layers", action="store_true", help="summary and totals only")
     p.set_defaults(func=cmd_inspect, quiet=False)
 
     p = sub.add_parser("validate", help="check a .lorad file against an architecture or a model file")
@@ -459,6 +463,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CLIError, OSError, ValueError, KeyError) as e:
         # KeyError's str() is the repr of its argument; print the message itself.
         msg = e.args[0] if isinstance(e, KeyError) and e.args and isinstance(e.args[0], str) else str(e)
+        lines = msg.splitlines()
+        if len(lines) > 25:  # e.g. every layer of a file for another model: the first ones say enough
+            msg = "\n".join(lines[:20] + [f"  ... and {len(lines) - 20} more lines"])
         print(f"lorad {args.command}: error: {msg}", file=sys.stderr)
         return 1
 

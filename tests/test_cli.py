@@ -8,7 +8,6 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-
 from wadi_lorad.lorad import checkpoint as CK
 from wadi_lorad.lorad import functional as LF
 from wadi_lorad.lorad import inject as I
@@ -125,11 +124,11 @@ def test_merge_folder_single_and_strength(world, tmp_path, capsys):
 
 def test_merge_missing_layer_nothing_written(world, tmp_path, capsys):
     part = dict(world["base"])
-    part.pop("up_blocks.1.attentions.0.proj_in.weight")
+    part.pop("up_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight")
     CK.write_diffusers_folder(part, tmp_path / "part", world["config"])
     f = str(world["root"] / "tiny.lorad.safetensors")
     assert main(["merge", str(tmp_path / "part"), f, str(tmp_path / "out")]) == 1
-    assert "up_blocks.1.attentions.0.proj_in" in capsys.readouterr().err
+    assert "up_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
     assert main(["merge", str(tmp_path / "part"), f, str(tmp_path / "out"), "--allow-partial", "-q"]) == 0
     st = CK.load_state_dict(tmp_path / "out").state
@@ -163,9 +162,12 @@ def test_extract_round_trip(world, tmp_path, capsys):
     assert main(args[:-3] + ["--rank", "0", "--force", "-q", "--preset", "paper-fake"]) == 0
     f0 = load_lorad(out)
     assert all("theta" in t for t in f0.layers.values())
-    assert not any(k.endswith(("proj_in", "proj_out", "emb_layers.1")) for k in f0.layers)
+    # paper-fake leaves out time_emb_proj (ldm emb_layers.1); SD1.5's proj_in/out are convs anyway
+    assert not any(k.endswith("emb_layers.1") for k in f0.layers) and len(f0.layers) < len(world["truth"])
     rep = json.loads((tmp_path / "ex.extract.json").read_text())
-    assert any(o["name"].endswith("proj_in.weight") for o in rep["other_differences"])
+    others = [o for o in rep["other_differences"] if o["note"] == "not targeted"]
+    assert others and all(o["name"].endswith("time_emb_proj.weight") for o in others)
+    assert len(f0.layers) + len(others) == len(world["truth"])
 
 
 def test_extract_nothing_rotated_fails(world, tmp_path, capsys):
@@ -175,16 +177,28 @@ def test_extract_nothing_rotated_fails(world, tmp_path, capsys):
     assert not (tmp_path / "x.lorad.safetensors").exists()
 
 
-def test_convert_official_state(world, tmp_path, capsys):
-    official = {}
-    for n, t in world["state"].items():
-        official[n + ".theta_a"] = t["A"].clone()
-        official[n + ".theta_b"] = t["B"].clone()
+def test_convert_official_state(tmp_path, capsys):
+    from wadi_lorad.lorad.archs import build_meta
+
+    # official training state: <diffusers module>.theta_a (out, r) / .theta_b (r, in/2), full-size shapes
+    meta = build_meta(ARCH)
+    names = ["down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q",
+             "mid_block.attentions.0.transformer_blocks.0.ff.net.2", "up_blocks.3.resnets.2.time_emb_proj"]
+    g = torch.Generator().manual_seed(0)
+    official, state = {}, {}
+    for n in names:
+        out_f, in_f = meta.get_submodule(n).weight.shape
+        a, b = torch.randn(out_f, 2, generator=g), torch.randn(2, in_f // 2, generator=g)
+        official[n + ".theta_a"], official[n + ".theta_b"] = a, b
+        state[n] = (a, b)
     torch.save(official, tmp_path / "official.pt")
     dst = tmp_path / "conv.lorad.safetensors"
     assert main(["convert", str(tmp_path / "official.pt"), str(dst), "--arch", ARCH, "-q"]) == 0
     f = load_lorad(dst)
     got = adapter_state_from_layers(ARCH, f.layers)
-    assert all(torch.equal(got[n]["A"], world["state"][n]["A"]) for n in got) and set(got) == set(world["state"])
+    assert set(got) == set(names)
+    assert all(torch.equal(got[n]["A"], state[n][0]) and torch.equal(got[n]["B"], state[n][1]) for n in names)
+    assert main(["validate", str(dst)]) == 0  # full-size shapes fit the sd15 architecture on meta
+    capsys.readouterr()
     assert main(["convert", str(tmp_path / "official.pt"), str(dst), "--arch", ARCH]) == 1
     assert "exist" in capsys.readouterr().err
