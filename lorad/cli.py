@@ -325,6 +325,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from . import analysis as AN
     from .checkpoint import load_state_dict, save_safetensors, write_diffusers_folder
 
+    if not 0 < args.frac <= 1:
+        raise CLIError(f"--frac must be in (0, 1], got {args.frac}")
     outdir = Path(args.outdir)
     names = {"csv": "layers.csv", "summary": "summary.json", "fig_a": "norm_direction.png", "fig_b": "svd_energy.png"}
     targets = [outdir / n for n in names.values()]
@@ -337,7 +339,13 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     te = load_state_dict(args.teacher, args.component)
     res = AN.analyze(st.state, te.state, include=args.include, frac=args.frac, progress=_progress(args, "analyze"))
     if not res.layers:
-        raise CLIError(f"{args.student} / {args.teacher}: no weight matrices with matching keys and shapes to compare")
+        from .statekeys import ldm_prefix
+
+        hint = ""
+        if (ldm_prefix(st.state) is None) != (ldm_prefix(te.state) is None):
+            hint = " (one uses ldm keys, the other diffusers keys: convert one so both use the same layout)"
+        raise CLIError(f"{args.student} / {args.teacher}: no weight matrices with matching keys and shapes "
+                       f"to compare{hint}")
     summ = res.summary()
     AN.write_csv(res, outdir / names["csv"])
     _atomic_text(outdir / names["summary"], json.dumps(_json_safe(

@@ -81,4 +81,11 @@ def test_analyze_errors(tmp_path, capsys):
     assert main(["analyze", str(tmp_path / "other.safetensors"), str(tmp_path / "teacher.safetensors"),
                  str(tmp_path / "o")]) == 1
     assert "no weight matrices" in capsys.readouterr().err
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(3, 3)}, tmp_path / "ldm.safetensors")
+    assert main(["analyze", str(tmp_path / "ldm.safetensors"), str(tmp_path / "teacher.safetensors"),
+                 str(tmp_path / "o")]) == 1
+    assert "ldm keys" in capsys.readouterr().err
+    assert main(["analyze", str(tmp_path / "student.safetensors"), str(tmp_path / "teacher.safetensors"),
+                 str(tmp_path / "o"), "--frac", "1.5"]) == 1
+    assert "--frac" in capsys.readouterr().err
     assert not (tmp_path / "o" / "layers.csv").exists()
