@@ -89,12 +89,7 @@ def merged_denoiser(d) -> nn.Module:
                     layer.merge(adapter_names=["student"])
                 parent, _, child = name.rpartition(".")
                 setattr(m.get_submodule(parent) if parent else m, child, layer.get_base_layer())
-    # Bake: forget the merge bookkeeping so remove() keeps the rotated weights (the core's
-    # remove() refuses layers with merged adapters).
-    for _, layer in LI.lorad_layers(m):
-        layer.merged = []
-        layer._unmerged_weight = None
-    LI.remove(m)  # every LoRaD layer (baked student, unused fake) back to a plain module
+    LI.remove(m, bake=True)  # every LoRaD layer (baked student, unused fake) back to a plain module
     return m
 
 
