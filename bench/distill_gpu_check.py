@@ -137,7 +137,7 @@ def full_size_steps(kinds: list[str], smoke: bool, steps: int) -> dict:
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            b = draw_batch(gen, batch, batch, (4, side, side), s, 0, 1).to(dev)
+            b = draw_batch(gen, batch, batch, (4, side, side), s).to(dev)
             micro_step(bb, views, b, cond, null, s, autocast)
             torch.nn.utils.clip_grad_norm_(views.student.parameters(), 1.0)
             torch.nn.utils.clip_grad_norm_(views.fake.parameters(), 1.0)

@@ -243,3 +243,19 @@ def test_uncached_prompts_are_encoded_per_batch(tiny_bases, tmp_path):
     assert runs[1].table is None and runs[1].bb.text and not (tmp_path / "run-false" / ".text_cache").exists()
     a, b = runs[0].views.student.state(), runs[1].views.student.state()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_gradient_accumulation_equals_the_full_batch(tiny_bases, tmp_path):
+    """batch 4 in one micro-batch == batch 2 x grad_accum 2: the update depends on the global batch only."""
+    base, prompts = tiny_bases("sd"), write_prompts(tmp_path / "p.txt")
+    runs = []
+    for bs, acc in ((4, 1), (2, 2)):
+        d = Distiller(small_cfg(base, prompts, tmp_path / f"b{bs}", train__batch_size=bs, train__grad_accum=acc,
+                                train__max_steps=3, vsd__fake_guidance_scale=1.2), progress=False)
+        d.run()
+        runs.append(d)
+    for part in ("student", "fake"):
+        a, b = getattr(runs[0].views, part).state(), getattr(runs[1].views, part).state()
+        moved = torch.cat([v.flatten() for k, v in a.items() if k.endswith(".A")]).norm()
+        diff = torch.cat([(a[k] - b[k]).flatten() for k in a]).norm()
+        assert moved > 0 and diff / moved < 1e-3, (part, float(diff / moved))

@@ -33,7 +33,7 @@ def _train(bb, views, cond, null, steps=2, seed=0):
     opt = torch.optim.AdamW(views.student.parameters() + views.fake.parameters(), lr=1e-2)
     gen = torch.Generator().manual_seed(seed)
     for _ in range(steps):
-        micro_step(bb, views, draw_batch(gen, 2, 2, (4, 8, 8), S, 0, 1), cond, null, S)
+        micro_step(bb, views, draw_batch(gen, 2, 2, (4, 8, 8), S), cond, null, S)
         opt.step()
         opt.zero_grad()
 
@@ -101,7 +101,7 @@ def test_gradient_checkpointing_recomputes_with_the_right_adapters(tiny_bases):
                 p.add_(0.1)  # a fake that differs from the student: a wrong recompute would show
         if ckpt:
             bb.enable_gradient_checkpointing(bb.denoiser)
-        micro_step(bb, views, draw_batch(torch.Generator().manual_seed(0), 2, 2, (4, 8, 8), S, 0, 1), cond, null, S)
+        micro_step(bb, views, draw_batch(torch.Generator().manual_seed(0), 2, 2, (4, 8, 8), S), cond, null, S)
         grads.append([p.grad.clone() for p in views.student.parameters() + views.fake.parameters()])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
@@ -115,7 +115,7 @@ def test_bf16_autocast_keeps_angles_fp32(tiny_bases):
 
     def autocast():
         return torch.autocast("cpu", dtype=torch.bfloat16)
-    ls, lf = micro_step(bb, views, draw_batch(torch.Generator().manual_seed(0), 2, 2, (4, 8, 8), S, 0, 1), cond,
+    ls, lf = micro_step(bb, views, draw_batch(torch.Generator().manual_seed(0), 2, 2, (4, 8, 8), S), cond,
                         null, S, autocast)
     h.remove()
     assert torch.bfloat16 in seen  # the LoRaD op computed in bf16 under autocast ...

@@ -113,7 +113,7 @@ def test_micro_step_student_gradient_matches_independent_chain(sd_setup):
     bb, views, cond, null = sd_setup
     ab_T = float(bb.alphas_cumprod[999])
     s = StepSettings(999, ab_T, 1.5, 1.2, (20, 980), (0, 999), 0.5)
-    batch = draw_batch(torch.Generator().manual_seed(0), 2, 2, (4, 8, 8), s, 0, 1)
+    batch = draw_batch(torch.Generator().manual_seed(0), 2, 2, (4, 8, 8), s)
     micro_step(bb, views, batch, cond, null, s)
     got = [p.grad.clone() for p in views.student.parameters()]
     for p in views.student.parameters() + views.fake.parameters():

@@ -251,9 +251,9 @@ class Distiller:
         c, dev = self.cfg, self.acc.device
         accum = c.train.grad_accum
         ls = lf = 0.0
-        for _ in range(accum):
-            batch = draw_batch(self.gen, len(self.prompts), self.global_batch, self.latent, self.settings,
-                               self.rank, self.world).to(dev)
+        step_draw = draw_batch(self.gen, len(self.prompts), self.global_batch * accum, self.latent, self.settings)
+        for micro in range(accum):
+            batch = step_draw.part(micro, self.rank, self.world, c.train.batch_size).to(dev)
             cond = self.batch_cond(batch.prompt_idx)
             a, b = micro_step(self.bb, self.views, batch, cond, self.null, self.settings, self.acc.autocast,
                               1.0 / accum, self.scalers)

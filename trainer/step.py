@@ -35,6 +35,11 @@ class Batch:
     def to(self, device) -> Batch:
         return Batch(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
 
+    def part(self, micro: int, rank: int, world: int, per: int) -> Batch:
+        """Micro-batch ``micro`` of process ``rank``: ``per`` samples of the step's draw."""
+        start = (micro * world + rank) * per
+        return Batch(*(getattr(self, f)[start: start + per] for f in self.__dataclass_fields__))
+
 
 @dataclass
 class StepSettings:
@@ -47,20 +52,22 @@ class StepSettings:
     null_prob: float
 
 
-def draw_batch(gen: torch.Generator, n_prompts: int, global_batch: int, latent: tuple[int, int, int],
-               s: StepSettings, rank: int, world: int) -> Batch:
-    """Draw the global micro-batch from ``gen`` (every process draws all) and keep this rank's slice."""
-    g = global_batch
-    idx = torch.randint(0, n_prompts, (g,), generator=gen)
-    z = torch.randn(g, *latent, generator=gen)
-    t = torch.randint(s.t_range[0], s.t_range[1] + 1, (g,), generator=gen)
-    n1 = torch.randn(g, *latent, generator=gen)
-    t2 = torch.randint(s.fake_t_range[0], s.fake_t_range[1] + 1, (g,), generator=gen)
-    n2 = torch.randn(g, *latent, generator=gen)
-    drop = torch.rand(g, generator=gen) < s.null_prob
-    per = g // world
-    sl = slice(rank * per, (rank + 1) * per)
-    return Batch(idx[sl], z[sl], t[sl], n1[sl], t2[sl], n2[sl], drop[sl])
+def draw_batch(gen: torch.Generator, n_prompts: int, total: int, latent: tuple[int, int, int],
+               s: StepSettings) -> Batch:
+    """Draw every sample of one optimizer step (all processes x all micro-batches) from ``gen``.
+
+    Each process draws the same numbers and takes its :meth:`Batch.part`; every draw is per
+    sample and the losses are means, so the update depends on the global batch only, not on
+    how it is split into processes and micro-batches.
+    """
+    idx = torch.randint(0, n_prompts, (total,), generator=gen)
+    z = torch.randn(total, *latent, generator=gen)
+    t = torch.randint(s.t_range[0], s.t_range[1] + 1, (total,), generator=gen)
+    n1 = torch.randn(total, *latent, generator=gen)
+    t2 = torch.randint(s.fake_t_range[0], s.fake_t_range[1] + 1, (total,), generator=gen)
+    n2 = torch.randn(total, *latent, generator=gen)
+    drop = torch.rand(total, generator=gen) < s.null_prob
+    return Batch(idx, z, t, n1, t2, n2, drop)
 
 
 def _backward(loss: Tensor, scaler) -> None:
