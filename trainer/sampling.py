@@ -29,15 +29,14 @@ def seeded_noise(seeds: Sequence[int], shape: Sequence[int]) -> Tensor:
 def eps_fn(backbone: Backbone, model: nn.Module, cond: TextCond, uncond: TextCond | None = None,
            guidance: float = 1.0):
     """Bind a view, its conditioning and CFG into ``eps(x_t, t)`` for :func:`generate`."""
-    def call(x: Tensor, t, c: TextCond) -> Tensor:
-        tt = torch.full((x.shape[0],), int(t), device=x.device) if not torch.is_tensor(t) else t
-        return backbone.eps(model, x, tt, c)
+    def call(x: Tensor, t: Tensor, c: TextCond) -> Tensor:
+        return backbone.eps(model, x, t, c)
 
     def fn(x_t: Tensor, t: int) -> Tensor:
         tt = torch.full((x_t.shape[0],), int(t), device=x_t.device, dtype=torch.long)
         if uncond is None or guidance == 1.0:
             return call(x_t, tt, cond)
-        return cfg_eps(lambda x, t_, c: call(x, t_, c), x_t, tt, cond, uncond, guidance)
+        return cfg_eps(call, x_t, tt, cond, uncond, guidance)
 
     return fn
 
