@@ -88,8 +88,8 @@ def generate_three(d, cond_all, noise_all: torch.Tensor, teacher_steps: int, tea
         cond = cond_all.index(slice(i, i + batch)).to(d.acc.device)
         noise = noise_all[i: i + batch].to(d.acc.device)
         with d.views.teacher() as m:
-            out[names[0]].append(bb.decode(one_step(bb, m, cond, noise, s.alpha_bar_T, s.timestep, d.null,
-                                                    teacher_cfg)))
+            # The teacher's own one step: its x0 prediction at T (no CFG, like the student's).
+            out[names[0]].append(bb.decode(one_step(bb, m, cond, noise, s.alpha_bar_T, s.timestep)))
             out[names[1]].append(bb.decode(teacher_multistep(bb, m, cond, d.null, noise, teacher_steps,
                                                              teacher_cfg)))
         with d.views.student_view() as m:
