@@ -109,13 +109,16 @@ def test_build_is_deterministic_and_refuses_to_overwrite(tmp_path):
 
 
 def test_scheduler_is_sd15(tiny_folder):
-    from diffusers import PNDMScheduler
+    from diffusers import DDIMScheduler, PNDMScheduler
 
     cfg = json.loads((tiny_folder / "scheduler" / "scheduler_config.json").read_text())
     for k in ("beta_start", "beta_end", "beta_schedule", "num_train_timesteps", "steps_offset", "skip_prk_steps"):
         assert cfg[k] == M.SD15_SCHEDULER[k]
     sched = PNDMScheduler.from_pretrained(str(tiny_folder / "scheduler"))
     assert abs(float(sched.alphas_cumprod[999]) - sd15_alpha_bar(999)) < 1e-6
+    # As with SD1.5's own file, swapping in DDIM must not clip x0 to [-1, 1] (latents have unit std).
+    assert cfg["clip_sample"] is False
+    assert DDIMScheduler.from_config(sched.config).config.clip_sample is False
 
 
 def test_shipped_teacher_loads_with_sd15_schedule():
@@ -127,6 +130,9 @@ def test_shipped_teacher_loads_with_sd15_schedule():
     assert abs(sd15_alpha_bar(999) - 0.0046601) < 5e-8  # the independent formula gives SD's number
     assert abs(ab - sd15_alpha_bar(999)) < 1e-6
     assert pipe.scheduler.config.prediction_type == "epsilon"
+    from diffusers import DDIMScheduler
+
+    assert DDIMScheduler.from_config(pipe.scheduler.config).config.clip_sample is False
     assert pipe.vae.config.scaling_factor != 1.0  # measured, not the placeholder
     size = sum(p.stat().st_size for p in DEFAULT_TEACHER.rglob("*") if p.is_file())
     assert size < 16e6  # small enough to live in git

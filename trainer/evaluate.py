@@ -61,7 +61,8 @@ def multistep_generator(pipe: Any, steps: int = 25, guidance: float = 3.0, sched
         noise = M.eval_noise(len(prompts), seed, shape)
         out = []
         for i in range(0, len(prompts), batch):
-            latents = noise[i : i + batch].to(pipe.device) * pipe.scheduler.init_noise_sigma
+            # The pipeline scales given latents by the scheduler's init_noise_sigma itself.
+            latents = noise[i : i + batch].to(pipe.device)
             res = pipe(prompts[i : i + batch], latents=latents,
                        num_inference_steps=steps, guidance_scale=guidance, output_type="pt")  # fmt: skip
             out.append(res.images.float().cpu())

@@ -28,6 +28,8 @@ STAGES = ("vae", "unet", "classifier")
 
 @dataclass
 class PretrainConfig:
+    """Defaults = the recipe of the shipped teacher and classifier (assets/tinyworld/README.md)."""
+
     version: int = CONFIG_VERSION
     stage: str = "all"  # vae | unet | classifier | all (in that order)
     output: str = "outputs/pretrain"  # checkpoints, logs, latent cache
@@ -40,21 +42,24 @@ class PretrainConfig:
     checkpoint_every: int = 250
     export_fp16: bool = True  # ship weights as fp16 safetensors (loaded into fp32 by default)
     # VAE
-    vae_steps: int = 2000
-    vae_batch: int = 32
-    vae_lr: float = 1e-3
+    vae_steps: int = 1600
+    vae_batch: int = 256
+    vae_lr: float = 2e-3
     vae_kl_weight: float = 1e-6  # SD's KL weight: latents barely regularised, scale fixed afterwards
     # UNet + text encoder (trained jointly; see assets/tinyworld/README.md for why)
-    unet_steps: int = 6000
-    unet_batch: int = 64
-    unet_lr: float = 5e-4
-    unet_scenes: int = 100000  # fixed scenes whose latents are cached; captions are re-drawn every visit
+    unet_steps: int = 1500
+    unet_batch: int = 512
+    unet_lr: float = 1e-3
+    unet_scenes: int = 30000  # fixed scenes whose latents are cached; captions are re-drawn every visit
     cond_dropout: float = 0.1  # null-prompt probability, what CFG needs
     ema_decay: float = 0.999
     min_snr_gamma: float = 5.0  # <= 0 disables min-SNR weighting
+    unet_init: str = ""  # start UNet + text encoder from this SD folder (e.g. a GPU-trained teacher)
+    snapshot_every: int = 0  # also write EMA weights as fp16 safetensors every N steps (0 = never)
+    snapshot_dir: str = ""  # where snapshots go ("" = <output>/unet)
     # classifier
-    clf_steps: int = 2500
-    clf_batch: int = 128
+    clf_steps: int = 2200
+    clf_batch: int = 256
     clf_lr: float = 2e-3
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes recorded in the summary
 

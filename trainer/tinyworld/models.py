@@ -31,8 +31,10 @@ from .tokenizer import MODEL_MAX_LENGTH, vocab_size, write_tokenizer
 IMAGE_SIZE = 32
 LATENT_CHANNELS = 4
 
-# SD1.5's scheduler/scheduler_config.json, value for value (less its ``clip_sample``, a
-# DDIM-only key that PNDM ignores; diffusers adds its newer defaults when saving).
+# SD1.5's scheduler/scheduler_config.json, value for value; diffusers adds its newer defaults.
+# ``clip_sample`` is not a PNDM argument, but SD1.5's file carries it so that
+# ``DDIMScheduler.from_config(pipe.scheduler.config)`` does NOT clip x0 to [-1, 1] (DDIM's
+# default), which would wreck latents of unit std. It is written into the JSON after saving.
 SD15_SCHEDULER: dict[str, Any] = {
     "_class_name": "PNDMScheduler",
     "beta_start": 0.00085,
@@ -44,6 +46,7 @@ SD15_SCHEDULER: dict[str, Any] = {
     "steps_offset": 1,
     "prediction_type": "epsilon",
     "trained_betas": None,
+    "clip_sample": False,
 }
 
 
@@ -97,11 +100,12 @@ def vae_config(**overrides: Any) -> dict[str, Any]:
         "down_block_types": ("DownEncoderBlock2D",) * 3,
         "up_block_types": ("UpDecoderBlock2D",) * 3,
         # Flat colours and sharp edges need few channels at full resolution; 16 there
-        # keeps the VAE cheap enough to train on 2 CPU cores.
+        # keeps the VAE cheap to train.  4 groups, not 16: one channel per group would be an
+        # instance norm that erases each image's absolute colours, which ARE the content here.
         "block_out_channels": (16, 32, 64),
         "layers_per_block": 1,
         "latent_channels": LATENT_CHANNELS,
-        "norm_num_groups": 16,
+        "norm_num_groups": 4,
         "sample_size": IMAGE_SIZE,
         "scaling_factor": 1.0,
     }
@@ -136,7 +140,7 @@ def make_text_encoder(tokenizer: Any, **overrides: Any) -> torch.nn.Module:
 def make_scheduler(**overrides: Any) -> Any:
     from diffusers import PNDMScheduler
 
-    cfg = {k: v for k, v in SD15_SCHEDULER.items() if not k.startswith("_")}
+    cfg = {k: v for k, v in SD15_SCHEDULER.items() if not k.startswith("_") and k != "clip_sample"}
     cfg.update(overrides)
     return PNDMScheduler(**cfg)
 
@@ -181,6 +185,12 @@ def save_pipeline_atomic(pipe: Any, folder: Path, overwrite: bool = False, dtype
         if dtype is not None:
             cast_safetensors_files(tmp, dtype)
         _drop_nulls_from_model_index(tmp / "model_index.json")
+        _add_sd15_scheduler_keys(tmp / "scheduler" / "scheduler_config.json")
+        # transformers 5 saves only tokenizer.json; SD1.5's layout (vocab.json + merges.txt) is what
+        # every transformers version's CLIPTokenizer reads, so write that instead.
+        shutil.rmtree(tmp / "tokenizer")
+        write_tokenizer(tmp / "tokenizer", domain.caption_vocabulary())
+        _make_readable(tmp)
         old = None
         if folder.exists():
             old = folder.with_name(f".{folder.name}.old")
@@ -196,14 +206,32 @@ def save_pipeline_atomic(pipe: Any, folder: Path, overwrite: bool = False, dtype
     return folder
 
 
+def _make_readable(folder: Path) -> None:
+    """mkdtemp/mkstemp create owner-only entries; a model folder should be world-readable like any download."""
+    os.chmod(folder, 0o755)
+    for p in folder.rglob("*"):
+        os.chmod(p, 0o755 if p.is_dir() else 0o644)
+
+
+def _add_sd15_scheduler_keys(path: Path) -> None:
+    """Add SD1.5's keys that the scheduler class itself does not save (``clip_sample: false``)."""
+    config = json.loads(path.read_text())
+    for key, value in SD15_SCHEDULER.items():
+        config.setdefault(key, value)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(config, indent=2))
+    os.replace(tmp, path)
+
+
 def _drop_nulls_from_model_index(path: Path) -> None:
     """Keep ``safety_checker``/``feature_extractor`` as ``[null, null]`` as SD folders do.
 
-    diffusers writes them that way already; we only make sure the flag that stops
-    the "you have disabled the safety checker" warning is present.
+    diffusers writes them that way already; we make sure the flag that stops the
+    "you have disabled the safety checker" warning is present and drop the source path.
     """
     index = json.loads(path.read_text())
     index["requires_safety_checker"] = False
+    index.pop("_name_or_path", None)  # where it was loaded from: a local path, meaningless elsewhere
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(index, indent=2))
     os.replace(tmp, path)

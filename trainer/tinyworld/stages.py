@@ -55,6 +55,10 @@ def train_vae(cfg: Any) -> Path:
     stage = Stage(out, _fingerprint(cfg, ("vae_steps", "vae_batch", "vae_lr", "vae_kl_weight")))
     torch.manual_seed(cfg.seed)
     vae = make_vae()
+    with torch.no_grad():
+        # Start the posterior nearly deterministic (std ~ 0.02 instead of 1): with SD's tiny KL
+        # weight nothing pulls the variance up, and the decoder learns from clean latents at once.
+        vae.quant_conv.bias[vae.config.latent_channels :].fill_(-8.0)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     start = stage.resume({"vae": vae}, {"opt": opt}, {})
     vae, opt = acc.prepare(vae, opt)
@@ -80,8 +84,9 @@ def train_vae(cfg: Any) -> Path:
             stage.log(done, l1=l1.item(), kl=kl.item(), mse=F.mse_loss(rec, x).item())
         if done % cfg.checkpoint_every == 0 or done == cfg.vae_steps:
             stage.save(done, {"vae": acc.unwrap_model(vae)}, {"opt": opt}, {})
-    vae = acc.unwrap_model(vae).eval().cpu()
+    vae = acc.unwrap_model(vae).eval()
     scale = measure_scaling_factor(vae, cfg.seed)
+    vae = vae.cpu()
     vae.register_to_config(scaling_factor=scale)
     final = out / "final"
     _save_model_atomic(vae, final)
@@ -97,7 +102,8 @@ def measure_scaling_factor(vae: Any, seed: int, n: int = 2048, batch: int = 256)
     zs = []
     for i in range(n // batch):
         x, _ = real_batch(seed, "eval-ref", 10_000 + i, batch)
-        zs.append(vae.encode(x * 2 - 1).latent_dist.sample(generator=torch.Generator().manual_seed(i)))
+        post = vae.encode(x.to(vae.device) * 2 - 1).latent_dist
+        zs.append(post.sample(generator=torch.Generator().manual_seed(i)).cpu())
     return float(f"{1.0 / torch.cat(zs).std().item():.5g}")
 
 
@@ -112,6 +118,7 @@ def _save_model_atomic(model: Any, folder: Path) -> None:
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     model.save_pretrained(str(tmp), safe_serialization=True)
+    os.chmod(tmp, 0o755)
     if folder.exists():
         shutil.rmtree(folder)
     tmp.rename(folder)
@@ -179,6 +186,28 @@ def _unet_batch(cfg: Any, bank: dict[str, Any], tokenizer: Any, scale: float, ac
     return ids, a.sqrt() * x0 + (1 - a).sqrt() * noise, t, noise
 
 
+def _load_init(folder: str, unet: Any, text_encoder: Any) -> None:
+    """Start from the UNet / text encoder of an earlier teacher folder (e.g. one trained on a GPU)."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    src = Path(folder)
+    if not (src / "unet" / "config.json").is_file() or not (src / "text_encoder" / "config.json").is_file():
+        raise FileNotFoundError(f"unet_init {src}: expected a diffusers SD folder with unet/ and text_encoder/")
+    unet.load_state_dict(UNet2DConditionModel.from_pretrained(str(src / "unet")).state_dict())
+    text_encoder.load_state_dict(CLIPTextModel.from_pretrained(str(src / "text_encoder")).state_dict())
+
+
+def _snapshot(folder: Path, step: int, emas: dict[str, EMA], unet: Any, text_encoder: Any) -> None:
+    """EMA weights as fp16 safetensors (what the exported teacher would hold), small enough to copy off a machine."""
+    from .io import save_safetensors
+
+    for name, model in (("unet", unet), ("text_encoder", text_encoder)):
+        keys = [k for k, _ in model.named_parameters()]
+        tensors = {k: s.half() for k, s in zip(keys, emas[name].shadow)}
+        save_safetensors(folder / f"{name}_ema.safetensors", tensors, metadata={"step": str(step)})
+
+
 def train_unet(cfg: Any) -> Path:
     """Train UNet and text encoder jointly on cached latents; export the teacher folder (EMA weights)."""
     from diffusers import AutoencoderKL
@@ -191,11 +220,14 @@ def train_unet(cfg: Any) -> Path:
     vae = AutoencoderKL.from_pretrained(str(vae_dir)).eval()
     out = root / "unet"
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # workers fork after the tokenizer is built
-    keys = ("unet_steps", "unet_batch", "unet_lr", "unet_scenes", "cond_dropout", "ema_decay", "min_snr_gamma")
+    keys = ("unet_steps", "unet_batch", "unet_lr", "unet_scenes", "cond_dropout", "ema_decay", "min_snr_gamma",
+            "unet_init")
     stage = Stage(out, {**_fingerprint(cfg, keys), "vae": _file_digest(vae_dir)})
     tokenizer = make_tokenizer(out / "tokenizer")
     torch.manual_seed(cfg.seed)
     unet, text_encoder = make_unet(), make_text_encoder(tokenizer)
+    if cfg.unet_init:
+        _load_init(cfg.unet_init, unet, text_encoder)
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=0.01)
     emas = {"unet": EMA(unet.parameters(), cfg.ema_decay), "text_encoder": EMA(text_encoder.parameters(), cfg.ema_decay)}
@@ -230,6 +262,8 @@ def train_unet(cfg: Any) -> Path:
         if done % cfg.checkpoint_every == 0 or done == cfg.unet_steps:
             models = {"unet": acc.unwrap_model(unet), "text_encoder": acc.unwrap_model(text_encoder)}
             stage.save(done, models, {"opt": opt}, emas)
+        if cfg.snapshot_every and done % cfg.snapshot_every == 0:
+            _snapshot(Path(cfg.snapshot_dir or out), done, emas, unet, text_encoder)
     unet, text_encoder = acc.unwrap_model(unet).cpu().eval(), acc.unwrap_model(text_encoder).cpu().eval()
     emas["unet"].copy_to(unet.parameters())
     emas["text_encoder"].copy_to(text_encoder.parameters())
