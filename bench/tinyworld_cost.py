@@ -22,9 +22,8 @@ _spec.loader.exec_module(_boot)
 _boot.register()
 
 import torch  # noqa: E402
-
-from wadi_lorad.trainer.tinyworld.models import load_pipeline  # noqa: E402
 from wadi_lorad.trainer.tinyworld.metrics import DEFAULT_TEACHER  # noqa: E402
+from wadi_lorad.trainer.tinyworld.models import load_pipeline  # noqa: E402
 
 
 def timed(fn, repeats: int) -> tuple[float, float]:
@@ -61,11 +60,11 @@ def main() -> int:
         for th in args.threads:
             torch.set_num_threads(th)
 
-            def fwd() -> None:
+            def fwd(x=x, t=t, text=text) -> None:
                 with torch.no_grad():
                     unet(x, t, text)
 
-            def fwd_bwd() -> None:
+            def fwd_bwd(x=x, t=t, text=text) -> None:
                 unet(x, t, text).sample.square().mean().backward()
 
             fw, fc = timed(fwd, args.repeats)

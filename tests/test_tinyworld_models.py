@@ -134,6 +134,10 @@ def test_shipped_teacher_loads_with_sd15_schedule():
 
     assert DDIMScheduler.from_config(pipe.scheduler.config).config.clip_sample is False
     assert pipe.vae.config.scaling_factor != 1.0  # measured, not the placeholder
+    # SD1.5's tokenizer layout, readable by every transformers version's CLIPTokenizer.
+    names = {p.name for p in (DEFAULT_TEACHER / "tokenizer").iterdir()}
+    assert {"vocab.json", "merges.txt", "tokenizer_config.json"} <= names and "tokenizer.json" not in names
+    assert "_name_or_path" not in json.loads((DEFAULT_TEACHER / "model_index.json").read_text())
     size = sum(p.stat().st_size for p in DEFAULT_TEACHER.rglob("*") if p.is_file())
     assert size < 16e6  # small enough to live in git
 

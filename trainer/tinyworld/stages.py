@@ -215,6 +215,8 @@ def train_unet(cfg: Any) -> Path:
     acc = make_accelerator(cfg.device)
     root = Path(cfg.output)
     vae_dir = root / "vae" / "final"
+    if not (vae_dir / "config.json").is_file() and cfg.unet_init:
+        vae_dir = Path(cfg.unet_init) / "vae"  # continuing a teacher: keep its latent space
     if not (vae_dir / "config.json").is_file():
         raise FileNotFoundError(f"{vae_dir}: no trained VAE; run `wadi pretrain --stage vae` first (same --output)")
     vae = AutoencoderKL.from_pretrained(str(vae_dir)).eval()
