@@ -21,6 +21,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 def main(argv):
     cfg = yaml.safe_load(Path(argv[argv.index("--config") + 1]).read_text())
+    # Also reads the layout of tab_fake_config.FakeConfig (sections), flattened.
+    for sec in ("train", "output"):
+        cfg = {**(cfg.get(sec) or {}), **cfg}
+    cfg.setdefault("out", cfg.get("dir"))
+    cfg.setdefault("steps", cfg.get("max_steps", 10))
     resume = "--resume" in argv
     out = Path(cfg["out"])
     out.mkdir(parents=True, exist_ok=True)
