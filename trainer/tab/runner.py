@@ -64,7 +64,8 @@ def cli_command(subcommand: str, args: list[str], devices: tuple[str, ...], pyth
 
 class JobRunner:
     def __init__(self, store: JobStore, grace_s: float = 5.0, term_s: float = 3.0, python: str = sys.executable,
-                 command: Callable[[str, list[str], tuple[str, ...], str], list[str]] = cli_command):
+                 command: Callable[[str, list[str], tuple[str, ...], str], list[str]] = cli_command,
+                 attach: bool = True):
         # ``command`` builds a job's argv; tests swap in a fake trainer, everything else uses the CLI.
         self.store, self.grace_s, self.term_s, self.python, self.command = store, grace_s, term_s, python, command
         self._popen: dict[str, subprocess.Popen] = {}
@@ -73,7 +74,8 @@ class JobRunner:
         self._lock = threading.RLock()
         self._monitor: threading.Thread | None = None
         self._stop_monitor = threading.Event()
-        self.poll()  # re-attach to (or close) whatever a previous app left running
+        if attach:  # re-attach to (or close) whatever a previous app left running
+            self.poll()
 
     # -- paths ---------------------------------------------------------------------------------
     @staticmethod
