@@ -53,9 +53,9 @@ def _training_tab(app: TabApp, k: TrainKind) -> None:
                                          elem_id=f"wadi-preset-name-{kind}")
                 overwrite = gr.Checkbox(label="overwrite", value=False, scale=1)
                 save_btn = gr.Button("Save preset", scale=1, elem_id=f"wadi-save-{kind}")
-            upload = gr.File(label=f"…or load a preset file (.yaml, ≤ {app.settings.max_upload_bytes // 1024} KiB)",
-                             file_types=[".yaml", ".yml"], type="filepath", elem_id=f"wadi-upload-{kind}",
-                             height=90)
+            upload = gr.UploadButton(f"Load a preset file (.yaml, ≤ {app.settings.max_upload_bytes // 1024} KiB)",
+                                     file_types=[".yaml", ".yml"], type="filepath", elem_id=f"wadi-upload-{kind}",
+                                     size="sm")
             form_msg = gr.Markdown(elem_id=f"wadi-form-msg-{kind}")
             comps = build_form(specs, k.config_cls(), open_sections=("model", "data", "train", "output"))
             with gr.Accordion("YAML and command (preview)", open=False):
@@ -85,7 +85,8 @@ def _training_tab(app: TabApp, k: TrainKind) -> None:
             log = gr.Textbox(label="log (tail)", lines=10, max_lines=10, interactive=False, autoscroll=True,
                              elem_id=f"wadi-log-{kind}")
             table = gr.Dataframe(headers=JOB_HEADERS, value=[], label="jobs (kept across restarts)",
-                                 interactive=False, elem_id=f"wadi-jobs-{kind}", wrap=True)
+                                 interactive=False, elem_id=f"wadi-jobs-{kind}", wrap=True,
+                                 column_widths=["30%", "10%", "8%", "14%", "10%", "28%"])
     shown = gr.State({})
 
     n = len(comps)

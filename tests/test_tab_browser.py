@@ -1,0 +1,107 @@
+"""The trainer tab in a real browser (Playwright + Debian's chromium).
+
+Drives the page like a user: load a preset once, start a job, watch progress and a
+sample image arrive, stop, resume, see it finish, reload the page and find the jobs
+again.  Screenshots go to outputs/test-artifacts/tab-browser*/ (or $WADI_TEST_ARTIFACTS).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).parent))
+import tab_browser as tb  # noqa: E402
+
+pytestmark = pytest.mark.skipif(tb.skip_reason() is not None, reason=tb.skip_reason() or "")
+
+FAKE = Path(__file__).with_name("tab_fake_trainer.py")
+
+
+@pytest.fixture
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=tb.CHROMIUM, args=tb.FLAGS, headless=True)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def drive_job(pg: tb.Page, kind: str, total: int) -> None:
+    """Start -> progress + sample -> stop -> resume -> finish, with a screenshot at each stage."""
+    page = pg.page
+    page.click(f"#wadi-start-{kind}")
+    first = pg.wait("progress to start", lambda: pg.step(f"wadi-progress-{kind}"))
+    assert first[1] == total
+    pg.wait("progress to advance", lambda: (s := pg.step(f"wadi-progress-{kind}")) and s[0] > first[0])
+    pg.shot("running")
+    pg.wait("a sample image", lambda: pg.image_src(f"wadi-sample-{kind}"), timeout=180)
+    assert pg.image_src(f"wadi-plot-{kind}")  # loss curves
+    pg.shot("sample")
+    page.click(f"#wadi-stop-{kind}")
+    pg.wait("the stop message", lambda: "Stopping job" in pg.text(f"wadi-job-msg-{kind}"))
+    pg.wait("the job to stop", lambda: "stopped" in pg.text(f"wadi-status-{kind}").split("·")[0], timeout=60)
+    at_stop = pg.step(f"wadi-progress-{kind}")
+    assert at_stop and at_stop[0] < total, at_stop
+    pg.shot("stopped")
+    page.click(f"#wadi-resume-{kind}")
+    pg.wait("the resume message", lambda: "resuming" in pg.text(f"wadi-job-msg-{kind}"))
+    pg.wait("the resumed job to finish", lambda: "finished" in pg.text(f"wadi-status-{kind}").split("·")[0],
+            timeout=300)
+    assert pg.step(f"wadi-progress-{kind}") == (total, total)
+    assert "resumes" in pg.text(f"wadi-status-{kind}")
+    pg.shot("finished")
+
+
+def test_browser_fake_trainer_preset_stop_resume_reload(browser, tmp_path):
+    """The whole page flow against a stand-in trainer (fast; every control of the Distill tab)."""
+    import tab_fake_config as fc
+    from wadi_lorad.trainer.tab.app import Settings, TabApp
+    from wadi_lorad.trainer.tab.kinds import load_kinds
+    from wadi_lorad.trainer.tab.layout import blocks
+    from wadi_lorad.trainer.tab.runner import JobRunner
+    from wadi_lorad.trainer.tab.store import JobStore
+
+    settings = Settings.create(roots=[tmp_path], default_devices="cpu")
+    preset = settings.presets_dir / "distill" / "quick.yaml"
+    preset.parent.mkdir(parents=True)
+    cfg = fc.to_dict(fc.FakeConfig())
+    cfg["train"].update(max_steps=40, sleep=0.1, ranks=[3, 5])
+    cfg["model"]["dtype"] = "bf16"
+    cfg["output"].update(dir="runs/quick", sample_every=5, sample_prompts=["one", "two", "three"])
+    preset.write_text(yaml.safe_dump(cfg))
+    runner = JobRunner(JobStore(settings.jobs_dir), command=lambda s, a, d, py: [py, str(FAKE), *a])
+    app = TabApp(settings, kinds=load_kinds({"distill": ("Distill (WaDi)", "tab_fake_config", "FakeConfig", {})}),
+                 runner=runner)
+    runner.start_monitor()
+    demo = blocks(app)
+    url = tb.launch(demo, tb.free_port())
+    try:
+        pg = tb.Page(browser.new_page(viewport={"width": 1400, "height": 1000}), tb.artifacts_dir("tab-browser-fake"))
+        pg.page.goto(url)
+        pg.page.wait_for_selector("#wadi-start-distill", timeout=60_000)
+        assert pg.value("cfg-train-max-steps") == "20"
+        pg.choose("wadi-preset-distill", "quick")
+        pg.page.click("#wadi-load-distill")  # ONE load
+        pg.wait("the preset to load", lambda: "Loaded preset" in pg.text("wadi-form-msg-distill"))
+        assert pg.value("cfg-train-max-steps") == "40"
+        assert pg.value("cfg-train-ranks") == "3, 5"
+        assert pg.value("cfg-output-dir") == "runs/quick"
+        assert pg.value("cfg-output-sample-prompts") == "one\ntwo\nthree"
+        assert pg.value("cfg-model-dtype") == "bf16"
+        pg.shot("preset-loaded")
+        drive_job(pg, "distill", 40)
+        pg.page.reload()
+        pg.page.wait_for_selector("#wadi-jobs-distill", timeout=60_000)
+        pg.wait("the job list after a reload", lambda: pg.text("wadi-jobs-distill").count("distill") >= 2)
+        assert "finished" in pg.text("wadi-jobs-distill") and "stopped" in pg.text("wadi-jobs-distill")
+        pg.shot("after-reload")
+    finally:
+        runner.close()
+        demo.close()
