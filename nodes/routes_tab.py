@@ -103,7 +103,8 @@ class TabService:
                 tail = EventTail(job.out_dir)
                 tail.update()
                 p = tail.progress()
-                d.update(progress=p.text(), step=p.step, total_steps=p.total)
+                if p.step is not None:
+                    d.update(progress=p.text(), step=p.step, total_steps=p.total)
             out.append(d)
         return out
 

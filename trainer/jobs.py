@@ -11,9 +11,9 @@ One place defines it so the trainer and the job runner cannot drift apart:
   appended and flushed, never rewritten.  Records the tab reads (all optional
   except ``event``):
 
-  ``{"event": "start", "total_steps": N, "step": s0, "time": t}``
-  ``{"event": "step", "step": s, "total_steps": N, "losses": {"student": x, "fake": y},
-  "lr": {...} | float, "it_s": r, "eta_s": e, "time": t}``
+  ``{"event": "start" | "resume", "max_steps": N, "step": s0, "time": t}``
+  ``{"event": "step", "step": s, "loss_student": x, "loss_fake": y, "it_s": r, "eta_s": e, "time": t}``
+  (losses may also come as ``"losses": {"student": x, ...}``; ``total_steps`` is read as ``max_steps``)
   ``{"event": "sample", "step": s, "path": "<png>"}``
   ``{"event": "checkpoint", "step": s, "path": "<dir>"}``
   ``{"event": "stopped" | "done" | "error", "step": s, "message": "..."}``

@@ -24,7 +24,8 @@ function jobRow(job, onStop) {
   const row = el("li", { className: "wadi-job" },
     el("b", { textContent: job.status }), " ",
     el("span", { textContent: job.id }),
-    el("div", { className: "wadi-job-progress", textContent: job.progress || job.message || "" }));
+    el("div", { className: "wadi-job-progress", textContent: job.progress || "" }),
+    el("div", { className: "wadi-job-message", textContent: job.message || "" }));
   if (active && job.status !== "stopping") {
     row.append(el("button", { textContent: "Stop", className: "wadi-stop", onclick: () => onStop(job.id) }));
   }

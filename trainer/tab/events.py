@@ -26,6 +26,7 @@ class Progress:
     sample: str | None = None  # newest sample grid (path as logged)
     checkpoint: str | None = None
     last_event: str | None = None
+    error: str | None = None
 
     def text(self) -> str:
         if self.step is None:
@@ -38,8 +39,10 @@ class Progress:
         if self.eta_s is not None:
             parts.append(f"ETA {format_seconds(self.eta_s)}")
         parts += [f"{k} {v:.4g}" for k, v in self.losses.items()]
-        if self.last_event in ("done", "stopped", "error"):
+        if self.last_event in ("done", "stopped"):
             parts.append(self.last_event)
+        if self.error:
+            parts.append(f"error: {self.error}")
         return " · ".join(parts)
 
 
@@ -105,8 +108,9 @@ class EventTail:
         for rec in self.records:
             ev = rec.get("event")
             p.last_event = ev or p.last_event
-            if isinstance(rec.get("total_steps"), int):
-                p.total = rec["total_steps"]
+            for key in ("total_steps", "max_steps"):  # the distill trainer logs max_steps
+                if isinstance(rec.get(key), int):
+                    p.total = rec[key]
             if isinstance(rec.get("step"), int):
                 p.step = rec["step"]
             if ev == "sample" and rec.get("path"):
@@ -114,6 +118,8 @@ class EventTail:
             elif rec.get("samples"):
                 paths = rec["samples"]
                 p.sample = str(paths[-1] if isinstance(paths, list) else paths)
+            if ev == "error" and rec.get("message"):
+                p.error = str(rec["message"])
             if ev == "checkpoint" and rec.get("path"):
                 p.checkpoint = str(rec["path"])
             losses = _flatten_losses(rec)
