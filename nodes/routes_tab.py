@@ -49,7 +49,8 @@ class TabService:
     def __init__(self, base: Path | None = None, port: int = DEFAULT_PORT, python: str = sys.executable):
         folders = comfy_folders()
         self.base = Path(base) if base else folders["output"] / "wadi"
-        self.roots = [self.base, folders["models"], PACK_ROOT]
+        # The pack's assets/ (shipped tiny world) is readable; the pack's code folders are not a root.
+        self.roots = [self.base, folders["models"], PACK_ROOT / "assets"]
         self.jobs_dir = self.base / "jobs"
         self.port, self.python = port, python
         self._proc: subprocess.Popen | None = None

@@ -136,6 +136,9 @@ def test_start_stop_resume_finish_through_the_app(app, tmp_path):
     cfg.train.max_steps, cfg.train.sleep, cfg.output.sample_every = 60, 0.05, 5
     msg, job_id = app.start("distill", config_to_values(cfg, specs), "cpu")
     assert job_id and msg.startswith(f"Started job {job_id}")
+    job_cfg = yaml.safe_load(app.runner.config_path(app.store.get(job_id)).read_text())
+    assert job_cfg["output"]["dir"] == str(tmp_path.resolve() / "runs" / "a")  # absolute in the job's config
+    assert job_cfg["version"] == fc.CONFIG_VERSION and job_cfg["train"]["max_steps"] == 60
     _wait(app, job_id, lambda j: (app.view(j.id).n_records or 0) > 8)
     v = app.view(job_id)
     assert v.progress.startswith("step ") and "/ 60" in v.progress and v.plot_png[:4] == b"\x89PNG"

@@ -47,8 +47,12 @@ def test_paths_inside_roots_only(tmp_path):
     # a sibling whose name merely starts with the root's name is not inside it
     (tmp_path / "root2").mkdir()
     assert str(tmp_path / "root2" / "x") not in roots
-    # several roots
-    assert Roots([root, other]).resolve(other / "y") == other.resolve() / "y"
+    # several roots: a relative path is found in whichever root has it, else it goes to the first
+    (other / "shipped").mkdir()
+    both = Roots([root, other])
+    assert both.resolve(other / "y") == other.resolve() / "y"
+    assert both.resolve("shipped/teacher") == root.resolve() / "shipped" / "teacher"  # not there: first root
+    assert both.resolve("shipped") == other.resolve() / "shipped"
 
 
 def test_symlink_escapes_are_rejected(tmp_path):

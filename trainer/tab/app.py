@@ -19,9 +19,15 @@ from typing import Any
 from .events import EventTail, format_seconds, loss_plot_png
 from .forms import FieldSpec, config_to_values, field_specs, values_to_dict
 from .kinds import TrainKind, check_preset_name, load_kinds, preset_files
-from .runner import JobRefused, JobRunner
+from .runner import PACK_ROOT, JobRefused, JobRunner
 from .security import DEFAULT_MAX_UPLOAD_BYTES, PathNotAllowed, Roots, check_upload
 from .store import Job, JobStore
+
+
+def default_roots() -> list[Path]:
+    """The current folder (read/write), plus the pack's ``assets/`` (the shipped tiny world) when present."""
+    assets = PACK_ROOT / "assets"
+    return [Path.cwd(), *([assets] if assets.is_dir() else [])]
 
 
 @dataclass
@@ -38,7 +44,7 @@ class Settings:
     def create(cls, roots: list[str | os.PathLike[str]] | None = None, jobs_dir: str | None = None,
                presets_dir: str | None = None, **kw: Any) -> Settings:
         """Defaults: roots = [cwd], jobs under ``<first root>/outputs/tab/jobs``, presets beside them."""
-        r = Roots(roots or [Path.cwd()])
+        r = Roots(roots or default_roots())
         jobs = r.resolve(jobs_dir or "outputs/tab/jobs", what="--jobs-dir")
         presets = r.resolve(presets_dir or "outputs/tab/presets", what="--presets-dir")
         if "default_devices" not in kw:
@@ -80,8 +86,12 @@ class TabApp:
     def specs(self, kind: str) -> list[FieldSpec]:
         return field_specs(self.kind(kind).config_cls)
 
-    def config_from_values(self, kind: str, values: list[Any]) -> Any:
-        """Form values -> a checked config; paths must lie inside the roots.  Raises ValueError."""
+    def config_from_values(self, kind: str, values: list[Any], absolute: bool = False) -> Any:
+        """Form values -> a checked config; paths must lie inside the roots.  Raises ValueError.
+
+        With ``absolute`` the path fields are replaced by their resolved absolute paths:
+        a job's config.yaml then means the same thing from any working folder.
+        """
         k = self.kind(kind)
         cfg = k.from_dict(values_to_dict(self.specs(kind), list(values), version=k.version))
         if k.validate is not None:
@@ -89,13 +99,15 @@ class TabApp:
         for path in k.path_fields:
             value = k.get(cfg, path)
             if value:
-                self.roots.resolve(value, what=path)
+                real = self.roots.resolve(value, what=path)
+                if absolute:
+                    k.set(cfg, path, str(real))
         return cfg
 
     def preview(self, kind: str, values: list[Any]) -> tuple[str, str]:
         """(the YAML a job would get, the command it would run) — or the error, in the first slot."""
         try:
-            cfg = self.config_from_values(kind, values)
+            cfg = self.config_from_values(kind, values, absolute=True)
         except ValueError as e:
             return f"# not valid: {e}", ""
         k = self.kind(kind)
@@ -132,7 +144,7 @@ class TabApp:
         """Submit a job from form values; returns (message, job id or None).  Nothing runs on an error."""
         try:
             k = self.kind(kind)
-            cfg = self.config_from_values(kind, values)
+            cfg = self.config_from_values(kind, values, absolute=True)
             out_dir = self.roots.resolve(k.get(cfg, k.out_dir_field), what=k.out_dir_field)
             job = self.runner.submit(kind, [], out_dir, devices or self.settings.default_devices,
                                      subcommand=k.subcommand, queue=queue, cwd=self.roots.base,

@@ -44,6 +44,12 @@ class TrainKind:
             cfg = getattr(cfg, part)
         return cfg
 
+    def set(self, cfg: Any, path: str, value: Any) -> None:
+        *parents, leaf = path.split(".")
+        for part in parents:
+            cfg = getattr(cfg, part)
+        setattr(cfg, leaf, value)
+
     def load_yaml(self, path: str | os.PathLike[str]) -> Any:
         """A preset file -> config, with the file named in every error."""
         p = Path(path)

@@ -48,7 +48,12 @@ class Roots:
         return self.roots[0]
 
     def resolve(self, user_path: str | os.PathLike[str], what: str = "path") -> Path:
-        """Absolute, symlink-free path inside a root, or :class:`PathNotAllowed` naming ``what``."""
+        """Absolute, symlink-free path inside a root, or :class:`PathNotAllowed` naming ``what``.
+
+        A relative path is looked up in each root in turn (the first where it exists
+        wins: a preset can name ``assets/tinyworld/teacher`` whatever the roots are),
+        else it is taken from the first root (an output that does not exist yet).
+        """
         raw = str(user_path).strip()
         if not raw:
             raise PathNotAllowed(f"{what}: empty path")
@@ -56,7 +61,8 @@ class Roots:
             raise PathNotAllowed(f"{what}: path contains a NUL byte")
         p = Path(raw).expanduser()
         if not p.is_absolute():
-            p = self.base / p
+            found = [r / p for r in self.roots if (r / p).exists()]
+            p = found[0] if found else self.base / p
         # strict=False: the path may not exist yet (an output folder).  resolve() still follows
         # every symlink that does exist along the way, which is what catches link escapes.
         real = p.resolve(strict=False)
