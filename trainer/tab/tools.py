@@ -165,13 +165,22 @@ def _help_of(command: str) -> str:
     return ""
 
 
-def _plots(specs: list[ArgSpec], values: tuple, app) -> list[str]:
-    """PNGs in an ``outdir`` argument (``lorad analyze`` writes its figures there)."""
+def _plots(specs: list[ArgSpec], values: tuple, app) -> list:
+    """PNGs in an ``outdir`` argument (``lorad analyze`` writes its figures there), as images.
+
+    Handed over as pixels, not paths, so Gradio needs no file-serving permission for them.
+    """
+    from PIL import Image
+
     for s, v in zip(specs, values):
         if s.dest == "outdir" and v:
             try:
                 folder = app.roots.resolve(v, what="outdir")
             except PathNotAllowed:
                 return []
-            return [str(p) for p in sorted(folder.glob("*.png"))]
+            images = []
+            for p in sorted(folder.glob("*.png")):
+                with Image.open(p) as im:
+                    images.append((im.convert("RGB"), p.name))
+            return images
     return []
