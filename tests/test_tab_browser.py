@@ -8,6 +8,7 @@ again.  Screenshots go to outputs/test-artifacts/tab-browser*/ (or $WADI_TEST_AR
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -33,7 +34,18 @@ def browser():
             b.close()
 
 
-def drive_job(pg: tb.Page, kind: str, total: int) -> None:
+def stop_all(app) -> None:
+    """Leave no job running behind a failed test."""
+    for job in app.jobs():
+        if job.active:
+            app.runner.stop(job.id)
+    app.runner.close()
+    end = time.time() + 20
+    while any(j.active for j in app.runner.poll()) and time.time() < end:
+        time.sleep(0.1)
+
+
+def drive_job(pg: tb.Page, kind: str, total: int, stopped=("stopped",)) -> None:
     """Start -> progress + sample -> stop -> resume -> finish, with a screenshot at each stage."""
     page = pg.page
     page.click(f"#wadi-start-{kind}")
@@ -46,7 +58,7 @@ def drive_job(pg: tb.Page, kind: str, total: int) -> None:
     pg.shot("sample")
     page.click(f"#wadi-stop-{kind}")
     pg.wait("the stop message", lambda: "Stopping job" in pg.text(f"wadi-job-msg-{kind}"))
-    pg.wait("the job to stop", lambda: "stopped" in pg.text(f"wadi-status-{kind}").split("·")[0], timeout=60)
+    pg.wait("the job to stop", lambda: pg.text(f"wadi-status-{kind}").split("·")[0].strip() in stopped, timeout=60)
     at_stop = pg.step(f"wadi-progress-{kind}")
     assert at_stop and at_stop[0] < total, at_stop
     pg.shot("stopped")
@@ -103,5 +115,48 @@ def test_browser_fake_trainer_preset_stop_resume_reload(browser, tmp_path):
         assert "finished" in pg.text("wadi-jobs-distill") and "stopped" in pg.text("wadi-jobs-distill")
         pg.shot("after-reload")
     finally:
-        runner.close()
+        stop_all(app)
+        demo.close()
+
+
+TEACHER = tb.ROOT / "assets" / "tinyworld" / "teacher"
+TINY_PROMPTS = ["a red circle on the left", "a blue square on the right", "a green triangle at the top",
+                "a yellow circle at the bottom", "a small red square", "a big blue circle"]
+
+
+@pytest.mark.skipif(not (TEACHER / "model_index.json").is_file(), reason=f"no tiny-world teacher at {TEACHER}")
+def test_browser_tinyworld_distill_start_stop_resume(browser, tmp_path):
+    """The real thing: `wadi distill` on the shipped tiny-world teacher, driven from the page."""
+    pytest.importorskip("wadi_lorad.trainer.config", reason="the distill trainer is not here")
+    from wadi_lorad.trainer import config as C
+    from wadi_lorad.trainer.tab.app import Settings, build_app
+
+    (tmp_path / "prompts.txt").write_text("\n".join(TINY_PROMPTS) + "\n")
+    settings = Settings.create(roots=[tmp_path, TEACHER.parent.parent], default_devices="cpu")
+    total = 12
+    cfg = C.apply_overrides(C.DistillConfig(), [
+        ("model.base", str(TEACHER)), ("data.prompts", "prompts.txt"), ("output.dir", "runs/tiny"),
+        ("adapter.student_rank", "8"), ("adapter.fake_rank", "4"), ("train.batch_size", "2"),
+        ("train.max_steps", str(total)), ("output.checkpoint_every", "2"), ("output.sample_every", "3"),
+        ("output.num_samples", "2"),
+    ])
+    (settings.presets_dir / "distill").mkdir(parents=True)
+    C.save_yaml(cfg, settings.presets_dir / "distill" / "tiny-browser.yaml")
+    demo = build_app(settings)
+    url = tb.launch(demo, tb.free_port())
+    try:
+        pg = tb.Page(browser.new_page(viewport={"width": 1400, "height": 1000}),
+                     tb.artifacts_dir("tab-browser-tinyworld"))
+        pg.page.goto(url)
+        pg.page.wait_for_selector("#wadi-start-distill", timeout=60_000)
+        pg.choose("wadi-preset-distill", "tiny-browser")
+        pg.page.click("#wadi-load-distill")
+        pg.wait("the preset to load", lambda: pg.value("cfg-train-max-steps") == str(total))
+        assert pg.value("cfg-data-prompts") == "prompts.txt"
+        # "killed" too: a trainer that ignores the stop file is force-stopped, and resume still works
+        drive_job(pg, "distill", total, stopped=("stopped", "killed"))
+        out = tmp_path / "runs" / "tiny"
+        assert list(out.rglob("*.lorad.safetensors")), sorted(p.name for p in out.iterdir())
+    finally:
+        stop_all(demo.wadi_app)
         demo.close()

@@ -251,4 +251,6 @@ def build_app(settings: Settings | None = None, kinds: dict[str, TrainKind | str
     app = TabApp(settings or Settings.create(), kinds=kinds, runner=runner)
     if monitor:
         app.runner.start_monitor()
-    return blocks(app)
+    demo = blocks(app)
+    demo.wadi_app = app  # for hosts (and tests) that need the runner, e.g. to stop jobs on shutdown
+    return demo
