@@ -130,16 +130,21 @@ def _training_tab(app: TabApp, k: TrainKind) -> None:
     def on_tick(job_id: str | None, last: dict):
         jobs = app.jobs(kind)
         ids = [j.id for j in jobs]
+        choices = [(f"{j.id} · {j.status}", j.id) for j in jobs]
+        # Only an empty/unknown selection is filled in here (with the newest job).  Writing the
+        # value on every tick would race with Start/Resume: a tick that began before the click
+        # would put the old job back after the click selected the new one.
+        pick = gr.update(choices=choices)
         if job_id not in ids:
             job_id = ids[0] if ids else None
+            pick = gr.update(choices=choices, value=job_id)
         v = app.view(job_id)
         sample_key = (job_id, str(v.sample) if v.sample else None,
                       v.sample.stat().st_mtime_ns if v.sample else None)
         plot_key = (job_id, v.n_records)
         sample_out = gr.skip() if last.get("sample") == sample_key else _open_image(v.sample)
         plot_out = gr.skip() if last.get("plot") == plot_key else png_to_pil(v.plot_png)
-        choices = [(f"{j.id} · {j.status}", j.id) for j in jobs]
-        return ([app.job_row(j) for j in jobs], gr.update(choices=choices, value=job_id), v.status, v.progress,
+        return ([app.job_row(j) for j in jobs], pick, v.status, v.progress,
                 sample_out, plot_out, v.log, {"sample": sample_key, "plot": plot_key})
 
     load_btn.click(on_load, [preset], comps + [form_msg])
