@@ -160,3 +160,15 @@ def test_tool_arguments_are_confined(tmp_path):
         build_argv(specs, ["../x", "", 4, False, "", ""], roots)
     with pytest.raises(ValueError, match="file: required"):
         build_argv(specs, ["", "", 4, False, "", ""], roots)
+
+
+def test_module_entry_point_parses_the_same_options(capsys):
+    import pytest as _pytest
+    from wadi_lorad.trainer.tab import cli
+
+    with _pytest.raises(SystemExit) as e:
+        cli.main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "--listen" in out and "--root" in out and "python -m wadi_lorad.trainer.tab" in out
+    assert (PKG / "trainer" / "tab" / "__main__.py").is_file()
