@@ -139,7 +139,8 @@ def build_tools_tab(app, commands: tuple[str, ...]) -> None:
             comps = [_component(gr, s, command) for s in specs]
             run_btn = gr.Button(f"Run {command}", variant="primary", elem_id=f"tool-run-{command}")
             out = gr.Textbox(label="output", lines=12, interactive=False, elem_id=f"tool-out-{command}")
-            gallery = gr.Gallery(label="plots", elem_id=f"tool-plots-{command}", visible=command == "analyze")
+            gallery = gr.Gallery(label="plots", elem_id=f"tool-plots-{command}", visible=command == "analyze",
+                                 columns=2, object_fit="contain", height=420)
 
             def on_run(*values, _specs=specs, _command=command):
                 try:
