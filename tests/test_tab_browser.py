@@ -124,19 +124,27 @@ TINY_PROMPTS = ["a red circle on the left", "a blue square on the right", "a gre
                 "a yellow circle at the bottom", "a small red square", "a big blue circle"]
 
 
-@pytest.mark.skipif(not (TEACHER / "model_index.json").is_file(), reason=f"no tiny-world teacher at {TEACHER}")
-def test_browser_tinyworld_distill_start_stop_resume(browser, tmp_path):
-    """The real thing: `wadi distill` on the shipped tiny-world teacher, driven from the page."""
-    pytest.importorskip("wadi_lorad.trainer.config", reason="the distill trainer is not here")
-    from wadi_lorad.trainer import config as C
+def _base_and_prompts(tmp_path: Path) -> tuple[Path, Path]:
+    """The shipped tiny-world teacher, else (before it lands) the distill tests' tiny random SD folder."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(TINY_PROMPTS) + "\n")
+    if (TEACHER / "model_index.json").is_file():
+        return TEACHER, prompts
+    tiny = pytest.importorskip("tiny_models", reason="neither the tiny-world teacher nor tests/tiny_models.py is here")
+    return tiny.build_tiny(tmp_path / "base", "sd", 0), prompts
+
+
+def test_browser_real_distill_start_stop_resume(browser, tmp_path):
+    """The real thing: `wadi distill` (the CLI subprocess) on the tiny world, driven from the page."""
+    C = pytest.importorskip("wadi_lorad.trainer.config", reason="the distill trainer is not here")
     from wadi_lorad.trainer.tab.app import Settings, build_app
 
-    (tmp_path / "prompts.txt").write_text("\n".join(TINY_PROMPTS) + "\n")
-    settings = Settings.create(roots=[tmp_path, TEACHER.parent.parent], default_devices="cpu")
+    base, prompts = _base_and_prompts(tmp_path)
+    settings = Settings.create(roots=[tmp_path, base.parent], default_devices="cpu")
     total = 12
     cfg = C.apply_overrides(C.DistillConfig(), [
-        ("model.base", str(TEACHER)), ("data.prompts", "prompts.txt"), ("output.dir", "runs/tiny"),
-        ("adapter.student_rank", "8"), ("adapter.fake_rank", "4"), ("train.batch_size", "2"),
+        ("model.base", str(base)), ("data.prompts", prompts.name), ("output.dir", "runs/tiny"),
+        ("adapter.student_rank", "4"), ("adapter.fake_rank", "2"), ("train.batch_size", "2"),
         ("train.max_steps", str(total)), ("output.checkpoint_every", "2"), ("output.sample_every", "3"),
         ("output.num_samples", "2"),
     ])
@@ -146,7 +154,7 @@ def test_browser_tinyworld_distill_start_stop_resume(browser, tmp_path):
     url = tb.launch(demo, tb.free_port())
     try:
         pg = tb.Page(browser.new_page(viewport={"width": 1400, "height": 1000}),
-                     tb.artifacts_dir("tab-browser-tinyworld"))
+                     tb.artifacts_dir("tab-browser-distill"))
         pg.page.goto(url)
         pg.page.wait_for_selector("#wadi-start-distill", timeout=60_000)
         pg.choose("wadi-preset-distill", "tiny-browser")
@@ -156,7 +164,7 @@ def test_browser_tinyworld_distill_start_stop_resume(browser, tmp_path):
         # "killed" too: a trainer that ignores the stop file is force-stopped, and resume still works
         drive_job(pg, "distill", total, stopped=("stopped", "killed"))
         out = tmp_path / "runs" / "tiny"
-        assert list(out.rglob("*.lorad.safetensors")), sorted(p.name for p in out.iterdir())
+        assert (out / "student.lorad.safetensors").is_file(), sorted(p.name for p in out.iterdir())
     finally:
         stop_all(demo.wadi_app)
         demo.close()
