@@ -195,3 +195,14 @@ def test_refusal_message_when_not_queueing(app):
 def test_unavailable_kinds_say_why():
     kinds = load_kinds({"relation": ("Relation", "..no_such_module", "RelationConfig", {})})
     assert isinstance(kinds["relation"], str) and "not in this build" in kinds["relation"]
+
+
+def test_one_app_per_jobs_folder(tmp_path):
+    from wadi_lorad.trainer.tab.runner import RunnerBusy
+
+    settings = Settings.create(roots=[tmp_path], default_devices="cpu")
+    first = TabApp(settings, kinds={})
+    with pytest.raises(RunnerBusy, match=r"another trainer app \(pid \d+\) manages .*--jobs-dir"):
+        TabApp(settings, kinds={})
+    first.runner.close()
+    TabApp(settings, kinds={}).runner.close()  # free again once the first is gone

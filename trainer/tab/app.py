@@ -71,7 +71,8 @@ class TabApp:
         self.roots = settings.roots
         self.kinds = kinds if kinds is not None else load_kinds()
         self.store = runner.store if runner else JobStore(settings.jobs_dir)
-        self.runner = runner or JobRunner(self.store, grace_s=settings.grace_s, term_s=settings.term_s)
+        self.runner = runner or JobRunner(self.store, grace_s=settings.grace_s, term_s=settings.term_s,
+                                          exclusive=True)
         self._tails: dict[str, EventTail] = {}
         self._plots: dict[str, tuple[int, bytes | None]] = {}
         self._lock = threading.Lock()

@@ -33,14 +33,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
     from .app import Settings, build_app
+    from .runner import RunnerBusy
     from .security import bind_host
 
     kw = {"default_devices": args.devices} if args.devices else {}
     settings = Settings.create(roots=args.root, jobs_dir=args.jobs_dir, presets_dir=args.presets_dir,
                                max_upload_bytes=args.max_upload_kb * 1024, grace_s=args.grace, **kw)
     host = bind_host(args.listen, args.port, settings.roots.roots)
-    demo = build_app(settings)
+    try:
+        demo = build_app(settings)
+    except RunnerBusy as e:
+        print(f"wadi tab: error: {e}", file=sys.stderr)
+        return 1
     print(f"[wadi tab] http://{'127.0.0.1' if host == '127.0.0.1' else host}:{args.port}  "
           f"roots: {', '.join(map(str, settings.roots.roots))}  jobs: {settings.jobs_dir}", flush=True)
     demo.queue(default_concurrency_limit=4).launch(

@@ -37,6 +37,10 @@ RC_NAME = "exit_code"
 CONFIG_NAME = "config.yaml"
 
 
+class RunnerBusy(RuntimeError):
+    """Another app already manages this jobs folder (two would both start the queued jobs)."""
+
+
 class JobRefused(RuntimeError):
     """The device is busy and queueing was not asked for; the message says by what."""
 
@@ -65,7 +69,7 @@ def cli_command(subcommand: str, args: list[str], devices: tuple[str, ...], pyth
 class JobRunner:
     def __init__(self, store: JobStore, grace_s: float = 5.0, term_s: float = 3.0, python: str = sys.executable,
                  command: Callable[[str, list[str], tuple[str, ...], str], list[str]] = cli_command,
-                 attach: bool = True):
+                 attach: bool = True, exclusive: bool = False):
         # ``command`` builds a job's argv; tests swap in a fake trainer, everything else uses the CLI.
         self.store, self.grace_s, self.term_s, self.python, self.command = store, grace_s, term_s, python, command
         self._popen: dict[str, subprocess.Popen] = {}
@@ -74,8 +78,30 @@ class JobRunner:
         self._lock = threading.RLock()
         self._monitor: threading.Thread | None = None
         self._stop_monitor = threading.Event()
+        self._lock_file = self._take_lock() if exclusive else None
         if attach:  # re-attach to (or close) whatever a previous app left running
             self.poll()
+
+    def _take_lock(self):
+        """An exclusive flock on ``<jobs>/runner.lock`` for this runner's lifetime (released on exit)."""
+        import fcntl
+
+        fh = open(self.store.jobs_dir / "runner.lock", "a+")  # noqa: SIM115 - held open on purpose
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            owner = fh.read().strip() or "?"
+            fh.close()
+            raise RunnerBusy(
+                f"another trainer app (pid {owner}) manages {self.store.jobs_dir}; use that one, "
+                "or start this one with another --jobs-dir"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        return fh
 
     # -- paths ---------------------------------------------------------------------------------
     @staticmethod
@@ -171,6 +197,9 @@ class JobRunner:
         if self._monitor is not None:
             self._monitor.join(timeout=5)
             self._monitor = None
+        if self._lock_file is not None:
+            self._lock_file.close()  # releases the flock
+            self._lock_file = None
 
     # -- internals -----------------------------------------------------------------------------
     def _busy_with(self, devs: tuple[str, ...]) -> Job | None:
