@@ -234,3 +234,11 @@ def test_pid_start_time_tells_processes_apart():
     me = os.getpid()
     assert procs.pid_alive(me, procs.pid_start_time(me))
     assert not procs.pid_alive(me, procs.pid_start_time(me) + 1)
+
+
+def test_log_tail_keeps_the_last_state_of_progress_bars(tmp_path):
+    runner = make_runner(tmp_path)
+    job = Job(id="x", kind="distill", argv=[], job_dir=str(tmp_path), out_dir=str(tmp_path))
+    (tmp_path / "log.txt").write_bytes(b"$ wadi distill\nbar  10%\rbar  50%\rbar 100%\r\ndone\n" + b"x\n" * 50)
+    assert runner.log_tail(job, max_lines=53).split("\n")[:3] == ["$ wadi distill", "bar 100%", "done"]
+    assert runner.log_tail(job, max_lines=2) == "x\nx"

@@ -297,5 +297,6 @@ class JobRunner:
             fh.seek(max(0, path.stat().st_size - max_bytes))
             text = fh.read().decode("utf-8", errors="replace")
         # tqdm redraws with carriage returns: keep only the last state of each line.
-        lines = [ln.rsplit("\r", 1)[-1] for ln in text.splitlines()]
+        # (split on "\n" only: str.splitlines() would also split at "\r" and keep every redraw.)
+        lines = [seg for ln in text.split("\n") if (seg := ln.rstrip("\r").rsplit("\r", 1)[-1].rstrip())]
         return "\n".join(lines[-max_lines:])
