@@ -145,7 +145,7 @@ def test_browser_real_distill_start_stop_resume(browser, tmp_path):
     cfg = C.apply_overrides(C.DistillConfig(), [
         ("model.base", str(base)), ("data.prompts", prompts.name), ("output.dir", "runs/tiny"),
         ("adapter.student_rank", "4"), ("adapter.fake_rank", "2"), ("train.batch_size", "2"),
-        ("train.max_steps", str(total)), ("output.checkpoint_every", "2"), ("output.sample_every", "3"),
+        ("train.max_steps", str(total)), ("output.checkpoint_every", "2"), ("output.sample_every", "2"),
         ("output.num_samples", "2"),
     ])
     (settings.presets_dir / "distill").mkdir(parents=True)
