@@ -127,9 +127,12 @@ TINY_PROMPTS = ["a red circle on the left", "a blue square on the right", "a gre
 def _base_and_prompts(tmp_path: Path) -> tuple[Path, Path]:
     """The shipped tiny-world teacher, else (before it lands) the distill tests' tiny random SD folder."""
     prompts = tmp_path / "prompts.txt"
-    prompts.write_text("\n".join(TINY_PROMPTS) + "\n")
     if (TEACHER / "model_index.json").is_file():
+        from wadi_lorad.trainer.tinyworld.domain import sample_captions
+
+        prompts.write_text("\n".join(sample_captions(64, seed=0)) + "\n")  # the domain's own captions
         return TEACHER, prompts
+    prompts.write_text("\n".join(TINY_PROMPTS) + "\n")
     tiny = pytest.importorskip("tiny_models", reason="neither the tiny-world teacher nor tests/tiny_models.py is here")
     return tiny.build_tiny(tmp_path / "base", "sd", 0), prompts
 
