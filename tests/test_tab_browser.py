@@ -144,7 +144,7 @@ def test_browser_real_distill_start_stop_resume(browser, tmp_path):
 
     base, prompts = _base_and_prompts(tmp_path)
     settings = Settings.create(roots=[tmp_path, base.parent], default_devices="cpu")
-    total = 12
+    total = 8  # stop after the first sample (step 2), resume from the step-2 checkpoint, finish
     cfg = C.apply_overrides(C.DistillConfig(), [
         ("model.base", str(base)), ("data.prompts", prompts.name), ("output.dir", "runs/tiny"),
         ("adapter.student_rank", "4"), ("adapter.fake_rank", "2"), ("train.batch_size", "2"),
