@@ -1,39 +1,13 @@
-"""ComfyUI node pack (V3 API).  ComfyUI imports this during pack loading, via the root
-``comfy_entrypoint``; that is also when the stock-LoraLoader adapter, the ``lorad``
-models folder and the web route are registered (routes added later are never mounted).
+"""ComfyUI nodes for WaDi / LoRaD (V3 API).
+
+Importing this package needs no ComfyUI: the pure helpers (``resolve``, ``onestep_plan``,
+``redilate``, ``lorad_file``) are usable and testable anywhere.  ComfyUI calls the root
+``comfy_entrypoint`` while loading the pack; that imports :mod:`.pack`, which registers
+the adapter, the models folder and the route, and returns the extension.
 """
 
-from __future__ import annotations
 
-import logging
+async def comfy_entrypoint():
+    from .pack import WaDiExtension
 
-from . import adapter, info, patching
-from .highres import WaDiScaleCrafter
-from .info import WaDiLoRaDInfo
-from .loaders import WaDiCheckpointLoader, WaDiLoadLoRaD
-from .sampler import WaDiSampler
-from .v3 import ComfyExtension, io
-
-log = logging.getLogger("wadi")
-
-NODES: list[type[io.ComfyNode]] = [
-    WaDiLoadLoRaD,
-    WaDiCheckpointLoader,
-    WaDiSampler,
-    WaDiScaleCrafter,
-    WaDiLoRaDInfo,
-]
-
-patching.register_folder()
-if adapter.register():
-    log.info("WaDi: LoRaD adapter registered; the stock LoraLoader now loads .lorad.safetensors")
-info.register_route()
-
-
-class WaDiExtension(ComfyExtension):
-    async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return list(NODES)
-
-
-async def comfy_entrypoint() -> WaDiExtension:
     return WaDiExtension()

@@ -111,7 +111,9 @@ def resolve(
             continue
         shape = _target_shape(shapes[model_key], offset)
         check_shapes(prefix, layers[prefix], shape, path)
-        done.append(Resolved(prefix, target if offset is not None else model_key, model_key, shape[0]))
+        # add_patches keys must be hashable: (key, offset tuple[, function]) as ComfyUI builds them
+        patch_key = model_key if offset is None else (model_key, tuple(offset), *target[2:])
+        done.append(Resolved(prefix, patch_key, model_key, shape[0]))
     return done, unknown
 
 

@@ -53,8 +53,17 @@ def comfy_importable() -> str | None:
 
 def import_comfy():
     """Make ``comfy.*`` importable here (CPU mode) and return ``comfy``."""
-    if COMFYUI_DIR not in sys.path:
-        sys.path.insert(1, COMFYUI_DIR)
+    # First on sys.path: pytest may have put this checkout's parent there, and a checkout
+    # folder named ``comfy`` (or our ``nodes`` package) would shadow ComfyUI's modules.
+    # ComfyUI's ``comfy`` is a namespace package, so any regular package called ``comfy``
+    # elsewhere on sys.path wins over it: drop such entries.
+    sys.path[:] = [p for p in sys.path if not Path(p or ".", "comfy", "__init__.py").is_file()]
+    if sys.path[0] != COMFYUI_DIR:
+        sys.path.insert(0, COMFYUI_DIR)
+    for name in ("comfy", "nodes", "utils"):
+        mod = sys.modules.get(name)
+        if mod is not None and not str(getattr(mod, "__file__", "") or "").startswith(str(Path(COMFYUI_DIR).resolve())):
+            del sys.modules[name]
     import comfy.cli_args
 
     comfy.cli_args.args.cpu = True  # before model_management: no CUDA probing
