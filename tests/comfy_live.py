@@ -349,3 +349,35 @@ def load_latent(path: Path) -> torch.Tensor:
     from safetensors.torch import load_file
 
     return load_file(str(path))["latent_tensor"].float()
+
+
+def controlnet_to_ldm(sd: dict) -> dict:
+    """diffusers ControlNetModel state dict -> ldm ``control_model.*`` keys (what ComfyUI detects).
+
+    The UNet-shaped part uses ComfyUI's UNet map; the hint encoder is conv_in, SiLU, then
+    (conv, SiLU) pairs, then conv_out: ldm indices 0, 2, 4, ... 14.
+    """
+    m = ldm_of_diffusers()
+    out = {}
+    for k, v in sd.items():
+        if k in m:
+            new = m[k]
+        elif k.startswith("controlnet_cond_embedding."):
+            rest = k[len("controlnet_cond_embedding."):]
+            part, _, leaf = rest.rpartition(".")
+            if part == "conv_in":
+                idx = 0
+            elif part == "conv_out":
+                idx = 14
+            else:
+                idx = 2 * (int(part.split(".")[1]) + 1)
+            new = f"input_hint_block.{idx}.{leaf}"
+        elif k.startswith("controlnet_down_blocks."):
+            i, leaf = k.split(".")[1], k.split(".")[-1]
+            new = f"zero_convs.{i}.0.{leaf}"
+        elif k.startswith("controlnet_mid_block."):
+            new = f"middle_block_out.0.{k.split('.')[-1]}"
+        else:
+            raise KeyError(f"unmapped ControlNet key {k}")
+        out["control_model." + new] = v.detach().contiguous()
+    return out
