@@ -34,7 +34,7 @@ def full_unet():
 
 
 FULL_CONFIG = {"num_res_blocks": [2, 2, 2, 2], "channel_mult": [1, 2, 4, 4], "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
-               "transformer_depth_output": [0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1][::-1], "transformer_depth_middle": 1,
+               "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], "transformer_depth_middle": 1,
                "model_channels": 320}
 
 
@@ -91,7 +91,7 @@ def main() -> int:
         for d in ("models/checkpoints", "models/loras"):
             (root / d).mkdir(parents=True)
         L.build_checkpoint(root / "models/checkpoints/bench.safetensors", unet, clip, vae)
-        L.write_lorad(root / "models/loras/bench.lorad.safetensors", L.student_layers(unet, clip), {"lorad.arch": "sd15"})
+        L.write_lorad(root / "models/loras/bench.lorad.safetensors", L.student_layers(unet, clip), unet)
         (root / "models/lorad").mkdir()
         (root / "models/lorad/bench.lorad.safetensors").symlink_to(root / "models/loras/bench.lorad.safetensors")
         srv = L.Server(root, HERE.parent)

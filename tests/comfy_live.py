@@ -302,15 +302,20 @@ def student_layers(unet, clip, seed: int = 3, scale: float = 0.4) -> dict[str, d
     return out
 
 
-def write_lorad(path: Path, layers: dict, metadata: dict[str, str]) -> None:
-    from safetensors.torch import save_file
+STUDENT_STEP = {"timestep": 999, "alpha_bar_T": 0.0047, "prediction_type": "epsilon"}
 
-    sd = {}
-    for prefix, parts in layers.items():
-        for k in ("A", "B", "theta"):
-            if k in parts:
-                sd[f"{prefix}.lorad_{k}"] = parts[k].contiguous()
-    save_file(sd, str(path), metadata=metadata)
+
+def write_lorad(path: Path, layers: dict, unet, one_step: dict | None = STUDENT_STEP, arch: str = "sd15",
+                title: str = "test student", force: bool = True) -> Path:
+    """Write with ``lorad.io.save_lorad`` (the real format): the tiny UNet's layout is recorded."""
+    from wadi_lorad.lorad import io as LIO
+    from wadi_lorad.lorad import keymap as KM
+
+    md = LIO.build_metadata(arch=arch, rank=4, target_preset="paper-student", title=title, one_step=one_step,
+                            provenance={"seed": 3, "note": "random factors for tests"},
+                            layout=json.dumps(KM.layout_of(unet.config, "unet"), sort_keys=True))
+    clean = {k: {n: v for n, v in parts.items() if n in ("A", "B", "theta")} for k, parts in layers.items()}
+    return LIO.save_lorad(path, clean, md, force=force)
 
 
 def rotate_reference_(layers: dict, unet, clip, strength: float = 1.0) -> None:

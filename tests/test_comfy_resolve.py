@@ -116,3 +116,25 @@ def test_committed_key_maps_equal_live_comfyui():
     spec.loader.exec_module(mod)
     live = json.loads(json.dumps(mod.keymaps(), sort_keys=True))
     assert live == DATA
+
+
+@pytest.mark.parametrize("arch,comfy_arch", [("sd15", "sd15"), ("sd21", "sd21"), ("sdxl", "sdxl"),
+                                             ("pixart-alpha-512", "pixart")])
+def test_trainer_file_keys_resolve_in_comfyui(arch, comfy_arch):
+    """The keys the trainer writes (paper-student on the diffusers model, spelled by lorad.keymap)
+    land 1:1 on ComfyUI weights of the same shape (fused PixArt qkv: on their rows)."""
+    from wadi_lorad.lorad import keymap as KM
+    from wadi_lorad.lorad.archs import build_meta
+    from wadi_lorad.lorad.presets import match_modules, resolve_targets
+
+    model = build_meta(arch)
+    layers = {}
+    for name, mod in match_modules(model, resolve_targets(model, "paper-student")):
+        out, width = mod.weight.shape[0], mod.weight[0].numel()
+        layers[KM.to_file_key(arch, name)] = {"A": torch.empty(out, 4, device="meta"),
+                                              "B": torch.empty(4, width // 2, device="meta")}
+    done, unknown = resolve(layers, DATA[comfy_arch]["key_map"], DATA[comfy_arch]["shapes"], arch)
+    assert unknown == [] and len(done) == len(layers)
+    check_unique(done, arch)
+    if comfy_arch in EXPECTED_LAYERS:
+        assert len(layers) == EXPECTED_LAYERS[comfy_arch]

@@ -31,7 +31,7 @@ def loaded(tmp_path_factory):
         L.build_checkpoint(ckpt, unet, clip, vae)
     layers = L.student_layers(unet, clip)
     path = cache / "inproc_student.lorad.safetensors"
-    L.write_lorad(path, layers, {"lorad.arch": "stable-diffusion-v1"})
+    L.write_lorad(path, layers, unet, one_step=None)
     model, clip_p, _vae = comfy.sd.load_checkpoint_guess_config(str(ckpt), output_vae=False, output_clip=True)[:3]
     return {"model": model, "clip": clip_p, "path": path}
 

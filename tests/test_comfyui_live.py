@@ -43,13 +43,14 @@ def world(tmp_path_factory):
     layers = L.student_layers(unet, clip)
     files = cache / "files"
     files.mkdir(exist_ok=True)
-    L.write_lorad(files / "student.lorad.safetensors", layers, META)
-    L.write_lorad(files / "student_plain.lorad.safetensors", layers, {"lorad.arch": "stable-diffusion-v1"})
+    L.write_lorad(files / "student.lorad.safetensors", layers, unet)
+    L.write_lorad(files / "student_plain.lorad.safetensors", layers, unet, one_step=None)
     style = L.student_layers(unet, clip, seed=11, scale=0.2)
-    L.write_lorad(files / "style.lorad.safetensors", style, {"lorad.arch": "stable-diffusion-v1"})
-    L.write_lorad(files / "sdxl.lorad.safetensors", layers, {**META, "lorad.arch": "stable-diffusion-xl-v1-base"})
-    wrong = {"diffusion_model.no_such_block.0.proj": {"A": torch.zeros(8, 2), "B": torch.zeros(2, 4)}}
-    L.write_lorad(files / "unmatched.lorad.safetensors", {**layers, **wrong}, META)
+    L.write_lorad(files / "style.lorad.safetensors", style, unet, one_step=None, title="test style")
+    L.write_lorad(files / "sdxl.lorad.safetensors", layers, unet, arch="sdxl")
+    bad = dict(layers)
+    bad["diffusion_model.input_blocks.1.1.proj_in"] = {"A": torch.zeros(320, 4), "B": torch.zeros(4, 7)}
+    L.write_lorad(files / "mismatched.lorad.safetensors", bad, unet)
     (files / "corrupt.lorad.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json" + b"\0" * 64)
     return {"cache": cache, "ckpt": ckpt, "files": files, "unet": unet, "clip": clip, "vae": vae,
             "layers": layers, "style": style}
@@ -172,9 +173,9 @@ def test_stock_loraloader_equals_load_lorad(server):
 
 
 @pytest.mark.parametrize("name,expect", [
-    ("corrupt.lorad.safetensors", "not a readable safetensors file"),
-    ("sdxl.lorad.safetensors", "stable-diffusion-xl-v1-base"),
-    ("unmatched.lorad.safetensors", "no_such_block"),
+    ("corrupt.lorad.safetensors", "safetensors header is not valid JSON"),
+    ("sdxl.lorad.safetensors", "made for 'sdxl'"),
+    ("mismatched.lorad.safetensors", "diffusion_model.input_blocks.1.1.proj_in"),
 ])
 def test_bad_file_is_a_node_error_and_server_lives(server, name, expect):
     g = api("wadi_onestep_txt2img", student=name)

@@ -98,9 +98,8 @@ def main() -> int:
             if kind == "checkpoints":
                 L.build_checkpoint(root / "models/checkpoints" / name, unet, clip, vae)
             else:
-                L.write_lorad(root / "models/lorad" / name, L.student_layers(unet, clip),
-                              {"lorad.arch": "stable-diffusion-v1", "wadi.timestep": "999", "wadi.alpha_bar_T": "0.0047",
-                               "wadi.prediction_type": "epsilon", "modelspec.title": "random stand-in"})
+                L.write_lorad(root / "models/lorad" / name, L.student_layers(unet, clip), unet,
+                              title="random stand-in (screenshot)")
         srv = L.Server(root, ROOT)
         port = L.free_port()
         browser = subprocess.Popen(["chromium", "--headless=new", "--no-sandbox", "--disable-gpu",
