@@ -60,9 +60,13 @@ def import_comfy():
     sys.path[:] = [p for p in sys.path if not Path(p or ".", "comfy", "__init__.py").is_file()]
     if sys.path[0] != COMFYUI_DIR:
         sys.path.insert(0, COMFYUI_DIR)
+    home = str(Path(COMFYUI_DIR).resolve())
     for name in ("comfy", "nodes", "utils"):
         mod = sys.modules.get(name)
-        if mod is not None and not str(getattr(mod, "__file__", "") or "").startswith(str(Path(COMFYUI_DIR).resolve())):
+        if mod is None:
+            continue
+        where = [getattr(mod, "__file__", None) or "", *list(getattr(mod, "__path__", []))]  # namespace pkgs: __path__
+        if not any(str(Path(w).resolve()).startswith(home) for w in where if w):
             del sys.modules[name]
     import comfy.cli_args
 

@@ -23,6 +23,7 @@ def loaded(tmp_path_factory):
     import comfy_env
 
     comfy_env.comfy_for_tests()
+    import wadi_lorad.nodes.pack  # noqa: F401  what ComfyUI's pack loading does: registers the adapter
     cache = Path(os.environ.get("WADI_COMFY_CACHE", tmp_path_factory.mktemp("wadi_comfy_inproc")))
     cache.mkdir(parents=True, exist_ok=True)
     unet, clip, vae = L.diffusers_unet(), L.clip_text(), L.sd_vae()
@@ -80,7 +81,7 @@ def test_stacking_order_with_a_lora_diff(loaded):
     diff = torch.randn(320, 320) * 0.01
     m = loaded["model"].clone()
     m.add_patches({key: ("diff", (diff,))}, 1.0)
-    m2, _c, _, _ = patching.apply(info, m, None, 1.0, 1.0)
+    m2, _c, _, _ = patching.apply(info, m, loaded["clip"], 1.0, 1.0)
     w0 = loaded["model"].model_state_dict()[key].float().clone()
     m2.patch_model(device_to=torch.device("cpu"))
     got = m2.model_state_dict()[key].float().clone()
@@ -110,3 +111,27 @@ def test_load_lorad_node_equals_comfy_load_lora(loaded):
     b = forward(stock, x, t, ctx)
     stock.unpatch_model(device_to=torch.device("cpu"))
     assert torch.equal(a, b)
+
+
+def test_scalecrafter_patch_dilates_only_above_t(loaded):
+    from wadi_lorad.nodes.highres import scalecrafter
+
+    base = loaded["model"]
+    m, factor, n = scalecrafter(base, 128, 128, 64, 700.0, 1)
+    assert factor == 2.0 and n > 0
+    x, _t, ctx = inputs()
+
+    def unet(patcher, t):
+        opts = {"wrappers": patcher.wrappers}
+        with torch.no_grad():
+            return patcher.model.diffusion_model(x, torch.tensor([t]), context=ctx, transformer_options=opts)
+
+    ref_hi, ref_lo = unet(base, 999.0), unet(base, 500.0)
+    m.patch_model(device_to=torch.device("cpu"))
+    try:
+        hi, lo = unet(m, 999.0), unet(m, 500.0)
+    finally:
+        m.unpatch_model(device_to=torch.device("cpu"))
+    assert torch.equal(lo, ref_lo)  # below above_t: untouched
+    assert not torch.allclose(hi, ref_hi, atol=1e-4)  # dilated
+    assert torch.equal(unet(base, 999.0), ref_hi)  # the original model is not modified
