@@ -39,14 +39,29 @@ class _PinnedTimestep:
         return out
 
 
+_PINNED = "_wadi_pinned_clone"
+
+
 def pinned_model(model, table: list[tuple[float, float, float]]):
-    """Clone of ``model`` whose model_sampling evaluates our sigmas at our timesteps."""
-    base = model.get_model_object("model_sampling")
-    ms = copy.copy(base)  # shares the schedule buffers; only ``timestep`` differs
-    ms.timestep = _PinnedTimestep(base.timestep, [(s, t) for t, _ab, s in table])
-    m = model.clone()
-    m.add_object_patch("model_sampling", ms)
-    return m, base
+    """Clone of ``model`` whose model_sampling evaluates our sigmas at our timesteps.
+
+    One clone per incoming MODEL, kept on it and reused with a new table each run: a fresh
+    clone every run would make ComfyUI unpatch and re-patch every weight (LoRaD rotations
+    included) on each prompt, and two WaDi Samplers on one model (hires) would alternate.
+    """
+    pins = [(s, t) for t, _ab, s in table]
+    cached = getattr(model, _PINNED, None)
+    if cached is None:
+        base = model.get_model_object("model_sampling")
+        ms = copy.copy(base)  # shares the schedule buffers; only ``timestep`` differs
+        ms.timestep = _PinnedTimestep(base.timestep, pins)
+        clone = model.clone()
+        clone.add_object_patch("model_sampling", ms)
+        cached = (clone, ms.timestep)
+        setattr(model, _PINNED, cached)
+    clone, pinned = cached
+    pinned.table = pins
+    return clone, pinned
 
 
 def check_prediction(ms, onestep: OneStep | None) -> None:
@@ -75,7 +90,7 @@ def wadi_sample(model, positive, negative, latent: dict, seed: int, steps: int, 
     ac = schedule_alphas_cumprod(base_ms.sigmas, getattr(base_ms, "linear_start", None), getattr(base_ms, "linear_end", None))
     ab_first = first_alpha_bar(denoise, onestep.alpha_bar)
     table = sigma_table(ts, ac, ab_first)
-    pinned, _ = pinned_model(model, table)
+    pinned, _ = pinned_model(model, table)  # table set for this run (nodes run one at a time)
 
     latent_image = comfy.sample.fix_empty_latent_channels(pinned, latent["samples"])
     noise = comfy.sample.prepare_noise(latent_image, seed, latent.get("batch_index"))
