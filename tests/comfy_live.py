@@ -189,7 +189,7 @@ class Server:
         for d in ("custom_nodes", "output", "input", "user", "temp", "models/checkpoints", "models/loras",
                   "models/lorad", "models/controlnet", "models/embeddings", "models/vae"):
             (root / d).mkdir(parents=True, exist_ok=True)
-        link = root / "custom_nodes" / "ComfyUI-WaDi-test"
+        link = root / "custom_nodes" / "ComfyUI-WaDi"
         if not link.exists():
             link.symlink_to(pack)
         self.log = open(root / "server.log", "w")

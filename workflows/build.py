@@ -47,8 +47,18 @@ STUDENT = "wadi_sd15.lorad.safetensors"
 POSITIVE = "a photo of a red fox in the snow, detailed fur, golden hour"
 
 
+TITLES = {  # the nodes' display names (schema display_name / core names)
+    "WaDiCheckpointLoader": "WaDi Checkpoint Loader", "WaDiLoadLoRaD": "Load LoRaD", "WaDiLoRaDInfo": "LoRaD Info",
+    "WaDiSampler": "WaDi Sampler (one-step)", "WaDiScaleCrafter": "WaDi ScaleCrafter (direct high-res)",
+    "CheckpointLoaderSimple": "Load Checkpoint", "EmptyLatentImage": "Empty Latent Image", "VAEDecode": "VAE Decode",
+    "SaveImage": "Save Image", "LatentUpscaleBy": "Upscale Latent By", "LoadImage": "Load Image",
+    "ControlNetLoader": "Load ControlNet Model", "ControlNetApplyAdvanced": "Apply ControlNet",
+}
+
+
 def n(id_: int, cls: str, widgets: list[tuple[str, object]] = (), links: dict | None = None, title: str | None = None):
-    return {"id": id_, "class_type": cls, "widgets": list(widgets), "links": links or {}, "title": title or cls}
+    return {"id": id_, "class_type": cls, "widgets": list(widgets), "links": links or {},
+            "title": title or TITLES.get(cls, cls)}
 
 
 def sampler(id_, model, pos, latent, onestep, seed=0, steps=1, cfg=1.0, denoise=1.0, neg=None, title=None):

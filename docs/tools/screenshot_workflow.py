@@ -52,9 +52,17 @@ async def cdp(ws_url: str, workflow: dict, run: bool, out: Path, width: int, hei
 
         await call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
         for _ in range(120):  # wait for the app
-            if await js("!!(window.app && window.app.graph)"):
+            if await js("!!(window.LiteGraph && LiteGraph.registered_node_types['WaDiSampler'])"):
                 break
             await asyncio.sleep(0.5)
+        await asyncio.sleep(2)
+        await js("document.querySelectorAll('.p-dialog-close-button').forEach(b => b.click())")
+        # Frontend 1.27.10 quirk seen in this offline headless setup: the model-to-node store's
+        # registered-types set is undefined, so every node with a ckpt_name/lora_name/vae_name combo
+        # (core CheckpointLoaderSimple included) fails to construct.  An empty set = no asset browser.
+        await js("(() => { const p = document.querySelector('#vue-app').__vue_app__.config.globalProperties.$pinia;"
+                 " const st = p._s.get('modelToNode'); if (st && st.getRegisteredNodeTypes() === undefined)"
+                 " { st.getRegisteredNodeTypes = () => new Set(); } return 1; })()")
         await js(f"window.app.loadGraphData({json.dumps(workflow)})")
         await asyncio.sleep(3)
         if run:
@@ -100,6 +108,9 @@ def main() -> int:
             else:
                 L.write_lorad(root / "models/lorad" / name, L.student_layers(unet, clip), unet,
                               title="random stand-in (screenshot)")
+        settings = root / "user" / "default"
+        settings.mkdir(parents=True)
+        (settings / "comfy.settings.json").write_text(json.dumps({"Comfy.TutorialCompleted": True}))
         srv = L.Server(root, ROOT)
         port = L.free_port()
         browser = subprocess.Popen(["chromium", "--headless=new", "--no-sandbox", "--disable-gpu",
