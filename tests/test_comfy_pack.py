@@ -122,4 +122,5 @@ def test_pyproject_registry_block():
     data = tomllib.loads((ROOT / "pyproject.toml").read_text())
     comfy = data["tool"]["comfy"]
     assert comfy["PublisherId"] and comfy["DisplayName"] and comfy["web"] == "web"
+    assert comfy["requires-comfyui"] == ">=0.3.47"  # the V3 loader (comfy_entrypoint) arrived in 0.3.47
     assert data["project"]["urls"]["Repository"] and "comfyui" not in data["project"]["name"].lower()
