@@ -7,14 +7,14 @@ Starts a headless ComfyUI (127.0.0.1) with this pack, a random SD1.5-architectur
 random .lorad student.  Times whole prompts from ComfyUI's own execution_start/success
 stamps, warm (checkpoint and text encoding cached; only the seed changes):
   A  WaDi Checkpoint Loader -> WaDi Sampler (1 step) -> VAE Decode -> Save Image
-  B  Checkpoint Loader + LoraLoader(same .lorad) -> KSampler (steps 1, euler, cfg 1) -> VAE Decode -> Save Image
+  B  Load Checkpoint -> Load LoRA (same .lorad) -> KSampler (steps 1, euler, cfg 1) -> VAE Decode -> Save Image
 and the same two chains ending in SaveLatent (sampler only, no decode).  Prints medians and A/B.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
+import gc
 import statistics
 import sys
 import tempfile
@@ -39,29 +39,41 @@ FULL_CONFIG = {"num_res_blocks": [2, 2, 2, 2], "channel_mult": [1, 2, 4, 4], "tr
                "model_channels": 320}
 
 
-def graphs(size: int, seed: int, decode: bool) -> tuple[dict, dict]:
-    tail = ({"5": {"class_type": "VAEDecode", "inputs": {"samples": ["4", 0], "vae": ["1", 2]}},
-             "6": {"class_type": "SaveImage", "inputs": {"images": ["5", 0], "filename_prefix": "bench"}}}
-            if decode else {"6": {"class_type": "SaveLatent", "inputs": {"samples": ["4", 0], "filename_prefix": "latents/bench"}}})
-    common = {"2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red fox in the snow", "clip": ["1", 1]}},
-              "3": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}}}
-    a = {"1": {"class_type": "WaDiCheckpointLoader", "inputs": {"ckpt_name": "bench.safetensors",
-                                                                "lorad_name": "bench.lorad.safetensors", "strength": 1.0}},
-         **common,
-         "4": {"class_type": "WaDiSampler", "inputs": {"model": ["1", 0], "positive": ["2", 0], "latent_image": ["3", 0],
-                                                       "onestep": ["1", 3], "seed": seed, "steps": 1, "cfg": 1.0, "denoise": 1.0}},
-         **tail}
-    b = {"0": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "bench.safetensors"}},
-         "1": {"class_type": "LoraLoader", "inputs": {"model": ["0", 0], "clip": ["0", 1], "strength_model": 1.0,
-                                                      "strength_clip": 1.0, "lora_name": "bench.lorad.safetensors"}},
-         **common,
-         "4": {"class_type": "KSampler", "inputs": {"model": ["1", 0], "positive": ["2", 0], "negative": ["2", 0],
-                                                    "latent_image": ["3", 0], "seed": seed, "steps": 1, "cfg": 1.0,
-                                                    "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0}},
-         **tail}
-    b = copy.deepcopy(b)  # the tail dicts are shared with ``a``
+def _chain(ids: dict[str, str], loader: dict, model, clip, vae, onestep, sampler: str, size: int, seed: int,
+           decode: bool) -> dict:
+    """loader -> text encode -> empty latent -> sampler -> (decode + save | save latent)."""
+    g = dict(loader)
+    g[ids["text"]] = {"class_type": "CLIPTextEncode", "inputs": {"text": "a red fox in the snow", "clip": clip}}
+    g[ids["empty"]] = {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}}
+    common = {"model": model, "positive": [ids["text"], 0], "latent_image": [ids["empty"], 0], "seed": seed,
+              "steps": 1, "cfg": 1.0, "denoise": 1.0}
+    if sampler == "WaDiSampler":
+        g[ids["sample"]] = {"class_type": "WaDiSampler", "inputs": {**common, "onestep": onestep}}
+    else:
+        g[ids["sample"]] = {"class_type": "KSampler", "inputs": {**common, "negative": [ids["text"], 0],
+                                                                  "sampler_name": "euler", "scheduler": "simple"}}
     if decode:
-        b["5"]["inputs"]["vae"] = ["0", 2]
+        g[ids["decode"]] = {"class_type": "VAEDecode", "inputs": {"samples": [ids["sample"], 0], "vae": vae}}
+        g[ids["save"]] = {"class_type": "SaveImage", "inputs": {"images": [ids["decode"], 0], "filename_prefix": "bench"}}
+    else:
+        g[ids["save"]] = {"class_type": "SaveLatent", "inputs": {"samples": [ids["sample"], 0],
+                                                                  "filename_prefix": "latents/bench"}}
+    return g
+
+
+def graphs(size: int, seed: int, decode: bool) -> tuple[dict, dict]:
+    """A and B with their own loaders (two copies of the weights), so interleaving never re-patches."""
+    a_ids = {k: str(i) for i, k in enumerate(("loader", "text", "empty", "sample", "decode", "save"))}
+    a = _chain(a_ids, {"0": {"class_type": "WaDiCheckpointLoader", "inputs": {
+        "ckpt_name": "bench.safetensors", "lorad_name": "bench.lorad.safetensors", "strength": 1.0}}},
+        ["0", 0], ["0", 1], ["0", 2], ["0", 3], "WaDiSampler", size, seed, decode)
+    b_ids = {k: str(20 + i) for i, k in enumerate(("text", "empty", "sample", "decode", "save"))}
+    b_loader = {
+        "10": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "bench.safetensors"}},
+        "11": {"class_type": "LoraLoader", "inputs": {"model": ["10", 0], "clip": ["10", 1], "strength_model": 1.0,
+                                                      "strength_clip": 1.0, "lora_name": "bench.lorad.safetensors"}},
+    }
+    b = _chain(b_ids, b_loader, ["11", 0], ["11", 1], ["10", 2], None, "KSampler", size, seed, decode)
     return a, b
 
 
@@ -97,19 +109,21 @@ def main() -> int:
         L.write_lorad(root / "models/loras/bench.lorad.safetensors", L.student_layers(unet, clip), unet)
         (root / "models/lorad").mkdir()
         (root / "models/lorad/bench.lorad.safetensors").symlink_to(root / "models/loras/bench.lorad.safetensors")
+        unet_params = sum(p.numel() for p in unet.parameters()) / 1e6
+        del unet, clip, vae  # the server loads its own copy; keep this process small
+        gc.collect()
         srv = L.Server(root, HERE.parent)
         try:
             res = {}
             for decode in (True, False):
                 for idx in (0, 1):
-                    srv.run(graphs(args.size, 0, decode)[idx])  # warm-up: load + encode
+                    srv.run(graphs(args.size, 0, decode)[idx])  # warm-up: load, patch, encode
                 times: dict[int, list[float]] = {0: [], 1: []}
-                for s in range(args.reps):  # interleaved, so load from other processes hits both alike
+                for s in range(args.reps):  # interleaved: load from other processes hits both alike
                     for idx in (0, 1):
                         times[idx].append(seconds(srv.run(graphs(args.size, s + 1, decode)[idx])))
                 res[("A WaDi Sampler", decode)] = statistics.median(times[0])
                 res[("B KSampler 1 step", decode)] = statistics.median(times[1])
-            unet_params = sum(p.numel() for p in unet.parameters()) / 1e6
             print(f"ComfyUI {srv.get('/system_stats')['system']['comfyui_version']}, CPU, fp32, {args.size}x{args.size}, "
                   f"UNet {unet_params:.1f}M params, median of {args.reps} interleaved warm prompts")
             for decode in (True, False):
