@@ -4,7 +4,6 @@ this adapts its result to what the nodes show and pass on (one-step settings, su
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 
@@ -84,7 +83,3 @@ def summary_text(info: LoRaDInfo) -> str:
         if k not in _SKIP:
             lines.append(f"{k}: {v if len(v) < 200 else v[:197] + '...'}")
     return "\n".join(lines)
-
-
-def summary_json(info: LoRaDInfo) -> str:
-    return json.dumps(info.summary(), sort_keys=True)

@@ -36,6 +36,22 @@ def plan_timesteps(steps: int, first_t: float, denoise: float = 1.0) -> list[flo
     return [t0 * (steps - i) / steps for i in range(steps)]
 
 
+def parse_timesteps(text: str, num_train_timesteps: int = 1000) -> list[float] | None:
+    """User-chosen timesteps, e.g. ``"999, 749"``: 1-4 values, strictly decreasing, in (0, T]."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        ts = [float(x) for x in text.replace(";", ",").split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"timesteps {text!r}: expected comma-separated numbers like '999, 749'") from None
+    if not 1 <= len(ts) <= MAX_STEPS:
+        raise ValueError(f"timesteps {text!r}: give 1 to {MAX_STEPS} values, got {len(ts)}")
+    if any(not 0 < t <= num_train_timesteps - 1 for t in ts) or any(a <= b for a, b in zip(ts, ts[1:])):
+        raise ValueError(f"timesteps {text!r}: values must be strictly decreasing and in (0, {num_train_timesteps - 1}]")
+    return ts
+
+
 def schedule_alphas_cumprod(sigmas: Tensor, linear_start: float | None, linear_end: float | None) -> Tensor:
     """alpha_bar per training step in float64.
 
@@ -51,9 +67,13 @@ def schedule_alphas_cumprod(sigmas: Tensor, linear_start: float | None, linear_e
     return 1.0 / (1.0 + sig**2)
 
 
-def first_alpha_bar(denoise: float, metadata_alpha_bar: float | None) -> float | None:
-    """The student's alpha_bar_T applies to a full denoise only; partial ones use the schedule."""
-    return metadata_alpha_bar if denoise == 1.0 else None
+def first_alpha_bar(denoise: float, metadata_alpha_bar: float | None, first_t: float | None = None,
+                    student_t: float | None = None) -> float | None:
+    """The student's alpha_bar_T applies to a full denoise from its own timestep only;
+    anything else (partial denoise, other start) uses the schedule."""
+    if denoise != 1.0 or (first_t is not None and student_t is not None and first_t != student_t):
+        return None
+    return metadata_alpha_bar
 
 
 def sigma_table(

@@ -21,7 +21,15 @@ import comfy.utils
 
 from ..lorad.onestep import generate
 from .lorad_file import OneStep
-from .onestep_plan import MAX_STEPS, first_alpha_bar, k_scale, plan_timesteps, schedule_alphas_cumprod, sigma_table
+from .onestep_plan import (
+    MAX_STEPS,
+    first_alpha_bar,
+    k_scale,
+    parse_timesteps,
+    plan_timesteps,
+    schedule_alphas_cumprod,
+    sigma_table,
+)
 from .v3 import CATEGORY, OneStepType, io
 
 
@@ -82,13 +90,13 @@ def check_prediction(ms, onestep: OneStep | None) -> None:
 
 
 def wadi_sample(model, positive, negative, latent: dict, seed: int, steps: int, cfg: float, denoise: float,
-                onestep: OneStep | None) -> dict:
+                onestep: OneStep | None, timesteps: list[float] | None = None) -> dict:
     onestep = onestep or OneStep()
-    ts = plan_timesteps(steps, onestep.timestep, denoise)
+    ts = timesteps or plan_timesteps(steps, onestep.timestep, denoise)
     base_ms = model.get_model_object("model_sampling")
     check_prediction(base_ms, onestep)
     ac = schedule_alphas_cumprod(base_ms.sigmas, getattr(base_ms, "linear_start", None), getattr(base_ms, "linear_end", None))
-    ab_first = first_alpha_bar(denoise, onestep.alpha_bar)
+    ab_first = first_alpha_bar(denoise, onestep.alpha_bar, ts[0], onestep.timestep)
     table = sigma_table(ts, ac, ab_first)
     pinned, _ = pinned_model(model, table)  # table set for this run (nodes run one at a time)
 
@@ -146,12 +154,18 @@ class WaDiSampler(io.ComfyNode):
                                tooltip="< 1: start at t = denoise * T from the input latent"),
                 io.Conditioning.Input("negative", optional=True),
                 OneStepType.Input("onestep", optional=True, tooltip="from Load LoRaD / WaDi Checkpoint Loader"),
+                io.String.Input("timesteps", default="", optional=True,
+                                tooltip="optional: your own 1-4 timesteps, e.g. '999, 749' (overrides steps and the "
+                                "denoise spacing; with denoise < 1 the first one is where the input latent is noised to)"),
             ],
             outputs=[io.Latent.Output(display_name="LATENT")],
         )
 
     @classmethod
-    def execute(cls, model, positive, latent_image, seed, steps, cfg, denoise, negative=None, onestep=None) -> io.NodeOutput:
+    def execute(cls, model, positive, latent_image, seed, steps, cfg, denoise, negative=None, onestep=None,
+                timesteps="") -> io.NodeOutput:
         if cfg > 1.0 and negative is None:
             raise ValueError("WaDi Sampler: cfg > 1 needs a negative conditioning")
-        return io.NodeOutput(wadi_sample(model, positive, negative, latent_image, seed, steps, cfg, denoise, onestep))
+        ts = parse_timesteps(timesteps)
+        out = wadi_sample(model, positive, negative, latent_image, seed, steps, cfg, denoise, onestep, ts)
+        return io.NodeOutput(out)

@@ -335,7 +335,7 @@ def rotate_reference_(layers: dict, unet, clip, strength: float = 1.0) -> None:
 
 
 def reference_latent(unet, clip, prompt: str, seed: int, shape, timesteps=(999,), alpha_bar_first=None,
-                     start_latent=None) -> torch.Tensor:
+                     start_latent=None, renoise_seed: int | None = None) -> torch.Tensor:
     """The diffusers path (``wadi sample``): ``lorad.onestep.generate`` with the diffusers UNet.
 
     Same noise as ComfyUI (CPU ``torch.randn`` from the seed); returns ComfyUI's latent
@@ -344,11 +344,15 @@ def reference_latent(unet, clip, prompt: str, seed: int, shape, timesteps=(999,)
     from wadi_lorad.lorad.onestep import generate, scaled_linear_alphas_cumprod
 
     noise = torch.randn(shape, generator=torch.manual_seed(seed), device="cpu")
+    renoise = None
+    if len(timesteps) > 1:  # the WaDi Sampler's re-noising: CPU randn from seed + 1, one tensor per later step
+        gen = torch.Generator().manual_seed(seed + 1 if renoise_seed is None else renoise_seed)
+        renoise = [torch.randn(shape, generator=gen) for _ in timesteps[1:]]
     ctx = encode(clip, prompt)
     with torch.no_grad():
         x0 = generate(
             lambda x, t: unet(x, t, encoder_hidden_states=ctx).sample,
-            noise, scaled_linear_alphas_cumprod(), list(timesteps), alpha_bar_first,
+            noise, scaled_linear_alphas_cumprod(), list(timesteps), alpha_bar_first, renoise=renoise,
             start_latent=None if start_latent is None else start_latent * SCALE,
         )
     return x0 / SCALE

@@ -85,10 +85,10 @@ def test_node_schemas():
     samp = _inputs(s["WaDiSampler"])
     assert {k: _io_type(v) for k, v in samp.items()} == {
         "model": "MODEL", "positive": "CONDITIONING", "latent_image": "LATENT", "seed": "INT", "steps": "INT",
-        "cfg": "FLOAT", "denoise": "FLOAT", "negative": "CONDITIONING", "onestep": "WADI_ONESTEP"}
+        "cfg": "FLOAT", "denoise": "FLOAT", "negative": "CONDITIONING", "onestep": "WADI_ONESTEP", "timesteps": "STRING"}
     assert (samp["steps"].default, samp["steps"].min, samp["steps"].max) == (1, 1, 4)
     assert samp["cfg"].default == 1.0 and samp["denoise"].default == 1.0  # CFG off by default
-    assert samp["negative"].optional and samp["onestep"].optional
+    assert samp["negative"].optional and samp["onestep"].optional and samp["timesteps"].optional
     load = s["WaDiLoadLoRaD"]
     assert [_io_type(o) for o in load.outputs] == ["MODEL", "CLIP", "WADI_ONESTEP"]
     assert _inputs(load)["clip"].optional

@@ -49,3 +49,15 @@ def test_sigma_table_uses_metadata_alpha_bar_for_the_first_step_only():
     assert P.first_alpha_bar(0.5, 0.0047) is None and P.first_alpha_bar(1.0, 0.0047) == 0.0047
     # the UNet input: x_t * sqrt(1 + s^2) / sqrt(1 + s^2) = x_t, and 1/sqrt(abar) = sqrt(1+sigma^2)
     assert math.isclose(P.k_scale(s0), 1 / math.sqrt(0.0047), rel_tol=1e-7)
+
+
+def test_user_timesteps():
+    assert P.parse_timesteps("") is None and P.parse_timesteps("  ") is None
+    assert P.parse_timesteps("999, 749.5") == [999.0, 749.5]
+    for bad in ["999, 999", "500, 700", "0", "1000", "a,b", "999,800,600,400,200"]:
+        with pytest.raises(ValueError):
+            P.parse_timesteps(bad)
+    # the student's alpha_bar_T only for a full denoise starting at its own timestep
+    assert P.first_alpha_bar(1.0, 0.0047, 999.0, 999.0) == 0.0047
+    assert P.first_alpha_bar(1.0, 0.0047, 899.0, 999.0) is None
+    assert P.first_alpha_bar(0.5, 0.0047, 999.0, 999.0) is None

@@ -139,6 +139,19 @@ def test_txt2img_equals_diffusers_reference(server, world):
     assert (got - base).abs().max() > 100 * diff  # the LoRaD did something
 
 
+@pytest.mark.parametrize("steps,timesteps,expect", [(2, "", (999, 499)), (1, "999, 600, 250", (999, 600, 250))])
+def test_few_steps_equal_diffusers_reference(server, world, steps, timesteps, expect):
+    g = api("wadi_onestep_txt2img")
+    g["4"]["inputs"].update(steps=steps, timesteps=timesteps, seed=7)
+    got = run_latent(server, g, "4", f"steps{len(expect)}")
+    unet, clip = copy.deepcopy(world["unet"]), copy.deepcopy(world["clip"])
+    L.rotate_reference_(world["layers"], unet, clip)
+    ref = L.reference_latent(unet, clip, g["2"]["inputs"]["text"], 7, got.shape, timesteps=expect, alpha_bar_first=0.0047)
+    diff = (got - ref).abs().max().item()
+    REPORT[f"max|comfy-diffusers| timesteps {expect}"] = diff
+    assert diff <= 1e-5 * max(1.0, ref.abs().max().item()), diff
+
+
 def test_strength_zero_is_base(server, world):
     g = api("wadi_onestep_txt2img")
     g["1"]["inputs"]["strength"] = 0.0

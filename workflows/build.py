@@ -65,7 +65,8 @@ def sampler(id_, model, pos, latent, onestep, seed=0, steps=1, cfg=1.0, denoise=
     links = {"model": model, "positive": pos, "latent_image": latent, "onestep": onestep}
     if neg is not None:
         links["negative"] = neg
-    return n(id_, "WaDiSampler", [("seed", seed), ("steps", steps), ("cfg", cfg), ("denoise", denoise)], links, title)
+    widgets = [("seed", seed), ("steps", steps), ("cfg", cfg), ("denoise", denoise), ("timesteps", "")]
+    return n(id_, "WaDiSampler", widgets, links, title)
 
 
 def _base(size=512, prompt=POSITIVE):
