@@ -135,3 +135,30 @@ def test_scalecrafter_patch_dilates_only_above_t(loaded):
     assert torch.equal(lo, ref_lo)  # below above_t: untouched
     assert not torch.allclose(hi, ref_hi, atol=1e-4)  # dilated
     assert torch.equal(unet(base, 999.0), ref_hi)  # the original model is not modified
+
+
+def test_one_step_is_one_unet_call(loaded):
+    """The wall-time claim in deterministic form: steps=N costs exactly N UNet forwards (cfg 1)."""
+    import comfy.patcher_extension
+    from wadi_lorad.nodes.sampler import wadi_sample
+
+    m = loaded["model"].clone()
+    calls = []
+
+    def count(executor, *args, **kwargs):
+        calls.append(args[1])  # the timesteps the UNet sees
+        return executor(*args, **kwargs)
+
+    m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "count", count)
+    clip = loaded["clip"]
+    cond = clip.encode_from_tokens_scheduled(clip.tokenize("a red fox"))
+    latent = {"samples": torch.zeros(1, 4, 8, 8)}
+    out = wadi_sample(m, cond, None, latent, 0, 1, 1.0, 1.0, None)
+    assert out["samples"].shape == (1, 4, 8, 8) and len(calls) == 1
+    assert calls[0].tolist() == [999.0]
+    calls.clear()
+    wadi_sample(m, cond, None, latent, 0, 3, 1.0, 1.0, None)
+    assert [c.item() for c in calls] == [999.0, 666.0, 333.0]
+    calls.clear()
+    wadi_sample(m, cond, None, {"samples": torch.randn(1, 4, 8, 8)}, 0, 1, 1.0, 0.45, None)
+    assert [c.item() for c in calls] == [pytest.approx(0.45 * 999, abs=1e-3)]  # exact, not ComfyUI's t=499
