@@ -1,0 +1,231 @@
+"""Faster paths for the LoRaD rotation: measured against the library's current op.
+
+Two levels, each interleaved with the library as baseline:
+
+1. rotation only (build ``W_rot`` from ``W``, ``A``, ``B``; no grad), per weight shape:
+   ``library`` (``functional.rotate``: cos, sin, 6 elementwise ops, a stack),
+   ``complex`` (pairs as complex numbers times ``polar(1, theta)``: one complex multiply),
+   ``buffer`` (rotate into a preallocated output with ``mul``/``addcmul`` ``out=``),
+   ``compiled`` (``torch.compile`` of the library's function), ``hook`` (the official
+   strided-halves assignment);
+2. one Linear layer forward+backward with N tokens: ``fused`` (library op),
+   ``naive`` (plain autograd), ``complex-fused`` (the fused op with complex arithmetic),
+   ``save-theta`` (fused op that keeps theta for backward instead of recomputing A@B:
+   half a weight of fp32 memory per layer), ``two-gemm`` (y = (C*W)x + (S*W)(Jx),
+   never materialising W_rot), ``compiled`` (``torch.compile`` of the naive layer).
+
+Every variant's output is compared with the library (max abs difference) so a win
+that is not exact is visible::
+
+    python bench/rotation_paths.py
+    python bench/rotation_paths.py --compile --json paths.json   # adds torch.compile (slow first call)
+"""
+
+from __future__ import annotations
+
+import sys
+
+import harness as H
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+H.load_package()
+from wadi_lorad.lorad import functional as LF  # noqa: E402
+from wadi_lorad.lorad.autograd import AngleTerm, naive_forward, rotated_forward  # noqa: E402
+
+
+def parse(argv=None):
+    p = H.base_parser(__doc__.split("\n")[0])
+    p.add_argument("--shapes", nargs="+", default=["1280x1280", "10240x1280"], help="out x in of the weight")
+    p.add_argument("--rank", type=int, default=256)
+    p.add_argument("--tokens", type=int, nargs="+", default=[256, 4096], help="N rows of x for the layer bench")
+    p.add_argument("--compile", action="store_true", help="include torch.compile candidates")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(no_mem=True)
+    return p.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------- rotation variants
+def rot_library(w: Tensor, theta: Tensor) -> Tensor:
+    return LF.rotate(w, theta)
+
+
+def rot_complex(w: Tensor, theta: Tensor) -> Tensor:
+    """(a + ib) * (cos + i sin) = (a cos - b sin) + i (a sin + b cos): the LoRaD pair rotation."""
+    wc = torch.view_as_complex(LF.up(w).reshape(w.shape[0], -1, 2).contiguous())
+    e = torch.polar(torch.ones_like(theta), theta)
+    return torch.view_as_real(wc * e).reshape(w.shape).to(w.dtype)
+
+
+def make_rot_buffer(shape):
+    buf = torch.empty(shape, dtype=torch.float32)
+    tmp = torch.empty(shape[0], shape[1] // 2, dtype=torch.float32)
+
+    def rot_buffer(w: Tensor, theta: Tensor) -> Tensor:
+        c, s = torch.cos(theta), torch.sin(theta)
+        p = LF.up(w).reshape(w.shape[0], -1, 2)
+        a, b = p[..., 0], p[..., 1]
+        o = buf.view(w.shape[0], -1, 2)
+        torch.mul(c, a, out=tmp)
+        torch.addcmul(tmp, s, b, value=-1, out=o[..., 0])
+        torch.mul(s, a, out=tmp)
+        torch.addcmul(tmp, c, b, out=o[..., 1])
+        return buf if w.dtype == torch.float32 else buf.to(w.dtype)
+
+    return rot_buffer
+
+
+def rot_hook(w: Tensor, theta: Tensor) -> Tensor:
+    c, s = torch.cos(theta), torch.sin(theta)
+    odd, even = w[:, 0::2].float(), w[:, 1::2].float()
+    out = torch.empty_like(w)
+    out[:, 0::2] = c * odd - s * even
+    out[:, 1::2] = s * odd + c * even
+    return out
+
+
+# ----------------------------------------------------------------------------- layer variants
+class _ComplexFused(torch.autograd.Function):
+    """The library's recompute-in-backward op with complex arithmetic (Linear, one factored term)."""
+
+    @staticmethod
+    def forward(ctx, x, w, a, b):
+        ctx.save_for_backward(x, w, a, b)
+        return F.linear(x, rot_complex(w, LF.angles(a, b)))
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w, a, b = ctx.saved_tensors
+        theta = LF.angles(a, b)
+        e = torch.polar(torch.ones_like(theta), theta)
+        wc = torch.view_as_complex(w.reshape(w.shape[0], -1, 2).contiguous()) * e
+        w_rot = torch.view_as_real(wc).reshape(w.shape)
+        gx = g @ w_rot
+        gw = g.reshape(-1, g.shape[-1]).t() @ x.reshape(-1, x.shape[-1])
+        gc = torch.view_as_complex(gw.reshape(w.shape[0], -1, 2))
+        d_theta = (gc * wc.conj()).imag  # = g_b a' - g_a b'
+        return gx, None, d_theta @ b.t(), a.t() @ d_theta
+
+
+class _SaveTheta(torch.autograd.Function):
+    """Fused op that saves theta (o x in/2 fp32) to skip recomputing A @ B in backward."""
+
+    @staticmethod
+    def forward(ctx, x, w, a, b):
+        theta = LF.angles(a, b)
+        ctx.save_for_backward(x, w, a, b, theta)
+        return F.linear(x, LF.rotate_pairs(w, torch.cos(theta), torch.sin(theta)))
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w, a, b, theta = ctx.saved_tensors
+        w_rot = LF.rotate_pairs(w, torch.cos(theta), torch.sin(theta))
+        gx = g @ w_rot
+        gw = g.reshape(-1, g.shape[-1]).t() @ x.reshape(-1, x.shape[-1])
+        d_theta = LF.angle_grad(w_rot, gw)
+        return gx, None, d_theta @ b.t(), a.t() @ d_theta
+
+
+def two_gemm(x, w, a, b):
+    """y = (C*W) x + (S*W) (J x) with J x = (-x_odd, x_even) per pair: no W_rot, two GEMMs."""
+    theta = LF.angles(a, b)
+    c = torch.cos(theta).repeat_interleave(2, dim=1)
+    s = torch.sin(theta).repeat_interleave(2, dim=1)
+    xp = x.reshape(*x.shape[:-1], -1, 2)
+    jx = torch.stack((xp[..., 1], -xp[..., 0]), -1).reshape(x.shape)
+    # y_i = sum_k (c W_i,2k - s W_i,2k+1) x_2k + (s W_i,2k + c W_i,2k+1) x_2k+1
+    #     = sum_j (C W)_ij x_j + sum_k s (W_i,2k x_2k+1 - W_i,2k+1 x_2k)
+    return F.linear(x, c * w) + F.linear(jx, s * w)
+
+
+def layer_candidates(w, a, b, compile_: bool):
+    def fused(x):
+        return rotated_forward(x, w, None, [AngleTerm(1.0, a, b)])
+
+    def naive(x):
+        return naive_forward(x, w, None, [AngleTerm(1.0, a, b)])
+
+    c = {
+        "fused": fused,
+        "naive": naive,
+        "complex-fused": lambda x: _ComplexFused.apply(x, w, a, b),
+        "save-theta": lambda x: _SaveTheta.apply(x, w, a, b),
+        "two-gemm": lambda x: two_gemm(x, w, a, b),
+    }
+    if compile_:
+        c["compiled"] = torch.compile(naive, dynamic=False)
+    return c
+
+
+# ----------------------------------------------------------------------------- main
+def bench_rotation(args, o: int, i: int, w, theta) -> list[dict]:
+    rc = {"library": rot_library, "complex": rot_complex, "buffer": make_rot_buffer((o, i)), "hook": rot_hook}
+    if args.compile:
+        rc["compiled"] = torch.compile(rot_library, dynamic=False)
+    ref = rot_library(w, theta)
+    diffs = {k: float((f(w, theta) - ref).abs().max()) for k, f in rc.items()}  # also the compile warm-up
+    print(f"\n== rotation only, W {o}x{i} (theta given; cos/sin included) ==", flush=True)
+    times = H.interleaved({k: (lambda f=f: f(w, theta)) for k, f in rc.items()}, args.repeats * 4, args.warmup,
+                          args.device, progress=False)
+    rows = H.paired_rows(times, "library")
+    for k in rows:
+        rows[k].extra["max |diff|"] = f"{diffs[k]:.1e}"
+    print(H.fmt_table([rows[k] for k in rc], "library", extra_cols=["max |diff|"]))
+    return H.rows_json([rows[k] for k in rc])
+
+
+def bench_layer(args, o: int, i: int, n: int, w, a, b, g) -> list[dict]:
+    x = torch.randn(n, i, generator=g).requires_grad_(True)
+    ar, br = a.clone().requires_grad_(True), b.clone().requires_grad_(True)
+    cands = layer_candidates(w, ar, br, args.compile)
+
+    def run(f):
+        y = f(x)
+        y.square().mean().backward()
+        grads = (x.grad, ar.grad, br.grad)
+        x.grad = ar.grad = br.grad = None
+        return y.detach(), grads
+
+    y0, g0 = run(cands["fused"])
+    diffs = {}
+    for k, f in cands.items():
+        y, gr = run(f)
+        rel = [float((p - q).abs().max() / q.abs().max()) for p, q in zip(gr, g0)]
+        diffs[k] = max(float((y - y0).abs().max()), *rel)
+    print(f"\n== Linear {o}x{i}, r {args.rank}, N {n} tokens: forward+backward ==", flush=True)
+    times = H.interleaved({k: (lambda f=f: run(f)) for k, f in cands.items()}, args.repeats, args.warmup,
+                          args.device, progress=False)
+    rows = H.paired_rows(times, "fused")
+    col = "max diff (y abs, grads rel)"
+    for k in rows:
+        rows[k].extra[col] = f"{diffs[k]:.1e}"
+    print(H.fmt_table([rows[k] for k in cands], "fused", extra_cols=[col]))
+    r = args.rank
+    print(f"GEMM GFLOP: 3 x 2*N*o*i = {6 * n * o * i / 1e9:.2f} (fwd, grad x, weight grad); theta = A@B "
+          f"{o * r * i / 1e9:.2f} per evaluation (fused: 2, naive: 1); dA + dB {2 * o * r * i / 1e9:.2f}; "
+          f"two-gemm adds {2 * n * o * i / 1e9:.2f} per forward")
+    return H.rows_json([rows[k] for k in cands])
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    H.setup_threads(args.threads)
+    info = H.machine_info(args.device)
+    print(H.machine_line(info))
+    out = {"machine": info, "args": vars(args), "rotation": {}, "layer": {}}
+    g = torch.Generator().manual_seed(0)
+    for spec in args.shapes:
+        o, i = (int(v) for v in spec.split("x"))
+        w = torch.randn(o, i, generator=g) * 0.02
+        a = torch.randn(o, args.rank, generator=g) * 0.05
+        b = torch.randn(args.rank, i // 2, generator=g) * 0.05
+        out["rotation"][spec] = bench_rotation(args, o, i, w, LF.angles(a, b))
+        for n in args.tokens:
+            out["layer"][f"{spec}/N{n}"] = bench_layer(args, o, i, n, w, a, b, g)
+    H.write_json(args.json, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
