@@ -29,14 +29,19 @@ __all__ = ["AngleTerm", "ConvArgs", "rotated_forward", "naive_forward", "effecti
 
 @dataclass(frozen=True)
 class AngleTerm:
-    """One adapter's contribution: ``strength * wrap(a @ b)`` (factored) or ``strength * a`` (dense)."""
+    """One adapter's contribution: ``strength * wrap(a @ b)`` (factored) or ``strength * wrap(a)`` (dense).
+
+    Dense angles are wrapped too, so strength scales the same canonical angle in
+    both forms (``s * wrap(theta)`` differs from ``s * theta`` when ``s != 1`` and
+    ``|theta| > pi``); this is the ``.lorad`` file semantics (docs/lorad-format.md).
+    """
 
     strength: float
     a: Tensor
     b: Tensor | None = None
 
     def theta(self) -> Tensor:
-        return LF.angles(self.a, self.b) if self.b is not None else LF.up(self.a)
+        return LF.angles(self.a, self.b) if self.b is not None else LF.wrap_angles(LF.up(self.a))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,464 @@
+"""Read, validate and write ``.lorad.safetensors`` files (spec: docs/lorad-format.md).
+
+A file holds, per adapted layer ``<key>``, either the factors ``<key>.lorad_A``
+``(out, r)`` and ``<key>.lorad_B`` ``(r, pairs)`` or dense angles
+``<key>.lorad_theta`` ``(out, pairs)``; keys are spelled by :mod:`.keymap`.
+In memory a file is a :class:`LoRaDFile` whose ``layers`` map each key to
+``{"A": .., "B": ..}`` or ``{"theta": ..}`` (float32 after loading).
+
+Reading validates everything before returning anything; every error is a
+:class:`LoRaDFileError` naming the file, the key and what was expected.  Writing
+is atomic (temp file in the target folder, then ``os.replace``) and never
+replaces an existing file unless ``force=True``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import struct
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save as st_save
+from torch import Tensor
+
+from . import keymap as KM
+from .archs import UnknownArchError, get_arch
+from .metadata import (
+    K_ARCH,
+    K_HASH,
+    K_LAYOUT,
+    K_NUM_LAYERS,
+    K_NUM_PARAMS,
+    K_PAIRING,
+    K_RANK,
+    K_RANK_PATTERN,
+    K_VERSION,
+    PAIRING,
+    SUPPORTED_MAJOR,
+    OneStep,
+    build_metadata,
+    parse_one_step,
+    parse_version,
+)
+
+__all__ = [
+    "SUFFIXES",
+    "STORAGE_DTYPES",
+    "LoRaDFileError",
+    "LoRaDFile",
+    "save_lorad",
+    "load_lorad",
+    "validate_layers",
+    "build_metadata",
+    "layers_from_adapter_state",
+    "adapter_state_from_layers",
+    "data_sha256",
+]
+
+SUFFIXES = {"A": ".lorad_A", "B": ".lorad_B", "theta": ".lorad_theta"}
+STORAGE_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+_DTYPE_NAMES = {v: k for k, v in STORAGE_DTYPES.items()}
+_MAX_HEADER = 100 * 1024 * 1024  # safetensors' own header limit
+_CHUNK = 16 * 1024 * 1024
+
+Layers = dict[str, dict[str, Tensor]]
+
+
+class LoRaDFileError(ValueError):
+    """A bad ``.lorad`` file or layer set: ``file: key: problem (expected ...)``."""
+
+    def __init__(self, path: str | os.PathLike | None, key: str | None, problem: str, expected: str | None = None):
+        self.path, self.key, self.problem, self.expected = path, key, problem, expected
+        where = ": ".join(str(p) for p in (path if path is not None else "<in memory>", key) if p is not None)
+        super().__init__(f"{where}: {problem}" + (f" (expected {expected})" if expected else ""))
+
+
+@dataclass
+class LoRaDFile:
+    path: Path | None
+    layers: Layers
+    metadata: dict[str, str]
+    storage_dtype: str | None = None  # "F16" / "BF16" / "F32" as stored; None if mixed or in memory
+
+    @property
+    def arch(self) -> str:
+        return self.metadata.get(K_ARCH, "")
+
+    @property
+    def rank(self) -> int | None:
+        """The rank shared by every layer; None when ranks are mixed or any layer is dense."""
+        ranks = {t["A"].shape[1] if "A" in t else None for t in self.layers.values()}
+        return ranks.pop() if len(ranks) == 1 and None not in ranks else None
+
+    @property
+    def one_step(self) -> OneStep | None:
+        return parse_one_step(self.metadata)
+
+    @property
+    def layout(self) -> dict | None:
+        """The denoiser layout the keys were spelled for, when it differs from the architecture's."""
+        return _layout(None, self.metadata)
+
+    @property
+    def num_params(self) -> int:
+        return sum(t.numel() for group in self.layers.values() for t in group.values())
+
+    @property
+    def format_version(self) -> str:
+        return self.metadata.get(K_VERSION, "")
+
+    def components(self) -> dict[str, int]:
+        """Layer count per component (``unet``, ``text_encoder``, ...)."""
+        out: dict[str, int] = {}
+        for key in self.layers:
+            comp = KM.component_of(self.arch, key)
+            out[comp] = out.get(comp, 0) + 1
+        return out
+
+
+# -- structural checks shared by reader and writer -----------------------------------
+def _layer_rank(t: Mapping[str, Tensor]) -> int | str:
+    return int(t["A"].shape[1]) if "A" in t else "dense"
+
+
+def _check_layer(path, key: str, t: Mapping[str, Tensor]) -> None:
+    kinds = set(t)
+    if kinds not in ({"A", "B"}, {"theta"}):
+        have = ", ".join(sorted(key + SUFFIXES[k] for k in kinds if k in SUFFIXES)) or "nothing"
+        raise LoRaDFileError(path, key, f"incomplete or mixed layer: has {have}",
+                             f"{key}.lorad_A and {key}.lorad_B, or {key}.lorad_theta alone")
+    for k, v in t.items():
+        if v.dim() != 2 or min(v.shape) < 1:
+            raise LoRaDFileError(path, key + SUFFIXES[k], f"shape {tuple(v.shape)}", "a non-empty 2-D tensor")
+    if "A" in t and t["A"].shape[1] != t["B"].shape[0]:
+        raise LoRaDFileError(path, key, f"rank mismatch: A {tuple(t['A'].shape)}, B {tuple(t['B'].shape)}",
+                             "A (out, r) and B (r, pairs) with the same r")
+
+
+def _rank_keys(layers: Mapping[str, Mapping[str, Tensor]]) -> dict[str, str]:
+    ranks = {key: _layer_rank(t) for key, t in layers.items()}
+    distinct = set(ranks.values())
+    if len(distinct) == 1:
+        (only,) = distinct
+        return {K_RANK: str(only)}
+    return {K_RANK: "mixed", K_RANK_PATTERN: json.dumps(ranks, sort_keys=True)}
+
+
+def _layout(path, md: Mapping[str, str]) -> dict | None:
+    if K_LAYOUT not in md:
+        return None
+    try:
+        layout = json.loads(md[K_LAYOUT])
+    except json.JSONDecodeError as e:
+        raise LoRaDFileError(path, K_LAYOUT, f"not valid JSON: {e}", "a JSON object of config fields") from None
+    if not isinstance(layout, dict):
+        raise LoRaDFileError(path, K_LAYOUT, "not a JSON object", "a JSON object of config fields")
+    return layout
+
+
+def _check_all(path, layers: Layers, md: Mapping[str, str]) -> None:
+    """Metadata and structure checks (no finiteness; that needs values)."""
+    if K_VERSION not in md:
+        raise LoRaDFileError(path, K_VERSION, "metadata key missing: not a LoRaD file", f"'{SUPPORTED_MAJOR}.x'")
+    try:
+        major, _ = parse_version(md[K_VERSION])
+    except ValueError as e:
+        raise LoRaDFileError(path, K_VERSION, str(e), f"'{SUPPORTED_MAJOR}.x'") from None
+    if major != SUPPORTED_MAJOR:
+        raise LoRaDFileError(path, K_VERSION, f"unsupported format version {md[K_VERSION]!r}",
+                             f"'{SUPPORTED_MAJOR}.x' (upgrade ComfyUI-WaDi to read newer files)")
+    try:
+        spec = get_arch(md.get(K_ARCH, ""))
+    except UnknownArchError as e:
+        raise LoRaDFileError(path, K_ARCH, f"unknown architecture {md.get(K_ARCH)!r}", str(e)) from None
+    if md.get(K_PAIRING) != PAIRING:
+        raise LoRaDFileError(path, K_PAIRING, f"pairing {md.get(K_PAIRING)!r} not supported", repr(PAIRING))
+    if not layers:
+        raise LoRaDFileError(path, None, "no LoRaD layers in the file", "at least one <key>.lorad_A/B or .lorad_theta")
+    layout = _layout(path, md)
+    for key, t in layers.items():
+        _check_layer(path, key, t)
+        try:
+            KM.to_module_name(spec, key, layout)
+        except KM.KeyMapError as e:
+            raise LoRaDFileError(path, key, f"not a layer of {spec.id}: {e}",
+                                 f"keys starting with one of {_prefixes(spec)}") from None
+    actual = _rank_keys(layers)
+    if md.get(K_RANK) != actual[K_RANK]:
+        raise LoRaDFileError(path, K_RANK, f"metadata says {md.get(K_RANK)!r} but the layers have {actual[K_RANK]!r}",
+                             "the rank every layer has ('mixed' if they differ, 'dense' if all are dense)")
+    if actual[K_RANK] == "mixed":
+        try:
+            pattern = json.loads(md.get(K_RANK_PATTERN, ""))
+        except json.JSONDecodeError:
+            pattern = None
+        if pattern != json.loads(actual[K_RANK_PATTERN]):
+            raise LoRaDFileError(path, K_RANK_PATTERN, "missing or does not match the layers",
+                                 "a JSON object {layer key: rank or 'dense'} for every layer")
+
+
+def _prefixes(spec) -> list[str]:
+    out = []
+    for comp in spec.components:
+        try:
+            out.append(KM.file_prefix(spec, comp))
+        except KM.KeyMapError:
+            pass
+    return out
+
+
+def _check_finite(path, layers: Layers) -> None:
+    for key, t in layers.items():
+        for k, v in t.items():
+            if not torch.isfinite(v).all():
+                bad = int((~torch.isfinite(v)).sum())
+                raise LoRaDFileError(path, key + SUFFIXES[k], f"{bad} non-finite values (inf/nan)", "finite values")
+
+
+# -- reading ---------------------------------------------------------------------------
+def _read_header(path: Path) -> tuple[int, dict]:
+    """Parse and sanity-check the safetensors header ourselves (clear errors, no tensors read)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise LoRaDFileError(path, None, f"file is {size} bytes, too short for a safetensors header",
+                                 "a .safetensors file")
+        (n,) = struct.unpack("<Q", head)
+        if n < 2 or n > _MAX_HEADER or 8 + n > size:
+            raise LoRaDFileError(path, None, f"corrupt safetensors header length {n} (file has {size} bytes)",
+                                 "a .safetensors file")
+        raw = f.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise LoRaDFileError(path, None, f"safetensors header is not valid JSON: {e}", "a .safetensors file") from None
+    if not isinstance(header, dict):
+        raise LoRaDFileError(path, None, "safetensors header is not a JSON object", "a .safetensors file")
+    md = header.get("__metadata__", {})
+    if not isinstance(md, dict) or not all(isinstance(v, str) for v in md.values()):
+        raise LoRaDFileError(path, "__metadata__", "metadata is not a string-to-string map", "string values")
+    return 8 + n, header
+
+
+def data_sha256(path: str | os.PathLike) -> str:
+    """ModelSpec ``hash_sha256``: sha256 of everything after the header (the tensor bytes), ``0x``-prefixed."""
+    start, _ = _read_header(Path(path))
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        f.seek(start)
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return "0x" + h.hexdigest()
+
+
+def _group(path, names) -> dict[str, dict[str, str]]:
+    groups: dict[str, dict[str, str]] = {}
+    for name in names:
+        for kind, suffix in SUFFIXES.items():
+            if name.endswith(suffix):
+                groups.setdefault(name[: -len(suffix)], {})[kind] = name
+                break
+        else:
+            raise LoRaDFileError(path, name, "unexpected tensor", "<key>.lorad_A, <key>.lorad_B or <key>.lorad_theta")
+    return groups
+
+
+def load_lorad(path: str | os.PathLike, *, device: str | torch.device = "cpu", verify_hash: bool = True) -> LoRaDFile:
+    """Read and fully validate a file; tensors come back as float32 on ``device``."""
+    path = Path(path)
+    if not path.is_file():
+        raise LoRaDFileError(path, None, "no such file", "an existing .lorad.safetensors file")
+    _, header = _read_header(path)
+    md = dict(header.get("__metadata__", {}))
+    names = [k for k in header if k != "__metadata__"]
+    dtypes = set()
+    for name in names:
+        info = header[name]
+        if not isinstance(info, dict) or info.get("dtype") not in STORAGE_DTYPES:
+            got = info.get("dtype") if isinstance(info, dict) else info
+            raise LoRaDFileError(path, name, f"dtype {got!r} not allowed", "F16, BF16 or F32")
+        shape = info.get("shape")
+        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise LoRaDFileError(path, name, f"bad shape entry {shape!r} in the header", "a list of sizes")
+        dtypes.add(info["dtype"])
+    groups = _group(path, names)
+    # Metadata first: a file that is not LoRaD at all should say so before any shape talk.
+    shapes = {key: {k: torch.empty(header[n]["shape"], device="meta") for k, n in g.items()}
+              for key, g in groups.items()}
+    _check_all(path, shapes, md)
+    if verify_hash and K_HASH in md:
+        actual = data_sha256(path)
+        if actual.lower() != md[K_HASH].lower():
+            raise LoRaDFileError(path, K_HASH, f"tensor data hash {actual} does not match the header",
+                                 f"{md[K_HASH]} (file corrupted or tensors edited)")
+    layers: Layers = {}
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            for key, g in groups.items():
+                layers[key] = {k: f.get_tensor(n).to(device=device, dtype=torch.float32) for k, n in g.items()}
+    except LoRaDFileError:
+        raise
+    except Exception as e:  # safetensors raises its own error types; name the file
+        raise LoRaDFileError(path, None, f"cannot read tensors: {e}", "a valid .safetensors file") from None
+    _check_finite(path, layers)
+    return LoRaDFile(path, layers, md, dtypes.pop() if len(dtypes) == 1 else None)
+
+
+def validate_layers(
+    file: LoRaDFile,
+    weight_shapes: Mapping[str, tuple[int, ...]],
+    *,
+    allow_partial: bool = False,
+) -> list[str]:
+    """Check the file's layers against the target weights; return the matched keys (file order).
+
+    ``weight_shapes`` maps file keys to the shape of the weight each addresses
+    (see :func:`weight_shapes_of`).  A shape that does not fit is always an error;
+    keys with no target are an error unless ``allow_partial``.
+    """
+    problems: list[str] = []
+    unmatched: list[str] = []
+    matched: list[str] = []
+    for key, t in file.layers.items():
+        shape = weight_shapes.get(key)
+        if shape is None:
+            unmatched.append(key)
+            continue
+        if len(shape) < 2:
+            problems.append(f"{key}: target weight shape {tuple(shape)} is not a Linear/Conv weight")
+            continue
+        width = math.prod(shape[1:])
+        if width % 2:
+            problems.append(f"{key}: target row width {width} is odd; LoRaD pairs (2k, 2k+1)")
+            continue
+        out, pairs = int(shape[0]), width // 2
+        if "theta" in t:
+            ok = tuple(t["theta"].shape) == (out, pairs)
+            got, want = f"theta {tuple(t['theta'].shape)}", f"theta ({out}, {pairs})"
+        else:
+            ok = t["A"].shape[0] == out and t["B"].shape[1] == pairs
+            got = f"A {tuple(t['A'].shape)}, B {tuple(t['B'].shape)}"
+            want = f"A ({out}, r), B (r, {pairs})"
+        if not ok:
+            problems.append(f"{key}: {got} do not fit weight {tuple(shape)}; expected {want}")
+            continue
+        matched.append(key)
+    if problems:
+        raise LoRaDFileError(file.path, None, f"{len(problems)} layer(s) do not fit the model:\n  "
+                             + "\n  ".join(problems))
+    if unmatched and not allow_partial:
+        shown = "\n  ".join(unmatched[:20]) + (f"\n  ... and {len(unmatched) - 20} more" if len(unmatched) > 20 else "")
+        raise LoRaDFileError(file.path, None, f"{len(unmatched)} key(s) match no weight of the model "
+                             f"(nothing applied):\n  {shown}", "every key to resolve, or allow_partial=True")
+    return matched
+
+
+# -- writing ---------------------------------------------------------------------------
+def _write_bytes(f, chunks) -> None:
+    """Write the file body (separate so tests can simulate a failure mid-write)."""
+    for chunk in chunks:
+        f.write(chunk)
+
+
+def _serialize(tensors: dict[str, Tensor], md: dict[str, str]) -> list:
+    """safetensors bytes with ``modelspec.hash_sha256`` of the data section filled in."""
+    blob = st_save(tensors, metadata=md)
+    (n,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8 : 8 + n])
+    data = memoryview(blob)[8 + n :]
+    header["__metadata__"][K_HASH] = "0x" + hashlib.sha256(data).hexdigest()
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)  # keep tensor data 8-byte aligned, as safetensors does
+    return [struct.pack("<Q", len(raw)), raw, data]
+
+
+def save_lorad(
+    path: str | os.PathLike,
+    layers: Mapping[str, Mapping[str, Tensor]],
+    metadata: Mapping[str, str],
+    *,
+    force: bool = False,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
+    """Validate and write atomically; refuses to replace ``path`` unless ``force``.
+
+    Counts, the rank pattern and the ModelSpec hash are filled in from the tensors.
+    """
+    path = Path(path)
+    if dtype not in _DTYPE_NAMES:
+        raise ValueError(f"{path}: storage dtype {dtype} not allowed (float16, bfloat16 or float32)")
+    if path.exists() and not force:
+        raise FileExistsError(f"{path}: file exists; pass force=True (--force) to replace it")
+    bad = [k for k, v in metadata.items() if not isinstance(k, str) or not isinstance(v, str)]
+    if bad:
+        raise LoRaDFileError(path, bad[0], "metadata values must be strings", "str keys and str values")
+    cast: Layers = {}
+    for key, t in layers.items():
+        cast[key] = {k: v.detach().to(device="cpu", dtype=dtype).contiguous() for k, v in t.items()}
+    md = dict(metadata)
+    for k in (K_RANK_PATTERN, K_HASH):
+        md.pop(k, None)
+    ranks = _rank_keys(cast)
+    if metadata.get(K_RANK) not in (None, ranks[K_RANK], "mixed"):
+        raise LoRaDFileError(path, K_RANK, f"metadata says {metadata[K_RANK]!r} but the layers have {ranks[K_RANK]!r}",
+                             "build_metadata(rank=...) to match the layers")
+    md.update(ranks)
+    if "ss_network_dim" in md:  # indexers read it as an int: the largest factor rank (0 if all dense)
+        md["ss_network_dim"] = str(max([v.shape[1] for t in cast.values() for k, v in t.items() if k == "A"],
+                                       default=0))
+    md[K_NUM_LAYERS] = str(len(cast))
+    md[K_NUM_PARAMS] = str(sum(v.numel() for t in cast.values() for v in t.values()))
+    _check_all(path, cast, md)
+    _check_finite(path, cast)  # after the cast: fp16 can overflow to inf
+    tensors = {key + SUFFIXES[k]: v for key, t in cast.items() for k, v in t.items()}
+    chunks = _serialize(tensors, md)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        with open(tmp, "xb") as f:
+            _write_bytes(f, chunks)
+            f.flush()
+            os.fsync(f.fileno())
+        if path.exists() and not force:  # appeared while we were writing
+            raise FileExistsError(f"{path}: file exists; pass force=True (--force) to replace it")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+# -- adapter state <-> file layers ------------------------------------------------------
+def layers_from_adapter_state(
+    arch: str, state: Mapping[str, Mapping[str, Tensor]], component: str | None = None, layout: Mapping | None = None
+) -> Layers:
+    """``inject.adapter_state`` (diffusers module names) -> file layers (file keys)."""
+    out: Layers = {}
+    for name, t in state.items():
+        key = KM.to_file_key(arch, name, component, layout)
+        if key in out:
+            raise KM.KeyMapError(f"{name!r} and another module both map to {key!r}")
+        out[key] = dict(t)
+    return out
+
+
+def adapter_state_from_layers(
+    arch: str, layers: Mapping[str, Mapping[str, Tensor]], component: str | None = None, layout: Mapping | None = None
+) -> Layers:
+    """File layers -> ``inject.load_adapter_state`` input for one component (others are skipped)."""
+    spec = get_arch(arch)
+    component = component or spec.denoiser
+    out: Layers = {}
+    for key, t in layers.items():
+        comp, name = KM.to_module_name(spec, key, layout)
+        if comp == component:
+            out[name] = dict(t)
+    return out

@@ -1,0 +1,123 @@
+"""Our file keys against ComfyUI's own key maps, read from a ComfyUI source tree at test time.
+
+ComfyUI is not a dependency: these tests run when ``COMFYUI_DIR`` points to a
+ComfyUI checkout (or this pack sits in ``ComfyUI/custom_nodes/``) and are skipped
+otherwise.  Only the plain data tables and the two pure mapping functions are
+taken from ``comfy/utils.py`` (parsed with ``ast``, no ComfyUI import, nothing
+copied into this repository).
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+from pathlib import Path
+
+import pytest
+from wadi_lorad.lorad import keymap as KM
+from wadi_lorad.lorad.archs import build_meta, load_config
+from wadi_lorad.lorad.io import SUFFIXES
+from wadi_lorad.lorad.presets import PRESETS, match_modules
+
+pytestmark = pytest.mark.comfyui
+
+
+def _comfy_dir() -> Path | None:
+    for cand in (os.environ.get("COMFYUI_DIR"), Path(__file__).resolve().parents[3]):
+        if cand and (Path(cand) / "comfy" / "utils.py").is_file():
+            return Path(cand)
+    return None
+
+
+COMFY = _comfy_dir()
+needs_comfy = pytest.mark.skipif(COMFY is None, reason="set COMFYUI_DIR to a ComfyUI checkout")
+
+
+def _load(names: set[str]) -> dict:
+    """Execute only the named top-level assignments/functions of comfy/utils.py in a fresh namespace."""
+    tree = ast.parse((COMFY / "comfy" / "utils.py").read_text(encoding="utf-8"))
+    keep = []
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name in names:
+            keep.append(node)
+        elif isinstance(node, ast.Assign) and any(getattr(t, "id", None) in names for t in node.targets):
+            keep.append(node)
+    ns: dict = {}
+    exec(compile(ast.Module(body=keep, type_ignores=[]), "comfy/utils.py", "exec"), ns)
+    return ns
+
+
+def _comfy_unet_config(cfg: dict) -> dict:
+    """ComfyUI's unet_config fields that unet_to_diffusers reads, derived from a diffusers config."""
+    levels = len(cfg["block_out_channels"])
+    lpb = cfg.get("layers_per_block", 2)
+    lpb = [lpb] * levels if isinstance(lpb, int) else list(lpb)
+    tl = cfg.get("transformer_layers_per_block", 1)
+    tl = [tl] * levels if isinstance(tl, int) else list(tl)
+    attn_down = [t.startswith("CrossAttn") for t in cfg["down_block_types"]]
+    depth = [tl[b] if attn_down[b] else 0 for b in range(levels) for _ in range(lpb[b])]
+    depth_out = [tl[b] if attn_down[b] else 0 for b in range(levels) for _ in range(lpb[b] + 1)]
+    return {"num_res_blocks": lpb, "channel_mult": [1] * levels, "transformer_depth": depth,
+            "transformer_depth_output": depth_out, "transformer_depth_middle": tl[-1]}
+
+
+@needs_comfy
+@pytest.mark.parametrize("arch", ["sd15", "sd21", "sdxl"])
+def test_unet_keys_equal_comfyui_unet_to_diffusers(arch):
+    ns = _load({"UNET_MAP_ATTENTIONS", "TRANSFORMER_BLOCKS", "UNET_MAP_RESNET", "UNET_MAP_BASIC", "unet_to_diffusers"})
+    comfy_map = ns["unet_to_diffusers"](_comfy_unet_config(load_config(arch)))
+    model = build_meta(arch)
+    sd = model.state_dict()
+    km = KM.unet_keymap(arch)
+    checked = [k for k in comfy_map if k in sd]
+    assert len(checked) > 0.9 * len(sd)
+    assert all(km.ldm(k) == comfy_map[k] for k in checked)
+    # Every paper-student layer is covered by ComfyUI's table and lands on our file key.
+    for name, _ in match_modules(model, PRESETS["paper-student"]["unet"]):
+        assert "diffusion_model." + comfy_map[name + ".weight"] == KM.to_file_key(arch, name) + ".weight"
+
+
+@needs_comfy
+@pytest.mark.parametrize("arch", ["pixart-alpha", "pixart-alpha-512"])
+def test_pixart_keys_resolve_through_comfyui_pixart_map(arch):
+    ns = _load({"PIXART_MAP_BASIC", "PIXART_MAP_BLOCK", "pixart_to_diffusers"})
+    cfg = load_config(arch)
+    comfy_map = ns["pixart_to_diffusers"]({"depth": cfg["num_layers"], "hidden_size": 1152},
+                                          output_prefix="diffusion_model.")
+    model = build_meta(arch)
+    for name, _ in match_modules(model, PRESETS["all-linear"]["dit"]):
+        key = KM.to_file_key(arch, name)
+        # ComfyUI's model_lora_keys_unet registers "transformer.<diffusers path>" for every mapped weight.
+        assert key == "transformer." + name and name + ".weight" in comfy_map
+        want = comfy_map[name + ".weight"]
+        target, offset = KM.comfy_target(arch, key)
+        assert (target, offset) == (want if isinstance(want, tuple) else (want, None))
+    for k, v in comfy_map.items():  # the native rules agree on every key ComfyUI knows, biases included
+        native, offset = KM.pixart_native(k)
+        assert ("diffusion_model." + native, offset) == (v if isinstance(v, tuple) else (v, None))
+
+
+@needs_comfy
+@pytest.mark.parametrize("arch, component, clip", [("sd15", "text_encoder", "clip_l"), ("sd21", "text_encoder", "clip_h"),
+                                                   ("sdxl", "text_encoder_2", "clip_g")])
+def test_text_encoder_keys_are_comfyui_clip_weights(arch, component, clip):
+    src = (COMFY / "comfy" / "lora.py").read_text(encoding="utf-8")
+    template = re.search(rf'"({clip}\.transformer\.text_model\.encoder\.layers\.{{}}\.{{}}\.weight)"', src).group(1)
+    clip_map = ast.literal_eval(re.search(r"LORA_CLIP_MAP = (\{.*?\})", src, re.S).group(1))
+    layers = load_config(arch, component)["num_hidden_layers"]
+    for b in range(layers):
+        for c in clip_map:
+            key = KM.to_file_key(arch, f"text_model.encoder.layers.{b}.{c}", component)
+            assert KM.comfy_target(arch, key) == (template.format(b, c), None)
+            # ComfyUI's generic CLIP spelling is "text_encoders." + model key without ".weight".
+            assert key == "text_encoders." + template.format(b, c)[: -len(".weight")]
+
+
+@needs_comfy
+def test_no_comfyui_adapter_claims_lorad_suffixes():
+    claimed = set()
+    for f in [COMFY / "comfy" / "lora.py", *(COMFY / "comfy" / "weight_adapter").glob("*.py")]:
+        claimed |= set(re.findall(r'"\{\}([._][A-Za-z0-9_.]+)"', f.read_text(encoding="utf-8")))
+    assert ".lora_A" in claimed and ".alpha" in claimed  # the scan works
+    assert not set(SUFFIXES.values()) & claimed
