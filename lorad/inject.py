@@ -166,16 +166,23 @@ def unmerge(model: nn.Module) -> None:
         layer.unmerge()
 
 
-def remove(model: nn.Module, adapter: str | None = None) -> None:
-    """Drop one adapter (or all); layers left without adapters become plain modules again."""
+def remove(model: nn.Module, adapter: str | None = None, bake: bool = False) -> None:
+    """Drop one adapter (or all); layers left without adapters become plain modules again.
+
+    A merged adapter is refused unless ``bake=True``, which keeps its rotation in
+    the base weights (merge, then bake into a plain model for export).
+    """
     for name, layer in list(lorad_layers(model)):
         for n in [adapter] if adapter is not None else list(layer.lorad):
+            if n in layer.lorad and any(m == n for m, _ in layer.merged) and not bake:
+                raise RuntimeError(f"{name}: adapter {n!r} is merged; unmerge first or pass bake=True")
+    for name, layer in list(lorad_layers(model)):
+        if bake and adapter is None and layer.merged:
+            layer.merged, layer._unmerged_weight = [], None
+        for n in [adapter] if adapter is not None else list(layer.lorad):
             if n in layer.lorad:
-                layer.remove_adapter(n)
+                layer.remove_adapter(n, bake=bake)
         if len(layer.lorad) == 0:
-            if layer.merged:
-                layer.merged = []
-                layer._unmerged_weight = None
             _set_submodule(model, name, layer.to_base())
 
 

@@ -115,9 +115,18 @@ class LoRaDLayer(nn.Module):
         self.lorad[name] = ad
         return ad
 
-    def remove_adapter(self, name: str) -> None:
+    def remove_adapter(self, name: str, bake: bool = False) -> None:
+        """Drop adapter ``name``.  If it is merged: ``bake`` keeps its rotation in the
+        base weight (merge-then-bake); otherwise the layer is unmerged first."""
         if any(n == name for n, _ in self.merged):
-            raise RuntimeError(f"{self.layer_name}: unmerge adapter {name!r} before removing it")
+            if not bake:
+                raise RuntimeError(
+                    f"{self.layer_name}: adapter {name!r} is merged; unmerge it first or remove with bake=True"
+                )
+            if len(self.merged) > 1:
+                raise RuntimeError(f"{self.layer_name}: bake needs {name!r} to be the only merged adapter")
+            self.merged = []
+            self._unmerged_weight = None
         del self.lorad[name]
         self.active = tuple(n for n in self.active if n != name)
 

@@ -220,3 +220,19 @@ def test_training_updates_only_the_active_adapter():
     assert all(p.grad is None for p in INJ.adapter_parameters(unet, "fake"))
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in INJ.adapter_parameters(unet, "student"))
     assert all(torch.equal(a, b) for a, b in zip(fake_before, INJ.adapter_parameters(unet, "fake")))
+
+
+def test_merge_then_bake_gives_a_plain_rotated_model():
+    unet = tiny_unet()
+    INJ.inject(unet, "student", "paper-student", rank=4)
+    _randomize(unet, "student", 0.2)
+    with torch.no_grad():
+        INJ.set_active(unet, "student")
+        y = unet(*unet_inputs()).sample
+        INJ.merge(unet)
+        with pytest.raises(RuntimeError, match="merged"):
+            INJ.remove(unet, "student")  # refusing keeps the model intact
+        assert len(list(INJ.lorad_layers(unet))) > 0
+        INJ.remove(unet, "student", bake=True)
+        assert not list(INJ.lorad_layers(unet))
+        assert torch.allclose(unet(*unet_inputs()).sample, y, atol=1e-5)
