@@ -34,6 +34,7 @@ def parse(argv=None):
     p.add_argument("--baseline", default="lora")
     p.add_argument("--preset", default="paper-student")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="dtype of the frozen base weights")
     p.add_argument("--autocast", default=None, choices=["bf16", "fp16"], help="mixed precision (base stays fp32)")
     p.add_argument("--flops", action="store_true", help="also count matmul FLOPs per candidate")
     p.add_argument("--flops-only", action="store_true", help="only the FLOP table (timed config + full SD1.5 512 px)")
@@ -51,7 +52,7 @@ def build(args, base, kind: str, rank: int, device: str):
 def mem_child(args) -> None:
     kind, rank = args.mem_child.rsplit(":", 1)
     H.child_start(args.device)
-    base = M.build_unet(args.unet, device=args.device)
+    base = M.build_unet(args.unet, device=args.device, dtype=DTYPES[args.dtype])
     step, _ = build(args, base, kind, int(rank), args.device)
     step()  # warm-up: lazy inits and allocator caches are not part of the step's peak
     H.child_report(H.measure_peak(step, args.device))
@@ -114,9 +115,9 @@ def main(argv=None) -> int:
         return 0
     load = H.wait_for_quiet(args.max_load, args.wait)
     print(f"UNet {args.unet}, latent {args.latent}x{args.latent}, batch {args.batch}, preset {args.preset}, "
-          f"autocast {args.autocast or 'off'}; {args.repeats} interleaved rounds after {args.warmup} warm-up; "
+          f"weights {args.dtype}, autocast {args.autocast or 'off'}; {args.repeats} interleaved rounds after {args.warmup} warm-up; "
           f"load avg at start {load:.2f}")
-    base = M.build_unet(args.unet, device=args.device)
+    base = M.build_unet(args.unet, device=args.device, dtype=DTYPES[args.dtype])
     results = {}
     for rank in args.ranks:
         print(f"\n== rank {rank} ==", flush=True)

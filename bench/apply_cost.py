@@ -14,8 +14,9 @@ allocated.  Each candidate patches its own copy of the weights in place:
   Python and ``COMFYUI_DIR`` set, e.g.
   ``COMFYUI_DIR=/work/comfyui /work/comfyui-venv/bin/python bench/apply_cost.py``.
 
-Also ``--file``: the time to read the adapter file (``.lorad`` via ``lorad.io``
-when present, else plain safetensors) against reading the LoRA file.
+With ``--file`` also ``lorad-file`` / ``lora-file``: read the adapter file and apply it
+(``lorad.io.load_lorad`` with its validation and hash check, against safetensors'
+``load_file`` of the LoRA), the whole path a loader takes.
 
 Goal (issue 6): LoRaD apply <= 1.2x the LoRA merge.
 """
@@ -127,44 +128,49 @@ def apply_comfy(weights, patches) -> None:
 
 
 # ----------------------------------------------------------------------------- files
-def file_candidates(lorad, lora, tmp: str):
-    from safetensors.torch import load_file, save_file
+def write_files(lorad, lora, tmp: str) -> tuple[str, str]:
+    """A real ``.lorad.safetensors`` (``lorad.io.save_lorad``, fp32) and a LoRA safetensors file."""
+    from safetensors.torch import save_file
+    from wadi_lorad.lorad import io as LIO
+    from wadi_lorad.lorad.metadata import build_metadata
 
     p_lora = os.path.join(tmp, "lora.safetensors")
     save_file({f"{n}.lora_up.weight": u.contiguous() for n, (u, _) in lora.items()}
               | {f"{n}.lora_down.weight": d.contiguous() for n, (_, d) in lora.items()}, p_lora)
-    try:
-        from wadi_lorad.lorad import io as LIO
-    except ImportError:
-        LIO = None
     p_lorad = os.path.join(tmp, "student.lorad.safetensors")
-    if LIO is not None and hasattr(LIO, "save_lorad"):
-        state = {n: {"A": a, "B": b} for n, (a, b) in lorad.items()}
-        _save_lorad(LIO, state, p_lorad)
-        read_lorad = lambda: LIO.load_lorad(p_lorad)  # noqa: E731
-        label = "read .lorad (lorad.io)"
-    else:
-        save_file({f"{n}.lorad_A": a.contiguous() for n, (a, _) in lorad.items()}
-                  | {f"{n}.lorad_B": b.contiguous() for n, (_, b) in lorad.items()}, p_lorad)
-        read_lorad = lambda: load_file(p_lorad)  # noqa: E731
-        label = "read .lorad (safetensors; lorad.io not on this branch)"
-    return {"read-lorad": read_lorad, "read-lora": lambda: load_file(p_lora)}, label, (p_lorad, p_lora)
+    rank = next(iter(lorad.values()))[0].shape[1]
+    layers = LIO.layers_from_adapter_state("sd15", {n: {"A": a, "B": b} for n, (a, b) in lorad.items()})
+    md = build_metadata(arch="sd15", rank=rank, target_preset="paper-student", title="bench student",
+                        one_step={"timestep": 999, "alpha_bar_T": 0.0047})
+    LIO.save_lorad(p_lorad, layers, md, force=True)
+    return p_lorad, p_lora
 
 
-def _save_lorad(LIO, state, path):
-    import inspect
+def file_candidates(p_lorad: str, p_lora: str):
+    """Read + apply from the files: ``load_lorad`` (validation and hash check included) vs ``load_file``."""
+    from safetensors.torch import load_file
+    from wadi_lorad.lorad import io as LIO
 
-    sig = inspect.signature(LIO.save_lorad)
-    kwargs = {k: v for k, v in dict(rank=None, force=True).items() if k in sig.parameters}
-    LIO.save_lorad(path, state, **kwargs)
+    def lorad_file(w):
+        f = LIO.load_lorad(p_lorad)
+        state = LIO.adapter_state_from_layers("sd15", f.layers)
+        apply_lorad(w, {n: (t["A"], t["B"]) for n, t in state.items()})
+
+    def lora_file(w):
+        sd = load_file(p_lora)
+        apply_lora(w, {n: (sd[f"{n}.lora_up.weight"], sd[f"{n}.lora_down.weight"]) for n in w})
+
+    return {"lora-file": lora_file, "lorad-file": lorad_file}
 
 
 # ----------------------------------------------------------------------------- main
-def build_candidates(args, shapes, lorad, lora, with_comfy: bool):
+def build_candidates(args, shapes, lorad, lora, with_comfy: bool, files: tuple[str, str] | None = None):
     cands = {
         "lora": (lambda w: apply_lora(w, lora)),
         "lorad": (lambda w: apply_lorad(w, lorad)),
     }
+    if files:
+        cands.update(file_candidates(*files))
     if with_comfy:
         p_lorad, p_lora = comfy_patches(lorad, lora)
         cands["comfy-lora"] = lambda w: apply_comfy(w, p_lora)
@@ -177,11 +183,13 @@ def mem_child(args) -> None:
     shapes = target_shapes(args.unet)
     lorad, lora = make_adapters(shapes, args.rank)
     with_comfy = args.mem_child.startswith("comfy") and comfy_available() is None
-    cands = build_candidates(args, shapes, lorad, lora, with_comfy)
-    w = make_weights(shapes, DT[args.dtype], args.device)
-    fn = cands[args.mem_child]
-    fn(w)
-    H.child_report(H.measure_peak(lambda: fn(w), args.device))
+    with tempfile.TemporaryDirectory() as tmp:
+        files = write_files(lorad, lora, tmp) if args.mem_child.endswith("-file") else None
+        cands = build_candidates(args, shapes, lorad, lora, with_comfy, files)
+        w = make_weights(shapes, DT[args.dtype], args.device)
+        fn = cands[args.mem_child]
+        fn(w)
+        H.child_report(H.measure_peak(lambda: fn(w), args.device))
 
 
 def main(argv=None) -> int:
@@ -204,34 +212,32 @@ def main(argv=None) -> int:
     print(f"{args.unet} paper-student: {len(shapes)} Linear weights, {n_w / 1e6:.1f}M values in {args.dtype}; "
           f"LoRaD r{args.rank} {n_lorad / 1e6:.2f}M params, LoRA r{args.rank} {n_lora / 1e6:.2f}M params; "
           f"load {load:.2f}")
-    cands = build_candidates(args, shapes, lorad, lora, why is None)
-    weights = {k: make_weights(shapes, DT[args.dtype], args.device) for k in cands}
-    steps = {k: (lambda k=k: cands[k](weights[k])) for k in cands}
-    times = H.interleaved(steps, args.repeats, args.warmup, args.device)
+    with tempfile.TemporaryDirectory() as tmp:
+        files = write_files(lorad, lora, tmp) if args.file else None
+        cands = build_candidates(args, shapes, lorad, lora, why is None, files)
+        weights = {k: make_weights(shapes, DT[args.dtype], args.device) for k in cands}
+        steps = {k: (lambda k=k: cands[k](weights[k])) for k in cands}
+        times = H.interleaved(steps, args.repeats, args.warmup, args.device)
+        weights.clear()
+        sizes = {k: os.path.getsize(p) / 2**20 for k, p in zip(("lorad-file", "lora-file"), files or ())}
     rows = H.paired_rows(times, "lora")
-    weights.clear()
     if not args.no_mem:
         mem = H.memory_by_subprocess(sys.argv[0], list(cands), sys.argv[1:], args.device)
         H.add_memory(rows, mem, "lora")
+    if files:
+        for k, v in sizes.items():
+            rows[k].extra["file MiB"] = f"{v:.0f}"
+            rows[k].extra[f"x {k.replace('lorad', 'lora')}"] = "-"
+        fr = H.Stat.of([a / b for a, b in zip(times["lorad-file"], times["lora-file"])])
+        rows["lorad-file"].extra["x lora-file"] = f"{fr.median:.3f} ({fr.q1:.3f}-{fr.q3:.3f})"
     table = [rows[k] for k in cands]
-    print(H.fmt_table(table, "lora"))
+    print(H.fmt_table(table, "lora", extra_cols=["file MiB", "x lora-file"] if files else ()))
     # GEMM FLOPs per layer: LoRaD A@B = out*r*in (B has in/2 columns); LoRA up@down = 2*out*r*in.
     gf_lorad = sum(o * args.rank * i for o, i in shapes.values()) / 1e9
     print(f"GEMM GFLOP per apply: LoRaD {gf_lorad:.1f}, LoRA {2 * gf_lorad:.1f} (plus elementwise: LoRaD "
           f"cos+sin on {n_w / 2e6:.0f}M angles and a pairwise rotation; LoRA one add)")
     result = {"machine": info, "args": vars(args), "results": H.rows_json(table),
               "gflop": {"lorad": gf_lorad, "lora": 2 * gf_lorad}}
-    if args.file:
-        with tempfile.TemporaryDirectory() as tmp:
-            fc, label, paths = file_candidates(lorad, lora, tmp)
-            ft = H.interleaved(fc, args.repeats, args.warmup, args.device)
-            frows = H.paired_rows(ft, "read-lora")
-            sizes = {k: os.path.getsize(p) / 2**20 for k, p in zip(("read-lorad", "read-lora"), paths)}
-            for k in frows:
-                frows[k].extra["file MiB"] = f"{sizes[k]:.0f}"
-            print(f"\nfile read ({label}):")
-            print(H.fmt_table([frows[k] for k in fc], "read-lora", extra_cols=["file MiB"]))
-            result["file"] = H.rows_json([frows[k] for k in fc])
     H.write_json(args.json, result)
     return 0
 

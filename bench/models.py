@@ -44,6 +44,8 @@ SD15 = dict(
 UNET_CONFIGS: dict[str, dict] = {
     "sd15": SD15,
     "sd15-lite": {**SD15, "layers_per_block": 1},
+    # SD1.5's structure (blocks, layers, cross-attention 768) at toy widths: smoke runs of the GPU script.
+    "sd15-toy": {**SD15, "block_out_channels": (32, 64, 64, 64), "sample_size": 16},
 }
 CANDIDATES = ("lorad", "lorad-naive", "hook", "lora", "dora")
 

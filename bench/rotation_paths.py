@@ -2,14 +2,16 @@
 
 Two levels, each interleaved with the library as baseline:
 
-1. rotation only (build ``W_rot`` from ``W``, ``A``, ``B``; no grad), per weight shape:
-   ``library`` (``functional.rotate``: cos, sin, 6 elementwise ops, a stack),
-   ``complex`` (pairs as complex numbers times ``polar(1, theta)``: one complex multiply),
+1. weight build (``W_rot`` from ``W``, ``A``, ``B``; no grad), per weight shape:
+   ``library`` (now: in-range fast wrap, pairs as complex numbers times cos + i sin),
+   ``previous`` (the library before that change: ``torch.remainder`` wrap, six strided
+   elementwise ops and a stack), ``polar`` (complex multiply by ``torch.polar``),
    ``buffer`` (rotate into a preallocated output with ``mul``/``addcmul`` ``out=``),
-   ``compiled`` (``torch.compile`` of the library's function), ``hook`` (the official
+   ``compiled`` (``torch.compile`` of the previous function), ``hook`` (the official
    strided-halves assignment);
 2. one Linear layer forward+backward with N tokens: ``fused`` (library op),
-   ``naive`` (plain autograd), ``complex-fused`` (the fused op with complex arithmetic),
+   ``previous-fused`` (the same op on the previous functions), ``naive`` (plain
+   autograd), ``complex-fused`` (a fused op written with complex arithmetic throughout),
    ``save-theta`` (fused op that keeps theta for backward instead of recomputing A@B:
    half a weight of fp32 memory per layer), ``two-gemm`` (y = (C*W)x + (S*W)(Jx),
    never materialising W_rot), ``compiled`` (``torch.compile`` of the naive layer).
@@ -23,6 +25,8 @@ that is not exact is visible::
 
 from __future__ import annotations
 
+import contextlib
+import math
 import sys
 
 import harness as H
@@ -46,9 +50,46 @@ def parse(argv=None):
     return p.parse_args(argv)
 
 
+# ----------------------------------------------------------------------------- the previous library
+def prev_wrap(theta: Tensor) -> Tensor:
+    """lorad.functional.wrap_angles before the fast path: always torch.remainder."""
+    return torch.remainder(theta + math.pi, 2 * math.pi) - math.pi
+
+
+def prev_rotate_pairs(w32: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """lorad.functional.rotate_pairs before the complex form: strided halves and a stack."""
+    p = w32.reshape(w32.shape[0], -1, 2)
+    a, b = p[..., 0], p[..., 1]
+    return torch.stack((cos * a - sin * b, sin * a + cos * b), dim=-1).reshape(w32.shape)
+
+
+@contextlib.contextmanager
+def previous_library():
+    """Run the library (rotate, the fused op, the naive op) with the previous implementations."""
+    saved = LF.wrap_angles, LF.rotate_pairs
+    LF.wrap_angles, LF.rotate_pairs = prev_wrap, prev_rotate_pairs
+    try:
+        yield
+    finally:
+        LF.wrap_angles, LF.rotate_pairs = saved
+
+
+def as_previous(fn):
+    def run(*a):
+        with previous_library():
+            return fn(*a)
+
+    return run
+
+
 # ----------------------------------------------------------------------------- rotation variants
-def rot_library(w: Tensor, theta: Tensor) -> Tensor:
-    return LF.rotate(w, theta)
+def rot_library(w: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """The whole weight build: theta = wrap(A @ B), cos, sin, rotation."""
+    return LF.rotate(w, LF.angles(a, b))
+
+
+def with_theta(rot):
+    return lambda w, a, b: rot(w, LF.angles(a, b))
 
 
 def rot_complex(w: Tensor, theta: Tensor) -> Tensor:
@@ -148,25 +189,28 @@ def layer_candidates(w, a, b, compile_: bool):
 
     c = {
         "fused": fused,
+        "previous-fused": as_previous(fused),
         "naive": naive,
         "complex-fused": lambda x: _ComplexFused.apply(x, w, a, b),
         "save-theta": lambda x: _SaveTheta.apply(x, w, a, b),
         "two-gemm": lambda x: two_gemm(x, w, a, b),
     }
     if compile_:
-        c["compiled"] = torch.compile(naive, dynamic=False)
+        c["compiled"] = torch.compile(as_previous(naive), dynamic=False)
     return c
 
 
 # ----------------------------------------------------------------------------- main
-def bench_rotation(args, o: int, i: int, w, theta) -> list[dict]:
-    rc = {"library": rot_library, "complex": rot_complex, "buffer": make_rot_buffer((o, i)), "hook": rot_hook}
+def bench_rotation(args, o: int, i: int, w, a, b) -> list[dict]:
+    rc = {"library": rot_library, "previous": as_previous(rot_library), "polar": with_theta(rot_complex),
+          "buffer": with_theta(make_rot_buffer((o, i))), "hook": with_theta(rot_hook)}
     if args.compile:
-        rc["compiled"] = torch.compile(rot_library, dynamic=False)
-    ref = rot_library(w, theta)
-    diffs = {k: float((f(w, theta) - ref).abs().max()) for k, f in rc.items()}  # also the compile warm-up
-    print(f"\n== rotation only, W {o}x{i} (theta given; cos/sin included) ==", flush=True)
-    times = H.interleaved({k: (lambda f=f: f(w, theta)) for k, f in rc.items()}, args.repeats * 4, args.warmup,
+        rc["compiled"] = torch.compile(as_previous(rot_library), dynamic=False)
+    ref = rc["previous"](w, a, b)
+    diffs = {k: float((f(w, a, b) - ref).abs().max()) for k, f in rc.items()}  # also the compile warm-up
+    print(f"\n== weight build, W {o}x{i}, r {args.rank}: wrap(A@B), cos, sin, rotation; |diff| vs previous ==",
+          flush=True)
+    times = H.interleaved({k: (lambda f=f: f(w, a, b)) for k, f in rc.items()}, args.repeats * 4, args.warmup,
                           args.device, progress=False)
     rows = H.paired_rows(times, "library")
     for k in rows:
@@ -220,7 +264,7 @@ def main(argv=None) -> int:
         w = torch.randn(o, i, generator=g) * 0.02
         a = torch.randn(o, args.rank, generator=g) * 0.05
         b = torch.randn(args.rank, i // 2, generator=g) * 0.05
-        out["rotation"][spec] = bench_rotation(args, o, i, w, LF.angles(a, b))
+        out["rotation"][spec] = bench_rotation(args, o, i, w, a, b)
         for n in args.tokens:
             out["layer"][f"{spec}/N{n}"] = bench_layer(args, o, i, n, w, a, b, g)
     H.write_json(args.json, out)

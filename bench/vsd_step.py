@@ -23,13 +23,15 @@ H.load_package()
 import models as M  # noqa: E402
 import official as O  # noqa: E402
 
-CANDS = ("ours", "official")
+CANDS = ("ours", "ours-lora", "official")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def parse(argv=None):
     p = H.base_parser(__doc__.split("\n")[0])
     p.add_argument("--models", nargs="+", default=["tiny", "sd15-lite"], help="tiny | sd15-lite | sd15")
+    p.add_argument("--candidates", nargs="+", default=["ours", "official"], choices=CANDS,
+                   help="ours-lora = our trainer with a PEFT LoRA student (fake stays LoRaD), the ablation setting")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--latent", type=int, default=16, help="latent side for the SD-width UNets (tiny: its own)")
     p.add_argument("--student-rank", type=int, default=256)
@@ -56,7 +58,7 @@ def latent_side(args, unet) -> int:
 class Ours:
     """Our trainer's real step on one base (needs ``trainer/`` from the distill work)."""
 
-    def __init__(self, base, args) -> None:
+    def __init__(self, base, args, student_kind: str = "lorad") -> None:
         from wadi_lorad.lorad.onestep import alpha_bar_at, scaled_linear_alphas_cumprod
         from wadi_lorad.trainer import adapters as TA
         from wadi_lorad.trainer import backbones as TB
@@ -68,9 +70,10 @@ class Ours:
         ac = scaled_linear_alphas_cumprod()
         self.bb = TB.Backbone(folder=M.ROOT, kind="sd", index={}, denoiser=self.unet, vae=None, text=[],
                               scheduler_config={}, alphas_cumprod=ac, prediction_type="epsilon")
-        cfg = AdapterConfig(kind="lorad", student_rank=args.student_rank, fake_rank=args.fake_rank)
+        cfg = AdapterConfig(kind=student_kind, student_rank=args.student_rank, fake_rank=args.fake_rank)
         self.views = TA.build_views(self.unet, cfg)
-        M._randomize([p for n, p in self.views.student.params.items() if n.endswith(".A")], 1e-3, 0)
+        # Off zero (never time on zeros): LoRaD A, LoRA B start at 0.
+        M._randomize([p for n, p in self.views.student.params.items() if n.endswith(".A") or "lora_B" in n], 1e-3, 0)
         M._randomize([p for n, p in self.views.fake.params.items() if n.endswith(".A")], 1e-3, 1)
         if args.gradient_checkpointing:
             self.bb.enable_gradient_checkpointing(self.unet)
@@ -97,6 +100,8 @@ class Ours:
 def make(kind: str, base, args, copies: bool):
     if kind == "ours":
         return Ours(base, args)
+    if kind == "ours-lora":
+        return Ours(base, args, student_kind="lora")
     ac = DTYPES.get(args.autocast) if args.autocast else None
     return O.OfficialLoop(base, args.student_rank, args.fake_rank, copies=copies, guidance=args.guidance,
                           alpha_bar_T=0.0047, autocast=ac, gradient_checkpointing=args.gradient_checkpointing)
@@ -140,7 +145,7 @@ def run_model(args, model: str) -> list[dict] | None:
           f"r{args.fake_rank}, CFG {args.guidance}, official copies {'real' if copies else 'shared'}, "
           f"load {load:.2f} ==", flush=True)
     d, cond, null = inputs(args, base)
-    runners = {k: make(k, base, args, copies) for k in CANDS}
+    runners = {k: make(k, base, args, copies) for k in args.candidates}
     del base
     steps = {k: (lambda r=r: r.step(d, cond, null)) for k, r in runners.items()}
     times = H.interleaved(steps, args.repeats, args.warmup, args.device)
@@ -148,9 +153,10 @@ def run_model(args, model: str) -> list[dict] | None:
     runners.clear()
     rows = H.paired_rows(times, "official")
     if not args.no_mem:
-        mem = H.memory_by_subprocess(sys.argv[0], [f"{model}:{k}" for k in CANDS], sys.argv[1:], args.device)
+        mem = H.memory_by_subprocess(sys.argv[0], [f"{model}:{k}" for k in args.candidates], sys.argv[1:],
+                                     args.device)
         H.add_memory(rows, {k.split(":")[1]: v for k, v in mem.items()}, "official")
-    table = [rows[k] for k in CANDS]
+    table = [rows[k] for k in args.candidates]
     print(H.fmt_table(table, "official"))
     return H.rows_json(table)
 
