@@ -128,7 +128,7 @@ class OfficialLoop:
         torch.nn.utils.clip_grad_norm_(self.p_fake, 1.0)
         self.opt_f.step()
         self.opt_f.zero_grad(set_to_none=True)
-        return float(loss_s), float(loss_f)
+        return float(loss_s.detach()), float(loss_f.detach())
 
 
 def _scaled_linear(n: int = 1000, b0: float = 0.00085, b1: float = 0.012) -> Tensor:

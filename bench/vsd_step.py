@@ -97,6 +97,12 @@ class Ours:
             opt.zero_grad(set_to_none=True)
 
 
+def trainer_available() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(f"wadi_lorad.trainer.{m}") for m in ("step", "adapters", "backbones"))
+
+
 def make(kind: str, base, args, copies: bool):
     if kind == "ours":
         return Ours(base, args)
@@ -145,6 +151,9 @@ def run_model(args, model: str) -> list[dict] | None:
           f"r{args.fake_rank}, CFG {args.guidance}, official copies {'real' if copies else 'shared'}, "
           f"load {load:.2f} ==", flush=True)
     d, cond, null = inputs(args, base)
+    if not trainer_available():
+        print("  ours / ours-lora skipped: the trainer (trainer/step.py, trainer/adapters.py) is not in this checkout")
+        args.candidates = [k for k in args.candidates if not k.startswith("ours")]
     runners = {k: make(k, base, args, copies) for k in args.candidates}
     del base
     steps = {k: (lambda r=r: r.step(d, cond, null)) for k, r in runners.items()}
