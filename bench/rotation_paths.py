@@ -14,7 +14,8 @@ Two levels, each interleaved with the library as baseline:
    autograd), ``complex-fused`` (a fused op written with complex arithmetic throughout),
    ``save-theta`` (fused op that keeps theta for backward instead of recomputing A@B:
    half a weight of fp32 memory per layer), ``two-gemm`` (y = (C*W)x + (S*W)(Jx),
-   never materialising W_rot), ``compiled`` (``torch.compile`` of the naive layer).
+   never materialising W_rot), ``compiled`` (``torch.compile`` of the naive layer), and
+   ``lora`` (a LoRA of the same rank on the same frozen W: the cost reference).
 
 Every variant's output is compared with the library (max abs difference) so a win
 that is not exact is visible::
@@ -180,7 +181,7 @@ def two_gemm(x, w, a, b):
     return F.linear(x, c * w) + F.linear(jx, s * w)
 
 
-def layer_candidates(w, a, b, compile_: bool):
+def layer_candidates(w, a, b, compile_: bool, lora: tuple[Tensor, Tensor] | None = None):
     def fused(x):
         return rotated_forward(x, w, None, [AngleTerm(1.0, a, b)])
 
@@ -197,6 +198,9 @@ def layer_candidates(w, a, b, compile_: bool):
     }
     if compile_:
         c["compiled"] = torch.compile(as_previous(naive), dynamic=False)
+    if lora is not None:
+        down, up = lora
+        c["lora"] = lambda x: F.linear(x, w) + F.linear(F.linear(x, down), up)  # same rank, frozen W
     return c
 
 
@@ -222,18 +226,24 @@ def bench_rotation(args, o: int, i: int, w, a, b) -> list[dict]:
 def bench_layer(args, o: int, i: int, n: int, w, a, b, g) -> list[dict]:
     x = torch.randn(n, i, generator=g).requires_grad_(True)
     ar, br = a.clone().requires_grad_(True), b.clone().requires_grad_(True)
-    cands = layer_candidates(w, ar, br, args.compile)
+    down = (torch.randn(args.rank, i, generator=g) * 0.01).requires_grad_(True)
+    up = (torch.randn(o, args.rank, generator=g) * 0.01).requires_grad_(True)
+    cands = layer_candidates(w, ar, br, args.compile, (down, up))
 
     def run(f):
         y = f(x)
         y.square().mean().backward()
         grads = (x.grad, ar.grad, br.grad)
-        x.grad = ar.grad = br.grad = None
+        x.grad = ar.grad = br.grad = down.grad = up.grad = None
         return y.detach(), grads
 
     y0, g0 = run(cands["fused"])
     diffs = {}
     for k, f in cands.items():
+        if k == "lora":  # another adapter: a cost reference, not the same function
+            run(f)
+            diffs[k] = float("nan")
+            continue
         y, gr = run(f)
         rel = [float((p - q).abs().max() / q.abs().max()) for p, q in zip(gr, g0)]
         diffs[k] = max(float((y - y0).abs().max()), *rel)
@@ -248,7 +258,8 @@ def bench_layer(args, o: int, i: int, n: int, w, a, b, g) -> list[dict]:
     r = args.rank
     print(f"GEMM GFLOP: 3 x 2*N*o*i = {6 * n * o * i / 1e9:.2f} (fwd, grad x, weight grad); theta = A@B "
           f"{o * r * i / 1e9:.2f} per evaluation (fused: 2, naive: 1); dA + dB {2 * o * r * i / 1e9:.2f}; "
-          f"two-gemm adds {2 * n * o * i / 1e9:.2f} per forward")
+          f"two-gemm adds {2 * n * o * i / 1e9:.2f} per forward; LoRA: 2*2*N*o*i + 6*N*r*(o+i) = "
+          f"{(4 * n * o * i + 6 * n * r * (o + i)) / 1e9:.2f}")
     return H.rows_json([rows[k] for k in cands])
 
 
