@@ -84,12 +84,13 @@ def wrap_angles(theta: Tensor) -> Tensor:
     stored and compared angles canonical (as the official code does).
     """
     y = theta + math.pi
-    if y.device.type == "cpu":
+    if y.device.type == "cpu" and y.numel():
         # torch.remainder on CPU is a scalar fmod (~20x slower than cos).  For y in
         # [0, 2pi) fmod returns y exactly, so when every angle is in range (the usual
-        # case: |A @ B| < pi) ``y - pi`` is bit-identical and skips it.
-        outside = (y < 0) | (y >= 2 * math.pi)
-        if not bool(outside.any()):
+        # case: |A @ B| < pi) ``y - pi`` is bit-identical and skips it.  One aminmax
+        # pass decides; anything at or past the edges takes the remainder path.
+        lo, hi = torch.aminmax(y.detach())
+        if float(lo) >= 0.0 and float(hi) < 2 * math.pi:
             return y - math.pi
     return torch.remainder(y, 2 * math.pi) - math.pi
 

@@ -178,3 +178,9 @@ def test_fast_paths_bit_identical_to_reference_formulas():
         ref[:, 1::2] = s * a + c * b
         assert torch.equal(LF.rotate_pairs(w, c, s), ref)
         assert torch.equal(LF.rotate(w, ref_wrap), ref)
+
+
+def test_wrap_fast_path_keeps_nan_and_inf_like_remainder():
+    theta = torch.tensor([0.1, float("nan"), -0.2, float("inf")])
+    ref = torch.remainder(theta + math.pi, 2 * math.pi) - math.pi
+    torch.testing.assert_close(LF.wrap_angles(theta), ref, rtol=0, atol=0, equal_nan=True)
