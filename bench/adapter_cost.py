@@ -51,6 +51,7 @@ def build(args, base, kind: str, rank: int, device: str):
 
 def mem_child(args) -> None:
     kind, rank = args.mem_child.rsplit(":", 1)
+    M.preload()
     H.child_start(args.device)
     base = M.build_unet(args.unet, device=args.device, dtype=DTYPES[args.dtype])
     step, _ = build(args, base, kind, int(rank), args.device)

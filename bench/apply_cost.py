@@ -179,6 +179,7 @@ def build_candidates(args, shapes, lorad, lora, with_comfy: bool, files: tuple[s
 
 
 def mem_child(args) -> None:
+    M.preload()
     H.child_start(args.device)
     shapes = target_shapes(args.unet)
     lorad, lora = make_adapters(shapes, args.rank)

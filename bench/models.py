@@ -50,6 +50,18 @@ UNET_CONFIGS: dict[str, dict] = {
 CANDIDATES = ("lorad", "lorad-naive", "hook", "lora", "dora")
 
 
+def preload() -> None:
+    """Import the heavy libraries a candidate may need, so a memory child's zero mark
+    (taken after this) does not count import-time allocations against one candidate."""
+    import importlib
+
+    for mod in ("diffusers", "peft", "peft.tuners.lora", "wadi_lorad.trainer.step", "wadi_lorad.trainer.adapters"):
+        try:
+            importlib.import_module(mod)
+        except ImportError:
+            pass
+
+
 def build_unet(kind: str, seed: int = 0, dtype: torch.dtype = torch.float32, device: str = "cpu") -> nn.Module:
     """A random-init UNet of an SD config, or the shipped tiny-world teacher (``tiny``)."""
     from diffusers import UNet2DConditionModel

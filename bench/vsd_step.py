@@ -129,6 +129,7 @@ def inputs(args, base):
 def mem_child(args) -> None:
     model, kind = args.mem_child.split(":")
     args.model = model
+    M.preload()
     H.child_start(args.device)
     base = M.build_unet(model, dtype=_dtype(args.dtype), device=args.device)
     d, cond, null = inputs(args, base)

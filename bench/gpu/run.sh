@@ -27,9 +27,10 @@ mkdir -p "$OUTDIR"
 if [[ "${1:-}" == "--cpu-smoke" ]]; then
   DEV=cpu UNET=sd15-toy LAT=8 BATCH=${BATCH:-2} DT=fp32 AC=() REP=2 WARM=1 RANKS="8 16" SR=16 FR=4
 else
-  DEV=cuda UNET=sd15 LAT=64 BATCH=${BATCH:-8} DT=bf16 AC=(--autocast bf16) REP=${REP:-10} WARM=3 RANKS="64 256" SR=256 FR=32
+  DEV=cuda UNET=sd15 LAT=64 BATCH=${BATCH:-8} DT=bf16 AC=(--autocast bf16) REP=${REP:-8} WARM=3 RANKS="64 256" SR=256 FR=32
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv | tee "$OUTDIR/gpu.txt"
 fi
+[[ -f bench/gpu/SOURCE ]] && cat bench/gpu/SOURCE | tee "$OUTDIR/source.txt"
 export WADI_BENCH_CACHE=${WADI_BENCH_CACHE:-/tmp/wadi-bench-cache}
 START=$(date +%s)
 
