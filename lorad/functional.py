@@ -144,16 +144,25 @@ def rotate(weight: Tensor, theta: Tensor, strength: float = 1.0, name: str = "we
     _check_theta(weight, theta, name)
     if strength == 0:
         return weight.clone()
+    return _rotated32(weight, theta, strength).to(weight.dtype)
+
+
+def _rotated32(weight: Tensor, theta: Tensor, strength: float) -> Tensor:
     t = up(theta) if strength == 1 else up(theta) * strength
     w32 = up(weight).contiguous()
-    return rotate_pairs(w32, torch.cos(t), torch.sin(t)).to(weight.dtype)
+    return rotate_pairs(w32, torch.cos(t), torch.sin(t))
 
 
 def rotate_(weight: Tensor, theta: Tensor, strength: float = 1.0, name: str = "weight") -> Tensor:
-    """In-place :func:`rotate`; returns ``weight``."""
+    """In-place :func:`rotate` (same bits); returns ``weight``.
+
+    ``copy_`` casts the float32 result straight into ``weight``: the same rounding as
+    ``.to(dtype)`` without the intermediate half-precision tensor (one pass less).
+    """
+    _check_theta(weight, theta, name)
     if strength != 0:
         with torch.no_grad():
-            weight.copy_(rotate(weight, theta, strength, name))
+            weight.copy_(_rotated32(weight, theta, strength))
     return weight
 
 

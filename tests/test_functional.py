@@ -184,3 +184,14 @@ def test_wrap_fast_path_keeps_nan_and_inf_like_remainder():
     theta = torch.tensor([0.1, float("nan"), -0.2, float("inf")])
     ref = torch.remainder(theta + math.pi, 2 * math.pi) - math.pi
     torch.testing.assert_close(LF.wrap_angles(theta), ref, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_rotate_inplace_same_bits_as_rotate(dtype):
+    g = torch.Generator().manual_seed(5)
+    w = (torch.randn(12, 20, generator=g) * 0.1).to(dtype)
+    theta = torch.randn(12, 10, generator=g)
+    expected = LF.rotate(w, theta, 0.7)
+    out = w.clone()
+    assert LF.rotate_(out, theta, 0.7) is out
+    assert torch.equal(out, expected)
