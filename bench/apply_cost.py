@@ -5,8 +5,8 @@ The weights are the real SD1.5 UNet's target Linear weights (``paper-student``:
 holds); the other tensors of the state dict are untouched by both paths and not
 allocated.  Each candidate patches its own copy of the weights in place:
 
-* ``lorad``       - ``W <- rotate(W, wrap(A @ B))`` with ``lorad.functional`` (fp32 math);
-* ``lora``        - ``W <- W + up @ down`` (fp32 math), the usual LoRA merge;
+* ``lorad``       - ``rotate_(W, wrap(A @ B))`` with ``lorad.functional`` (fp32 math, cast in place);
+* ``lora``        - ``W <- W + up @ down`` (fp32 math, cast in place), the usual LoRA merge;
 * ``comfy-lorad`` / ``comfy-lora`` - the same through ComfyUI's patch path
   (``comfy.lora.calculate_weight`` on a float32 copy, then cast back, as
   ``ModelPatcher.patch_weight_to_device`` does) with our ``LoRaDAdapter`` and
@@ -77,14 +77,14 @@ def apply_lorad(weights, lorad) -> None:
     with torch.no_grad():
         for n, w in weights.items():
             a, b = lorad[n]
-            w.copy_(LF.rotate(w, LF.angles(a.to(w.device), b.to(w.device)), name=n))
+            LF.rotate_(w, LF.angles(a.to(w.device), b.to(w.device)), name=n)
 
 
 def apply_lora(weights, lora) -> None:
     with torch.no_grad():
         for n, w in weights.items():
             up, down = lora[n]
-            w.copy_((w.float() + up.to(w.device) @ down.to(w.device)).to(w.dtype))
+            w.copy_(w.float() + up.to(w.device) @ down.to(w.device))  # copy_ casts back
 
 
 def comfy_available() -> str | None:
