@@ -8,7 +8,8 @@ Candidates, timed interleaved on the same latents and text embeddings:
                        the weights (what a saved merged UNet or ComfyUI's patch gives);
 * ``onestep-live``   - the same with the student LoRaD active on the fly (every adapted
                        weight is rotated inside each forward);
-* ``teacher-25cfg``  - the teacher's 25-step DDIM with CFG (cond/uncond batched) + decode.
+* ``teacher-25cfg``  - the teacher's 25-step DDIM with CFG (cond/uncond batched) + decode;
+* ``unet-fwd``       - the UNet forward alone (shows how the floor splits into UNet and decode).
 
 Models: the tiny-world teacher (``assets/tinyworld/teacher``, when shipped) and an
 SD1.5-width UNet (random init) with an SD-shaped VAE decoder::
@@ -111,6 +112,11 @@ def candidates(args, base, vae, merged, live, noise, cond, uncond):
         return decode(noise - eps)  # latent arithmetic is negligible; the real formula is in generate
 
     @torch.no_grad()
+    def unet_only():
+        t = torch.full((noise.shape[0],), 999, device=noise.device)
+        return merged(noise, t, encoder_hidden_states=cond).sample
+
+    @torch.no_grad()
     def onestep(unet):
         return decode(generate(eps_of(unet), noise, ac))
 
@@ -125,7 +131,8 @@ def candidates(args, base, vae, merged, live, noise, cond, uncond):
             x = sched.step(e_u + args.cfg * (e_c - e_u), t, x).prev_sample
         return decode(x)
 
-    cands = {"floor": floor, "onestep-merged": lambda: onestep(merged), "onestep-live": lambda: onestep(live)}
+    cands = {"floor": floor, "onestep-merged": lambda: onestep(merged), "onestep-live": lambda: onestep(live),
+             "unet-fwd": unet_only}
     if not args.no_teacher:
         cands["teacher-25cfg"] = teacher
     return cands
