@@ -95,6 +95,10 @@ def comfy_available() -> str | None:
     if d not in sys.path:
         sys.path.insert(0, d)
     try:
+        import comfy.cli_args
+
+        if not torch.cuda.is_available():
+            comfy.cli_args.args.cpu = True  # before model_management is imported: no CUDA probing
         import comfy.lora  # noqa: F401
         import comfy.weight_adapter.lora  # noqa: F401
     except Exception as e:  # noqa: BLE001 - any import problem means: skip with the reason
