@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 
 import torch
-
 from comfy import model_management
 from comfy import weight_adapter as _wa
 from comfy.weight_adapter import WeightAdapterBase

@@ -7,9 +7,8 @@ the weights are untouched, so LoRaD/LoRA patches and lowvram keep working.
 
 from __future__ import annotations
 
-import torch
-
 import comfy.patcher_extension
+import torch
 
 from .redilate import Switch, dilation_factor, redilate_module, select_convs
 from .v3 import CATEGORY, io

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import folder_paths
-
 import comfy.sd
+import folder_paths
 
 from . import patching
 from .lorad_file import OneStep, summary_text

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import os
 
-import folder_paths
-
 import comfy.lora
+import folder_paths
 
 from .adapter import LoRaDAdapter
 from .lorad_file import LoRaDInfo, LoRaDReadError, read_lorad

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import copy
 
-import torch
-
 import comfy.model_sampling
 import comfy.sample
 import comfy.samplers
 import comfy.utils
+import torch
 
 from ..lorad.onestep import generate
 from .lorad_file import OneStep
