@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 
-from . import adapter, info, patching
+from . import adapter, info, patching, routes_tab
 from .highres import WaDiScaleCrafter
 from .info import WaDiLoRaDInfo
 from .loaders import WaDiCheckpointLoader, WaDiLoadLoRaD
@@ -27,6 +27,7 @@ patching.register_folder()
 if adapter.register():
     log.info("WaDi: LoRaD adapter registered; the stock LoraLoader now loads .lorad.safetensors")
 info.register_route()
+routes_tab.register_routes()  # trainer sidebar: job list, start/stop (no Gradio import here)
 
 
 class WaDiExtension(ComfyExtension):

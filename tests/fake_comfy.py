@@ -111,6 +111,7 @@ def install() -> None:
         "comfy.patcher_extension": _mod("comfy.patcher_extension"),
         "folder_paths": _mod("folder_paths", folder_names_and_paths={"loras": ([], {".safetensors"})},
                              models_dir="/nonexistent/models", get_filename_list=lambda name: [],
+                             get_output_directory=lambda: "/nonexistent/output",
                              get_full_path=lambda name, f: None, get_folder_paths=lambda name: []),
     }
     for name, mod in fake.items():
