@@ -14,6 +14,7 @@ Each adapter on a layer is a term ``strength * wrap(A @ B)`` or
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -67,9 +68,16 @@ def _op(x: Tensor, w: Tensor, bias: Tensor | None, conv: ConvArgs | None) -> Ten
 def _compute_dtype(x: Tensor, weight: Tensor) -> torch.dtype:
     """dtype the matmul runs in: the autocast dtype if active, else the input's."""
     dev = x.device.type
-    if torch.is_autocast_enabled(dev):
+    if torch.amp.is_autocast_available(dev) and torch.is_autocast_enabled(dev):
         return torch.get_autocast_dtype(dev)
     return x.dtype
+
+
+def _no_autocast(device_type: str) -> contextlib.AbstractContextManager:
+    """Autocast switched off; a no-op on devices without autocast (``meta`` for shape/FLOP checks)."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _rotated32(weight: Tensor, terms: Sequence[AngleTerm]) -> Tensor:
@@ -190,7 +198,7 @@ def rotated_forward(
     dtype = _compute_dtype(x, weight)
     spec, tensors = _flatten(terms)
     # Autocast is handled here explicitly (the Function casts), so run it outside autocast.
-    with torch.autocast(x.device.type, enabled=False):
+    with _no_autocast(x.device.type):
         return _RotatedOp.apply(x.to(dtype), weight, bias, conv, spec, *tensors)
 
 
@@ -204,6 +212,6 @@ def naive_forward(
         w32 = w.contiguous()
         w = LF.rotate_pairs(w32, torch.cos(theta), torch.sin(theta))
     dtype = _compute_dtype(x, weight)
-    with torch.autocast(x.device.type, enabled=False):
+    with _no_autocast(x.device.type):
         b = bias.to(dtype) if bias is not None else None
         return _op(x.to(dtype), w.to(dtype), b, conv)

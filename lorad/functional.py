@@ -83,7 +83,16 @@ def wrap_angles(theta: Tensor) -> Tensor:
     cos/sin are 2pi-periodic, so this changes nothing functionally; it keeps the
     stored and compared angles canonical (as the official code does).
     """
-    return torch.remainder(theta + math.pi, 2 * math.pi) - math.pi
+    y = theta + math.pi
+    if y.device.type == "cpu" and y.numel():
+        # torch.remainder on CPU is a scalar fmod (~20x slower than cos).  For y in
+        # [0, 2pi) fmod returns y exactly, so when every angle is in range (the usual
+        # case: |A @ B| < pi) ``y - pi`` is bit-identical and skips it.  One aminmax
+        # pass decides; anything at or past the edges takes the remainder path.
+        lo, hi = torch.aminmax(y.detach())
+        if float(lo) >= 0.0 and float(hi) < 2 * math.pi:
+            return y - math.pi
+    return torch.remainder(y, 2 * math.pi) - math.pi
 
 
 def angles(a: Tensor, b: Tensor, wrap: bool = True) -> Tensor:
@@ -104,16 +113,18 @@ def combine_angles(parts: Sequence[tuple[float, Tensor]]) -> Tensor | None:
 
 
 def _pairs(w: Tensor) -> Tensor:
-    """View ``w`` as ``(out, pairs, 2)`` (``w`` must be contiguous float32)."""
+    """View ``w`` as ``(out, pairs, 2)`` (``w`` must be contiguous float32/float64)."""
     return w.reshape(w.shape[0], -1, 2)
 
 
 def rotate_pairs(w32: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate a float32 weight by precomputed ``cos``/``sin`` of shape ``(out, pairs)``."""
-    p = _pairs(w32)
-    a, b = p[..., 0], p[..., 1]
-    out = torch.stack((cos * a - sin * b, sin * a + cos * b), dim=-1)
-    return out.reshape(w32.shape)
+    # A pair (a, b) is the complex number a + ib; rotating it by theta is multiplying by
+    # cos + i sin: (a cos - b sin) + i (a sin + b cos).  One vectorised complex multiply
+    # over contiguous memory replaces six strided elementwise ops and a stack (about 2x
+    # faster on CPU) with the same arithmetic, so the result is bit-identical.
+    wc = torch.view_as_complex(_pairs(w32))
+    return torch.view_as_real(wc * torch.complex(cos, sin)).reshape(w32.shape)
 
 
 def _check_theta(weight: Tensor, theta: Tensor, name: str) -> None:
@@ -133,16 +144,25 @@ def rotate(weight: Tensor, theta: Tensor, strength: float = 1.0, name: str = "we
     _check_theta(weight, theta, name)
     if strength == 0:
         return weight.clone()
+    return _rotated32(weight, theta, strength).to(weight.dtype)
+
+
+def _rotated32(weight: Tensor, theta: Tensor, strength: float) -> Tensor:
     t = up(theta) if strength == 1 else up(theta) * strength
     w32 = up(weight).contiguous()
-    return rotate_pairs(w32, torch.cos(t), torch.sin(t)).to(weight.dtype)
+    return rotate_pairs(w32, torch.cos(t), torch.sin(t))
 
 
 def rotate_(weight: Tensor, theta: Tensor, strength: float = 1.0, name: str = "weight") -> Tensor:
-    """In-place :func:`rotate`; returns ``weight``."""
+    """In-place :func:`rotate` (same bits); returns ``weight``.
+
+    ``copy_`` casts the float32 result straight into ``weight``: the same rounding as
+    ``.to(dtype)`` without the intermediate half-precision tensor (one pass less).
+    """
+    _check_theta(weight, theta, name)
     if strength != 0:
         with torch.no_grad():
-            weight.copy_(rotate(weight, theta, strength, name))
+            weight.copy_(_rotated32(weight, theta, strength))
     return weight
 
 

@@ -125,3 +125,17 @@ def test_zero_init_is_base_and_gets_gradient():
     y.sum().backward()
     assert a.grad.abs().sum() > 0  # A learns first (B's gradient is A^T dtheta = 0 at init)
     assert torch.count_nonzero(b.grad) == 0
+
+
+@pytest.mark.parametrize("naive", [False, True])
+def test_meta_device_forward_backward_shapes(naive):
+    # Shape and FLOP checks of full-size models run on the meta device, which has no autocast.
+    fn = naive_forward if naive else rotated_forward
+    x = torch.empty(2, 5, 8, device="meta", requires_grad=True)
+    w = torch.empty(6, 8, device="meta")
+    a = torch.empty(6, 3, device="meta", requires_grad=True)
+    b = torch.empty(3, 4, device="meta", requires_grad=True)
+    y = fn(x, w, None, [AngleTerm(1.0, a, b)])
+    assert y.shape == (2, 5, 6) and y.device.type == "meta"
+    y.sum().backward()
+    assert a.grad.shape == a.shape and b.grad.shape == b.shape and x.grad.shape == x.shape

@@ -159,3 +159,39 @@ def test_init_factors_paper_init(gen):
     assert float(b.abs().max()) <= bound and float(b.abs().max()) > 0.9 * bound
     assert LF.factor_params(320, 640, 16) == 16 * (320 + 640)
     assert LF.prefer_dense(8, 4, 16) and not LF.prefer_dense(320, 640, 16)
+
+
+def test_fast_paths_bit_identical_to_reference_formulas():
+    # rotate_pairs (complex multiply) and wrap_angles (in-range shortcut) are speed-ups of
+    # the plain formulas; they must give the very same bits, in and out of [-pi, pi).
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(48, 64, generator=g)
+    for scale in (0.3, 10.0):  # all in range / many angles to wrap
+        theta = torch.randn(48, 32, generator=g) * scale
+        theta[0, :4] = torch.tensor([math.pi, -math.pi, math.pi - 1e-7, -math.pi + 1e-7])
+        ref_wrap = torch.remainder(theta + math.pi, 2 * math.pi) - math.pi
+        assert torch.equal(LF.wrap_angles(theta), ref_wrap)
+        c, s = torch.cos(ref_wrap), torch.sin(ref_wrap)
+        a, b = w[:, 0::2], w[:, 1::2]
+        ref = torch.empty_like(w)
+        ref[:, 0::2] = c * a - s * b
+        ref[:, 1::2] = s * a + c * b
+        assert torch.equal(LF.rotate_pairs(w, c, s), ref)
+        assert torch.equal(LF.rotate(w, ref_wrap), ref)
+
+
+def test_wrap_fast_path_keeps_nan_and_inf_like_remainder():
+    theta = torch.tensor([0.1, float("nan"), -0.2, float("inf")])
+    ref = torch.remainder(theta + math.pi, 2 * math.pi) - math.pi
+    torch.testing.assert_close(LF.wrap_angles(theta), ref, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_rotate_inplace_same_bits_as_rotate(dtype):
+    g = torch.Generator().manual_seed(5)
+    w = (torch.randn(12, 20, generator=g) * 0.1).to(dtype)
+    theta = torch.randn(12, 10, generator=g)
+    expected = LF.rotate(w, theta, 0.7)
+    out = w.clone()
+    assert LF.rotate_(out, theta, 0.7) is out
+    assert torch.equal(out, expected)

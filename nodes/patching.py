@@ -1,0 +1,100 @@
+"""Apply a ``.lorad`` to ComfyUI MODEL/CLIP patchers: folders, key maps, validate, ``add_patches``.
+
+All-or-nothing: every layer is resolved and shape-checked against the model (and
+CLIP, where the file has text-encoder keys) before either clone gets a patch.
+"""
+
+from __future__ import annotations
+
+import os
+
+import comfy.lora
+import folder_paths
+
+from .adapter import LoRaDAdapter
+from .lorad_file import LoRaDInfo, LoRaDReadError, read_lorad
+from .resolve import LoRaDMatchError, Resolved, check_arch, check_unique, report_unmatched, resolve
+
+FOLDER = "lorad"
+LORAS_PREFIX = "loras/"
+EXT = ".lorad.safetensors"
+
+
+def register_folder() -> None:
+    """``models/lorad`` (plus any extra_model_paths entry named ``lorad``), .safetensors only."""
+    if FOLDER not in folder_paths.folder_names_and_paths:
+        folder_paths.folder_names_and_paths[FOLDER] = ([os.path.join(folder_paths.models_dir, FOLDER)], {".safetensors"})
+
+
+def list_files() -> list[str]:
+    """Files in ``lorad`` plus ``*.lorad.safetensors`` found under ``loras`` (as ``loras/<name>``)."""
+    own = list(folder_paths.get_filename_list(FOLDER))
+    extra = [LORAS_PREFIX + f for f in folder_paths.get_filename_list("loras") if f.endswith(EXT)]
+    return own + [f for f in extra if f[len(LORAS_PREFIX):] not in own]
+
+
+def full_path(name: str) -> str:
+    path = folder_paths.get_full_path(FOLDER, name)
+    if path is None and name.startswith(LORAS_PREFIX):
+        path = folder_paths.get_full_path("loras", name[len(LORAS_PREFIX):])
+    if path is None:
+        raise LoRaDReadError(f"{name}: no such file in models/{FOLDER} or models/loras")
+    return path
+
+
+def load_info(name: str) -> LoRaDInfo:
+    return read_lorad(full_path(name))
+
+
+def model_arch(patcher) -> str | None:
+    """ComfyUI's model-config class name (SD15, SD21UnclipL, SDXL, PixArtAlpha, ...)."""
+    cfg = getattr(getattr(patcher, "model", None), "model_config", None)
+    return type(cfg).__name__ if cfg is not None else None
+
+
+def _shapes(patcher) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in patcher.model_state_dict().items()}
+
+
+def plan(info: LoRaDInfo, model, clip) -> tuple[list[Resolved], list[Resolved]]:
+    """Resolve every layer onto the UNet/transformer or the text encoder; raise on any mismatch."""
+    check_arch(info.arch, model_arch(model), info.path)
+    unet, left = resolve(info.layers, comfy.lora.model_lora_keys_unet(model.model, {}), _shapes(model), info.path)
+    te: list[Resolved] = []
+    if left and clip is not None:
+        te, left = resolve(
+            {k: info.layers[k] for k in left},
+            comfy.lora.model_lora_keys_clip(clip.cond_stage_model, {}),
+            _shapes(clip.patcher),
+            info.path,
+        )
+    targets = "model" if clip is None else "model or CLIP"
+    if left and clip is None and any(k.startswith(("text_encoders.", "lora_te", "text_encoder")) for k in left):
+        targets = "model (the file also has text-encoder layers: connect a CLIP)"
+    report_unmatched(left, len(info.layers), info.path, targets)
+    check_unique(unet, info.path)
+    check_unique(te, info.path)
+    return unet, te
+
+
+def _patches(info: LoRaDInfo, resolved: list[Resolved]) -> dict:
+    out = {}
+    for r in resolved:
+        parts = info.layers[r.prefix]
+        weights = (parts["theta"],) if "theta" in parts else (parts["A"], parts["B"])
+        out[r.patch_key] = LoRaDAdapter(set(), weights)
+    return out
+
+
+def apply(info: LoRaDInfo, model, clip, strength_model: float, strength_clip: float):
+    """Patched clones of ``model`` (and ``clip``); originals untouched."""
+    unet, te = plan(info, model, clip)
+    new_model = model.clone()
+    accepted = new_model.add_patches(_patches(info, unet), strength_model)
+    if len(accepted) != len(unet):  # cannot happen after plan(); guard against ComfyUI API drift
+        raise LoRaDMatchError(f"{info.path}: ComfyUI accepted {len(accepted)} of {len(unet)} model patches")
+    new_clip = clip
+    if clip is not None and te:
+        new_clip = clip.clone()
+        new_clip.add_patches(_patches(info, te), strength_clip)
+    return new_model, new_clip, len(unet), len(te)

@@ -1,0 +1,47 @@
+"""The nodes' view of a .lorad file (read by lorad.io): one-step settings, summary, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from wadi_lorad.lorad import io as LIO
+from wadi_lorad.nodes.lorad_file import LoRaDReadError, OneStep, read_lorad, summary_text
+
+KEY = "diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q"  # SD1.5: (320, 320)
+
+
+def write(path, one_step=None, layers=None):
+    layers = layers or {KEY: {"A": torch.randn(320, 4) * 0.1, "B": torch.randn(4, 160)}}
+    md = LIO.build_metadata(arch="sd15", rank=4, target_preset="paper-student", title="t", one_step=one_step,
+                            provenance={"teacher_cfg": 4.5})
+    return str(LIO.save_lorad(path, layers, md))
+
+
+def test_student_file_gives_onestep_and_summary(tmp_path):
+    info = read_lorad(write(tmp_path / "s.lorad.safetensors",
+                            {"timestep": 999, "alpha_bar_T": 0.0047, "prediction_type": "epsilon"}))
+    assert info.arch == "sd15" and info.rank == 4 and set(info.layers) == {KEY}
+    assert info.onestep == OneStep(999.0, 0.0047, "epsilon")
+    text = summary_text(info)
+    assert "t=999, alpha_bar_T=0.0047" in text and "lorad.provenance.teacher_cfg: 4.5" in text
+    assert "base arch: sd15" in text and "rank: 4" in text
+
+
+def test_adapter_without_onestep(tmp_path):
+    info = read_lorad(write(tmp_path / "p.lorad.safetensors"))
+    assert info.onestep is None and "not a WaDi student" in summary_text(info)
+
+
+def test_errors_name_the_file(tmp_path):
+    p = tmp_path / "c.lorad.safetensors"
+    p.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json" + b"\0" * 16)
+    with pytest.raises(LoRaDReadError, match="c.lorad.safetensors"):
+        read_lorad(str(p))
+    with pytest.raises(LoRaDReadError, match="nope.lorad.safetensors"):
+        read_lorad(str(tmp_path / "nope.lorad.safetensors"))
+    q = tmp_path / "plain.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({KEY + ".lorad_theta": torch.zeros(320, 160)}, str(q))
+    with pytest.raises(LoRaDReadError, match="not a LoRaD file"):
+        read_lorad(str(q))

@@ -1,0 +1,173 @@
+"""The trainer tab in a real browser (Playwright + Debian's chromium).
+
+Drives the page like a user: load a preset once, start a job, watch progress and a
+sample image arrive, stop, resume, see it finish, reload the page and find the jobs
+again.  Screenshots go to outputs/test-artifacts/tab-browser*/ (or $WADI_TEST_ARTIFACTS).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).parent))
+import tab_browser as tb  # noqa: E402
+
+pytestmark = pytest.mark.skipif(tb.skip_reason() is not None, reason=tb.skip_reason() or "")
+
+FAKE = Path(__file__).with_name("tab_fake_trainer.py")
+
+
+@pytest.fixture
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=tb.CHROMIUM, args=tb.FLAGS, headless=True)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def stop_all(app) -> None:
+    """Leave no job running behind a failed test."""
+    for job in app.jobs():
+        if job.active:
+            app.runner.stop(job.id)
+    app.runner.close()
+    end = time.time() + 20
+    while any(j.active for j in app.runner.poll()) and time.time() < end:
+        time.sleep(0.1)
+
+
+def drive_job(pg: tb.Page, kind: str, total: int, stopped=("stopped",)) -> None:
+    """Start -> progress + sample -> stop -> resume -> finish, with a screenshot at each stage."""
+    page = pg.page
+    page.click(f"#wadi-start-{kind}")
+    first = pg.wait("progress to start", lambda: pg.step(f"wadi-progress-{kind}"))
+    assert first[1] == total
+    pg.wait("progress to advance", lambda: (s := pg.step(f"wadi-progress-{kind}")) and s[0] > first[0])
+    pg.shot("running")
+    pg.wait("a sample image", lambda: pg.image_src(f"wadi-sample-{kind}"), timeout=180)
+    assert pg.image_src(f"wadi-plot-{kind}")  # loss curves
+    pg.shot("sample")
+    page.click(f"#wadi-stop-{kind}")
+    pg.wait("the stop message", lambda: "Stopping job" in pg.text(f"wadi-job-msg-{kind}"))
+    pg.wait("the job to stop", lambda: pg.text(f"wadi-status-{kind}").split("·")[0].strip() in stopped, timeout=60)
+    at_stop = pg.step(f"wadi-progress-{kind}")
+    assert at_stop and at_stop[0] < total, at_stop
+    pg.shot("stopped")
+    page.click(f"#wadi-resume-{kind}")
+    pg.wait("the resume message", lambda: "resuming" in pg.text(f"wadi-job-msg-{kind}"))
+    pg.wait("the resumed job to finish", lambda: "finished" in pg.text(f"wadi-status-{kind}").split("·")[0],
+            timeout=300)
+    assert pg.step(f"wadi-progress-{kind}") == (total, total)
+    assert "resumes" in pg.text(f"wadi-status-{kind}")
+    pg.shot("finished")
+
+
+def test_browser_fake_trainer_preset_stop_resume_reload(browser, tmp_path):
+    """The whole page flow against a stand-in trainer (fast; every control of the Distill tab)."""
+    import tab_fake_config as fc
+    from wadi_lorad.trainer.tab.app import Settings, TabApp
+    from wadi_lorad.trainer.tab.kinds import load_kinds
+    from wadi_lorad.trainer.tab.layout import blocks
+    from wadi_lorad.trainer.tab.runner import JobRunner
+    from wadi_lorad.trainer.tab.store import JobStore
+
+    settings = Settings.create(roots=[tmp_path], default_devices="cpu")
+    preset = settings.presets_dir / "distill" / "quick.yaml"
+    preset.parent.mkdir(parents=True)
+    cfg = fc.to_dict(fc.FakeConfig())
+    cfg["train"].update(max_steps=40, sleep=0.1, ranks=[3, 5])
+    cfg["model"]["dtype"] = "bf16"
+    cfg["output"].update(dir="runs/quick", sample_every=5, sample_prompts=["one", "two", "three"])
+    preset.write_text(yaml.safe_dump(cfg))
+    runner = JobRunner(JobStore(settings.jobs_dir), command=lambda s, a, d, py: [py, str(FAKE), *a])
+    app = TabApp(settings, kinds=load_kinds({"distill": ("Distill (WaDi)", "tab_fake_config", "FakeConfig", {})}),
+                 runner=runner)
+    runner.start_monitor()
+    demo = blocks(app)
+    url = tb.launch(demo, tb.free_port())
+    try:
+        pg = tb.Page(browser.new_page(viewport={"width": 1400, "height": 1000}), tb.artifacts_dir("tab-browser-fake"))
+        pg.page.goto(url)
+        pg.page.wait_for_selector("#wadi-start-distill", timeout=60_000)
+        assert pg.value("cfg-train-max-steps") == "20"
+        pg.choose("wadi-preset-distill", "quick")
+        pg.page.click("#wadi-load-distill")  # ONE load
+        pg.wait("the preset to load", lambda: "Loaded preset" in pg.text("wadi-form-msg-distill"))
+        assert pg.value("cfg-train-max-steps") == "40"
+        assert pg.value("cfg-train-ranks") == "3, 5"
+        assert pg.value("cfg-output-dir") == "runs/quick"
+        assert pg.value("cfg-output-sample-prompts") == "one\ntwo\nthree"
+        assert pg.value("cfg-model-dtype") == "bf16"
+        pg.shot("preset-loaded")
+        drive_job(pg, "distill", 40)
+        pg.page.reload()
+        pg.page.wait_for_selector("#wadi-jobs-distill", timeout=60_000)
+        pg.wait("the job list after a reload", lambda: pg.text("wadi-jobs-distill").count("distill") >= 2)
+        assert "finished" in pg.text("wadi-jobs-distill") and "stopped" in pg.text("wadi-jobs-distill")
+        pg.shot("after-reload")
+    finally:
+        stop_all(app)
+        demo.close()
+
+
+TEACHER = tb.ROOT / "assets" / "tinyworld" / "teacher"
+TINY_PROMPTS = ["a red circle on the left", "a blue square on the right", "a green triangle at the top",
+                "a yellow circle at the bottom", "a small red square", "a big blue circle"]
+
+
+def _base_and_prompts(tmp_path: Path) -> tuple[Path, Path]:
+    """The shipped tiny-world teacher, else (before it lands) the distill tests' tiny random SD folder."""
+    prompts = tmp_path / "prompts.txt"
+    if (TEACHER / "model_index.json").is_file():
+        from wadi_lorad.trainer.tinyworld.domain import sample_captions
+
+        prompts.write_text("\n".join(sample_captions(64, seed=0)) + "\n")  # the domain's own captions
+        return TEACHER, prompts
+    prompts.write_text("\n".join(TINY_PROMPTS) + "\n")
+    tiny = pytest.importorskip("tiny_models", reason="neither the tiny-world teacher nor tests/tiny_models.py is here")
+    return tiny.build_tiny(tmp_path / "base", "sd", 0), prompts
+
+
+def test_browser_real_distill_start_stop_resume(browser, tmp_path):
+    """The real thing: `wadi distill` (the CLI subprocess) on the tiny world, driven from the page."""
+    C = pytest.importorskip("wadi_lorad.trainer.config", reason="the distill trainer is not here")
+    from wadi_lorad.trainer.tab.app import Settings, build_app
+
+    base, prompts = _base_and_prompts(tmp_path)
+    settings = Settings.create(roots=[tmp_path, base.parent], default_devices="cpu")
+    total = 8  # stop after the first sample (step 2), resume from the step-2 checkpoint, finish
+    cfg = C.apply_overrides(C.DistillConfig(), [
+        ("model.base", str(base)), ("data.prompts", prompts.name), ("output.dir", "runs/tiny"),
+        ("adapter.student_rank", "4"), ("adapter.fake_rank", "2"), ("train.batch_size", "2"),
+        ("train.max_steps", str(total)), ("output.checkpoint_every", "2"), ("output.sample_every", "2"),
+        ("output.num_samples", "2"),
+    ])
+    (settings.presets_dir / "distill").mkdir(parents=True)
+    C.save_yaml(cfg, settings.presets_dir / "distill" / "tiny-browser.yaml")
+    demo = build_app(settings)
+    url = tb.launch(demo, tb.free_port())
+    try:
+        pg = tb.Page(browser.new_page(viewport={"width": 1400, "height": 1000}),
+                     tb.artifacts_dir("tab-browser-distill"))
+        pg.page.goto(url)
+        pg.page.wait_for_selector("#wadi-start-distill", timeout=60_000)
+        pg.choose("wadi-preset-distill", "tiny-browser")
+        pg.page.click("#wadi-load-distill")
+        pg.wait("the preset to load", lambda: pg.value("cfg-train-max-steps") == str(total))
+        assert pg.value("cfg-data-prompts") == "prompts.txt"
+        # "killed" too: a trainer that ignores the stop file is force-stopped, and resume still works
+        drive_job(pg, "distill", total, stopped=("stopped", "killed"))
+        out = tmp_path / "runs" / "tiny"
+        assert (out / "student.lorad.safetensors").is_file(), sorted(p.name for p in out.iterdir())
+    finally:
+        stop_all(demo.wadi_app)
+        demo.close()

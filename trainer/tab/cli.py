@@ -1,0 +1,64 @@
+"""``wadi tab``: start the trainer's Gradio app (loopback only unless ``--listen``)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+DEFAULT_PORT = 7861  # 7860 is Gradio's/A1111's default; keep clear of it
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("tab", help="the trainer in the browser (Gradio): forms, jobs, live progress")
+    add_arguments(p)
+    p.set_defaults(func=run)
+    return p
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--port", type=int, default=int(os.environ.get("WADI_TAB_PORT", DEFAULT_PORT)),
+                   help="port (default %(default)s; env WADI_TAB_PORT)")
+    p.add_argument("--listen", action="store_true",
+                   help="accept connections from other machines (binds 0.0.0.0; prints a warning)")
+    p.add_argument("--root", action="append", metavar="DIR",
+                   help="a folder the tab may read/write (repeatable; default: the current folder). "
+                        "Every path in a form must resolve inside one of them")
+    p.add_argument("--jobs-dir", help="job store and per-job folders (default <first root>/outputs/tab/jobs)")
+    p.add_argument("--presets-dir", help="user presets (default <first root>/outputs/tab/presets)")
+    p.add_argument("--max-upload-kb", type=int, default=1024, help="largest accepted upload (default %(default)s KiB)")
+    p.add_argument("--grace", type=float, default=5.0,
+                   help="seconds a stopped job may take to save and exit before SIGTERM (default %(default)s)")
+    p.add_argument("--devices", help="default devices for new jobs ('cpu', '0', '0,1')")
+    p.add_argument("--no-browser", action="store_true", help="do not open a browser window")
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from .app import Settings, build_app
+    from .runner import RunnerBusy
+    from .security import bind_host
+
+    kw = {"default_devices": args.devices} if args.devices else {}
+    settings = Settings.create(roots=args.root, jobs_dir=args.jobs_dir, presets_dir=args.presets_dir,
+                               max_upload_bytes=args.max_upload_kb * 1024, grace_s=args.grace, **kw)
+    host = bind_host(args.listen, args.port, settings.roots.roots)
+    try:
+        demo = build_app(settings)
+    except RunnerBusy as e:
+        print(f"wadi tab: error: {e}", file=sys.stderr)
+        return 1
+    print(f"[wadi tab] http://{'127.0.0.1' if host == '127.0.0.1' else host}:{args.port}  "
+          f"roots: {', '.join(map(str, settings.roots.roots))}  jobs: {settings.jobs_dir}", flush=True)
+    demo.queue(default_concurrency_limit=4).launch(
+        server_name=host, server_port=args.port, inbrowser=not args.no_browser, share=False,
+        max_file_size=settings.max_upload_bytes, allowed_paths=[str(r) for r in settings.roots.roots],
+        show_error=True, quiet=True,
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m wadi_lorad.trainer.tab", description="WaDi trainer tab (Gradio)")
+    add_arguments(p)
+    return run(p.parse_args(argv))
