@@ -193,8 +193,12 @@ class Backbone:
 
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
 
-    @torch.no_grad()
-    def encode_prompts(self, prompts: Sequence[str], device: torch.device | str = "cpu") -> TextCond:
+    def encode_prompts(self, prompts: Sequence[str], device: torch.device | str = "cpu", grad: bool = False) -> TextCond:
+        """Text features; ``grad=True`` keeps the graph (a learned token embedding trains through it)."""
+        with torch.set_grad_enabled(grad):
+            return self._encode_prompts(prompts, device)
+
+    def _encode_prompts(self, prompts: Sequence[str], device: torch.device | str) -> TextCond:
         if not self.text:
             raise RuntimeError("text encoders were released; embeddings must come from the cache")
         prompts = list(prompts)
@@ -288,6 +292,22 @@ class Backbone:
             z = z + cfg.shift_factor
         img = self.vae.decode(z, return_dict=False)[0]
         return (img.float() / 2 + 0.5).clamp(0, 1)
+
+    @torch.no_grad()
+    def encode_dist(self, images: Tensor, batch: int = 32) -> tuple[Tensor, Tensor]:
+        """Images in [-1, 1] -> the VAE posterior's mean and std in the denoiser's latent units
+        (the inverse of :meth:`decode`: shift subtracted, scaled), float32 on the images' device."""
+        if self.vae is None:
+            raise RuntimeError("no VAE loaded")
+        cfg = self.vae.config
+        dtype = next(self.vae.parameters()).dtype
+        shift = getattr(cfg, "shift_factor", None) or 0.0
+        means, stds = [], []
+        for i in range(0, images.shape[0], batch):
+            dist = self.vae.encode(images[i: i + batch].to(dtype), return_dict=False)[0]
+            means.append((dist.mean.float() - shift) * cfg.scaling_factor)
+            stds.append(dist.std.float() * cfg.scaling_factor)
+        return torch.cat(means), torch.cat(stds)
 
     def multistep_scheduler(self, steps: int):
         """A DDIM scheduler on the model's schedule, fed eps (so v-models work too)."""

@@ -2,7 +2,9 @@
 
 A checkpoint is a folder ``<output>/checkpoints/step-00000120/`` holding
 
-* ``student.safetensors``, ``fake.safetensors`` (and ``ema.safetensors``) - trained parameters;
+* ``student.safetensors``, ``fake.safetensors`` (and ``ema.safetensors``) - trained parameters
+  (a run that trains one part - a personalization adapter, a relation token - stores it as
+  ``student`` and has no ``fake``);
 * ``trainer_state.pt`` - optimizers, LR schedules, loss scalers, the data generator and
   torch RNG states, step;
 * ``config.yaml`` and ``meta.json`` - config hash, base fingerprint, global batch, step.
@@ -23,7 +25,7 @@ from typing import Any
 
 import torch
 
-from .config import NOT_HASHED, DistillConfig, from_dict, to_dict
+from .config import NOT_HASHED, from_dict, to_dict
 from .fsutil import atomic_dir
 
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
@@ -39,7 +41,7 @@ class Snapshot:
 
     step: int
     student: dict[str, torch.Tensor]
-    fake: dict[str, torch.Tensor]
+    fake: dict[str, torch.Tensor] | None
     ema: dict[str, torch.Tensor] | None
     trainer_state: dict[str, Any]
     meta: dict[str, Any]
@@ -57,7 +59,7 @@ def list_checkpoints(root: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(_STEP_DIR.match(p.name).group(1)))
 
 
-def save_checkpoint(root: Path, snap: Snapshot, cfg: DistillConfig, keep: int) -> Path:
+def save_checkpoint(root: Path, snap: Snapshot, cfg: Any, keep: int) -> Path:
     """Write ``snap`` atomically as ``step-XXXXXXXX`` and prune to the newest ``keep``."""
     import yaml
     from safetensors.torch import save_file
@@ -69,7 +71,8 @@ def save_checkpoint(root: Path, snap: Snapshot, cfg: DistillConfig, keep: int) -
 
     def write(tmp: Path) -> None:
         save_file(cpu(snap.student), str(tmp / "student.safetensors"))
-        save_file(cpu(snap.fake), str(tmp / "fake.safetensors"))
+        if snap.fake is not None:
+            save_file(cpu(snap.fake), str(tmp / "fake.safetensors"))
         if snap.ema is not None:
             save_file(cpu(snap.ema), str(tmp / "ema.safetensors"))
         torch.save(snap.trainer_state, tmp / "trainer_state.pt")
@@ -96,7 +99,7 @@ def find_resume(spec: str, output_dir: str | Path) -> Path | None:
     return p
 
 
-def _hashed_diff(old: dict, new: dict) -> list[str]:
+def _hashed_diff(old: dict, new: dict, not_hashed: set[str] = NOT_HASHED) -> list[str]:
     diffs = []
 
     def walk(a, b, prefix=""):
@@ -105,15 +108,20 @@ def _hashed_diff(old: dict, new: dict) -> list[str]:
             va, vb = a.get(k), b.get(k)
             if isinstance(va, dict) or isinstance(vb, dict):
                 walk(va or {}, vb or {}, p + ".")
-            elif p not in NOT_HASHED and va != vb:
+            elif p not in not_hashed and va != vb:
                 diffs.append(f"{p}: checkpoint {va!r} vs now {vb!r}")
 
     walk(old, new)
     return diffs
 
 
-def check_compatible(ckpt: Path, cfg_hash: str, cfg: DistillConfig, base_fp: str, global_batch: int) -> dict:
-    """Refuse a checkpoint from another config, base or global batch; return its meta."""
+def check_compatible(ckpt: Path, cfg_hash: str, cfg: Any, base_fp: str, global_batch: int,
+                     loader=from_dict, not_hashed: set[str] = NOT_HASHED) -> dict:
+    """Refuse a checkpoint from another config, base or global batch; return its meta.
+
+    ``loader``/``not_hashed`` are the config module's ``from_dict`` and unhashed fields (default:
+    the distillation config); they only serve to name the differing fields.
+    """
     import yaml
 
     try:
@@ -124,8 +132,8 @@ def check_compatible(ckpt: Path, cfg_hash: str, cfg: DistillConfig, base_fp: str
     if meta.get("config_hash") != cfg_hash:
         detail = []
         try:
-            old = to_dict(from_dict(yaml.safe_load((ckpt / "config.yaml").read_text())))
-            detail = _hashed_diff(old, to_dict(cfg))
+            old = to_dict(loader(yaml.safe_load((ckpt / "config.yaml").read_text())))
+            detail = _hashed_diff(old, to_dict(cfg), not_hashed)
         except Exception:  # an unreadable config still gets the hash message
             pass
         problems.append("it was written with a different config" + (": " + "; ".join(detail) if detail else
@@ -147,5 +155,25 @@ def load_checkpoint(ckpt: Path) -> Snapshot:
     meta = json.loads((ckpt / "meta.json").read_text())
     ema = load_file(str(ckpt / "ema.safetensors")) if (ckpt / "ema.safetensors").is_file() else None
     state = torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=True)
-    return Snapshot(int(meta["step"]), load_file(str(ckpt / "student.safetensors")),
-                    load_file(str(ckpt / "fake.safetensors")), ema, state, meta)
+    fake = load_file(str(ckpt / "fake.safetensors")) if (ckpt / "fake.safetensors").is_file() else None
+    return Snapshot(int(meta["step"]), load_file(str(ckpt / "student.safetensors")), fake, ema, state, meta)
+
+
+class OutputExistsError(ValueError):
+    """The output folder holds a previous run and neither resume nor force was given."""
+
+
+def prepare_output(out: Path, resume_from: Path | None, resume_spec: str, force: bool, main: bool = True) -> None:
+    """Refuse to start over a previous run by accident; with ``force`` drop its log and checkpoints.
+
+    Only ``events.jsonl`` and ``checkpoints/`` are removed (never other files in the folder).
+    """
+    previous = [p for p in (out / "events.jsonl", checkpoint_root(out)) if p.exists()]
+    if previous and resume_from is None and resume_spec != "latest" and not force:
+        raise OutputExistsError(
+            f"output.dir {out} already holds a run ({', '.join(p.name for p in previous)}); "
+            "continue it with --resume latest, or start over with --output.force true"
+        )
+    if force and resume_from is None and main:
+        shutil.rmtree(checkpoint_root(out), ignore_errors=True)
+        (out / "events.jsonl").unlink(missing_ok=True)

@@ -229,14 +229,19 @@ def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
     return cls(**kwargs)
 
 
+def typed_from_dict(cls: type, data: dict[str, Any], version: int) -> Any:
+    """Any config dataclass from plain data (YAML / form values): version check, then field types."""
+    found = data.get("version", version) if isinstance(data, dict) else version
+    if found != version:
+        raise ConfigError(f"version: this trainer reads config version {version}, the file has {found!r}")
+    return _from_dict(cls, data, "")
+
+
 def from_dict(data: dict[str, Any]) -> DistillConfig:
-    version = data.get("version", CONFIG_VERSION) if isinstance(data, dict) else CONFIG_VERSION
-    if version != CONFIG_VERSION:
-        raise ConfigError(f"version: this trainer reads config version {CONFIG_VERSION}, the file has {version!r}")
-    return _from_dict(DistillConfig, data, "")
+    return typed_from_dict(DistillConfig, data, CONFIG_VERSION)
 
 
-def to_dict(cfg: DistillConfig) -> dict[str, Any]:
+def to_dict(cfg: Any) -> dict[str, Any]:
     def conv(v):
         if isinstance(v, tuple):
             return list(v)
@@ -252,7 +257,8 @@ def to_dict(cfg: DistillConfig) -> dict[str, Any]:
     return walk(cfg)
 
 
-def load_yaml(path: str | Path) -> DistillConfig:
+def load_yaml(path: str | Path, loader=from_dict) -> Any:
+    """A YAML file through ``loader`` (default: ``DistillConfig``'s ``from_dict``), errors naming the file."""
     import yaml
 
     p = Path(path)
@@ -263,12 +269,12 @@ def load_yaml(path: str | Path) -> DistillConfig:
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML: {e}") from None
     try:
-        return from_dict(data or {})
+        return loader(data or {})
     except ConfigError as e:
         raise ConfigError(f"{p}: {e}") from None
 
 
-def save_yaml(cfg: DistillConfig, path: str | Path) -> None:
+def save_yaml(cfg: Any, path: str | Path) -> None:
     import yaml
 
     from .fsutil import atomic_write_text
@@ -289,10 +295,10 @@ def leaf_paths(cls: type = DistillConfig, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def resolve_key(key: str) -> str:
+def resolve_key(key: str, cls: type = DistillConfig) -> str:
     """``max_steps`` or ``train.max_steps`` -> the full dotted path (error if unknown/ambiguous)."""
     key = key.lstrip("-").replace("-", "_")
-    leaves = leaf_paths()
+    leaves = leaf_paths(cls)
     if key in leaves:
         return key
     hits = [p for p in leaves if p.rsplit(".", 1)[-1] == key]
@@ -303,15 +309,15 @@ def resolve_key(key: str) -> str:
     raise ConfigError(f"--{key}: no such config field; fields: {', '.join(sorted(leaves))}")
 
 
-def apply_overrides(cfg: DistillConfig, pairs: list[tuple[str, str]]) -> DistillConfig:
-    """Apply ``(key, string value)`` pairs; all are checked before any is applied."""
+def apply_overrides(cfg: Any, pairs: list[tuple[str, str]]) -> Any:
+    """Apply ``(key, string value)`` pairs to any config dataclass; all are checked before any is applied."""
     cfg = dataclasses.replace(cfg)  # shallow; sections are replaced below
     sections = {f.name: dataclasses.replace(getattr(cfg, f.name))
                 for f in dataclasses.fields(cfg) if dataclasses.is_dataclass(getattr(cfg, f.name))}
-    leaves = leaf_paths()
+    leaves = leaf_paths(type(cfg))
     planned = []
     for key, raw in pairs:
-        path = resolve_key(key)
+        path = resolve_key(key, type(cfg))
         planned.append((path, _coerce(raw, leaves[path], "--" + path)))
     for path, value in planned:
         if "." in path:
@@ -369,8 +375,8 @@ def validate(cfg: DistillConfig) -> None:
             raise ConfigError(f"{name}: {msg}")
 
 
-def config_hash(cfg: DistillConfig) -> str:
-    """sha256 of the trajectory-relevant fields (see NOT_HASHED), 16 hex digits."""
+def config_hash(cfg: Any, not_hashed: set[str] = NOT_HASHED) -> str:
+    """sha256 of the trajectory-relevant fields (those not in ``not_hashed``), 16 hex digits."""
     flat = {}
 
     def walk(d, prefix=""):
@@ -378,10 +384,10 @@ def config_hash(cfg: DistillConfig) -> str:
             p = f"{prefix}{k}"
             if isinstance(v, dict):
                 walk(v, p + ".")
-            elif p not in NOT_HASHED:
+            elif p not in not_hashed:
                 flat[p] = v
 
     walk(to_dict(cfg))
-    if cfg.optim.lr_scheduler != "constant":
+    if getattr(getattr(cfg, "optim", None), "lr_scheduler", "constant") != "constant":
         flat["train.max_steps"] = cfg.train.max_steps  # a decaying LR depends on the run length
     return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:16]

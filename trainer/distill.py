@@ -9,7 +9,6 @@ teacher, fake and student (:mod:`.adapters`); the per-step math is in :mod:`.ste
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +19,7 @@ from ..lorad.onestep import OFFICIAL_ALPHA_BAR_T, alpha_bar_at
 from . import checkpoint as CK
 from .adapters import build_views
 from .backbones import REQUIRED, check_one_step_alpha_bar, inspect_folder, load_backbone
+from .checkpoint import OutputExistsError
 from .config import ConfigError, DistillConfig, config_hash, save_yaml, validate
 from .ema import EMA
 from .events import EventLog
@@ -30,10 +30,6 @@ from .step import StepSettings, draw_batch, micro_step
 from .textcache import encode_cached
 
 __all__ = ["Distiller", "OutputExistsError", "make_accelerator"]
-
-
-class OutputExistsError(ValueError):
-    """The output folder holds a previous run and neither resume nor force was given."""
 
 
 def make_accelerator(mixed_precision: str):
@@ -97,17 +93,7 @@ class Distiller:
 
     # -- output folder -----------------------------------------------------------------------------
     def _check_output(self) -> None:
-        previous = [p for p in (self.out / "events.jsonl", CK.checkpoint_root(self.out)) if p.exists()]
-        if previous and self.resume_from is None and self.cfg.resume != "latest":
-            if not self.cfg.output.force:
-                raise OutputExistsError(
-                    f"output.dir {self.out} already holds a run ({', '.join(p.name for p in previous)}); "
-                    "continue it with --resume latest, or start over with --output.force true"
-                )
-        if self.cfg.output.force and self.resume_from is None and self.main:
-            # Starting over on purpose: drop the old run's log and checkpoints (not other files).
-            shutil.rmtree(CK.checkpoint_root(self.out), ignore_errors=True)
-            (self.out / "events.jsonl").unlink(missing_ok=True)
+        CK.prepare_output(self.out, self.resume_from, self.cfg.resume, self.cfg.output.force, self.main)
 
     # -- setup -------------------------------------------------------------------------------------
     def _dtype(self) -> str:
