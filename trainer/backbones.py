@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-__all__ = ["BaseModelError", "TextCond", "Backbone", "inspect_folder", "load_backbone", "REQUIRED"]
+__all__ = ["BaseModelError", "TextCond", "Backbone", "inspect_folder", "load_backbone", "load_tokenizer",
+           "REQUIRED"]
 
 PIPELINE_KINDS = {
     "StableDiffusionPipeline": "sd",
@@ -345,6 +346,14 @@ def _quiet():
     transformers.utils.logging.disable_progress_bar()
 
 
+def load_tokenizer(folder: str | Path, index: dict, name: str = "tokenizer"):
+    """One tokenizer of a checked diffusers folder (the class its model_index.json names), offline."""
+    import transformers
+
+    cls = getattr(transformers, (index.get(name) or [None, "AutoTokenizer"])[1] or "AutoTokenizer")
+    return cls.from_pretrained(Path(folder) / name, local_files_only=True)
+
+
 def load_backbone(folder: str | Path, backbone: str = "auto", dtype: str = "fp32", text: bool = True,
                   vae: bool = True) -> Backbone:
     """Load a checked diffusers folder (offline; nothing is downloaded)."""
@@ -371,9 +380,8 @@ def load_backbone(folder: str | Path, backbone: str = "auto", dtype: str = "fp32
         default_enc = {"sd": ["CLIPTextModel"], "sdxl": ["CLIPTextModel", "CLIPTextModelWithProjection"],
                        "pixart": ["T5EncoderModel"]}[kind]
         for (tn, en), dflt in zip(names, default_enc):
-            tok_cls = getattr(transformers, (index.get(tn) or [None, "AutoTokenizer"])[1] or "AutoTokenizer")
             enc_cls = getattr(transformers, (index.get(en) or [None, dflt])[1] or dflt)
-            tok = tok_cls.from_pretrained(folder / tn, local_files_only=True)
+            tok = load_tokenizer(folder, index, tn)
             enc = enc_cls.from_pretrained(folder / en, torch_dtype=td, local_files_only=True)
             enc.requires_grad_(False).eval()
             pairs.append((tok, enc))

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 # (module path relative to this package, ...) in the order shown by --help.
-COMMAND_MODULES: tuple[str, ...] = (".cmd_demo", ".cmd_distill", ".cmd_personalize", ".cmd_sample",
+COMMAND_MODULES: tuple[str, ...] = (".cmd_demo", ".cmd_distill", ".cmd_personalize", ".cmd_relation", ".cmd_sample",
                                    ".pretrain", ".evaluate", ".tab.cli")
 
 

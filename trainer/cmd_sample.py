@@ -35,6 +35,20 @@ def one_step_params(f, bb, timestep: int | None, alpha_bar: float | None) -> tup
     return t, alpha_bar_at(bb.alphas_cumprod, t)
 
 
+def with_embeddings(bb, files: list[str], prompts: list[str]) -> list[str]:
+    """Load textual-inversion files (e.g. a ``wadi relation`` token) into the text encoder and
+    rewrite ComfyUI-style ``embedding:<name>`` references in the prompts to their tokens."""
+    from .textinv import expand_embedding_refs, install_embedding
+
+    if files and bb.kind != "sd":
+        raise ValueError(f"--embedding: textual-inversion files are supported for SD1.x/2.x bases, not {bb.kind}")
+    installed = {}
+    for f in files:
+        name = Path(f).name.split(".")[0]
+        installed[name] = install_embedding(*bb.text[0], f, name)
+    return [expand_embedding_refs(p, installed) if installed else p for p in prompts]
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -43,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from ..lorad.onestep import generate, multistep_timesteps
     from .backbones import BaseModelError, load_backbone
     from .sampling import eps_fn, save_grid, seeded_noise, teacher_multistep
+    from .textinv import EmbeddingFileError
 
     if not args.prompt:
         print("error: give at least one --prompt", file=sys.stderr)
@@ -59,7 +74,11 @@ def run(args: argparse.Namespace) -> int:
     except BaseModelError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    prompts = [p for p in args.prompt for _ in range(args.per_prompt)]
+    try:
+        prompts = [p for p in with_embeddings(bb, args.embedding, args.prompt) for _ in range(args.per_prompt)]
+    except (EmbeddingFileError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     seeds = [args.seed + i for i in range(len(prompts))]
     cond = bb.encode_prompts(prompts).float()
     null = bb.null_cond().float()
@@ -98,6 +117,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--base", required=True, help="diffusers folder of the base model")
     p.add_argument("--lorad", help="student .lorad.safetensors (omit to sample the teacher only)")
     p.add_argument("--prompt", action="append", default=[], help="prompt (repeat for several)")
+    p.add_argument("--embedding", action="append", default=[], metavar="FILE",
+                   help="textual-inversion file (e.g. from wadi relation); write embedding:<file stem> in prompts")
     p.add_argument("--per-prompt", type=int, default=1, help="images per prompt")
     p.add_argument("--seed", type=int, default=0, help="seed of the first image; the others count up")
     p.add_argument("--steps", type=int, default=1, help="student steps (1 = one-step; 2-4 re-noise in between)")
