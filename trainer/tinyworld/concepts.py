@@ -157,20 +157,24 @@ def _match(want: Obj, got: Obj) -> int:
 
 
 def relation_scores(images: Tensor, prompts: Sequence[RelationPrompt], layout: str = "horizontal") -> dict[str, float]:
-    """``axis``: two objects side by side (``layout``); ``order``: that, with X first (left / top) by the
-    better colour+shape pairing; ``exact``: that, with both objects' colour and shape right."""
+    """Fractions of the images: ``axis`` - two objects side by side (``layout``); ``decided`` - that, and
+    the colour+shape pairing with X, Y is not a tie (which object is X can be told); ``order`` - that,
+    with X first (left / top); ``exact`` - X first with both objects' colour and shape right.
+    ``order_of_decided`` = order / decided: 0.5 is chance, 1.0 always X first, 0.0 always Y first."""
     scenes = _scenes(images)
-    axis = order = exact = 0
+    axis = decided = order = exact = 0
     for p, s in zip(prompts, scenes):
         if len(s.objects) != 2 or s.layout != layout:
             continue
         axis += 1
         o0, o1 = s.objects
-        if _match(p.first, o0) + _match(p.second, o1) > _match(p.first, o1) + _match(p.second, o0):
-            order += 1
+        forward, backward = _match(p.first, o0) + _match(p.second, o1), _match(p.first, o1) + _match(p.second, o0)
+        decided += int(forward != backward)
+        order += int(forward > backward)
         exact += int(_match(p.first, o0) == 2 and _match(p.second, o1) == 2)
     n = len(prompts)
-    return {"axis": axis / n, "order": order / n, "exact": exact / n}
+    return {"axis": axis / n, "decided": decided / n, "order": order / n, "exact": exact / n,
+            "order_of_decided": order / decided if decided else float("nan")}
 
 
 def images_to_tensor(images: Sequence[np.ndarray]) -> Tensor:
