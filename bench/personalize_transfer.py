@@ -123,11 +123,12 @@ def main(argv=None) -> int:
     res["teacher + teacher-trained adapter (25-step DDIM, CFG 3)"] = summarize(
         [score(b, (f"T{s}",), eval_seeds, concept, std, 25, 3.0, standard=False) for s in seeds])
     print(f"\n{'setting':58s} {'concept':>15s} {'prompt':>15s} {'alignment':>15s} {'FD':>13s}")
+    def cell(r: dict, k: str, d: int = 3) -> str:
+        return f"{r[k]:.{d}f} ± {r[k + '_std']:.{d}f}" if k in r else "-"
+
     for name, r in res.items():
-        def cell(k: str, d: int = 3) -> str:
-            return f"{r[k]:.{d}f} ± {r[k + '_std']:.{d}f}" if k in r else "-"
-        print(f"{name:58s} {cell('concept_concept'):>15s} {cell('concept_prompt'):>15s} {cell('alignment'):>15s} "
-              f"{cell('fd', 0) if 'fd' in r else '-':>13s}")
+        print(f"{name:58s} {cell(r, 'concept_concept'):>15s} {cell(r, 'concept_prompt'):>15s} "
+              f"{cell(r, 'alignment'):>15s} {cell(r, 'fd', 0):>13s}")
     record = {"settings": vars(a), "seeds": seeds, "eval_seeds": eval_seeds, "results": res,
               "machine": H.machine_info()}
     if a.json:
