@@ -13,6 +13,7 @@ fit (see :data:`DEMO_OVERRIDES`) and says so in the summary.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
@@ -92,7 +93,7 @@ def generate_three(d, cond_all, noise_all: torch.Tensor, teacher_steps: int, tea
             out[names[0]].append(bb.decode(one_step(bb, m, cond, noise, s.alpha_bar_T, s.timestep)))
             out[names[1]].append(bb.decode(teacher_multistep(bb, m, cond, d.null, noise, teacher_steps,
                                                              teacher_cfg)))
-        with d.views.student_view() as m:
+        with d.views.student_view() as m, (d.ema.applied() if d.ema is not None else contextlib.nullcontext()):
             out[names[2]].append(bb.decode(one_step(bb, m, cond, noise, s.alpha_bar_T, s.timestep)))
         bar.update(noise.shape[0])
     bar.close()
