@@ -71,7 +71,6 @@ def test_real_demo_on_the_shipped_teacher(tmp_path):
     if not (teacher / "model_index.json").is_file():
         pytest.skip("the tiny-world teacher is not in this checkout")
     m = D.run_demo(D.DemoSettings(out=tmp_path / "demo"))
-    ms = m["methods"]
-    assert m["wall_time_s"]["total"] < 600
-    wadi, t1 = ms["wadi_1step"], ms["teacher_1step"]
-    assert wadi["fd_mean"] < t1["fd_mean"]  # the one-step student beats the teacher's one step
+    wadi, t1 = m["methods"]["wadi_1step"], m["methods"]["teacher_1step"]
+    # The one-step student beats the teacher's own one step on both metrics.
+    assert wadi["fd_mean"] < t1["fd_mean"] and wadi["alignment_mean"] > t1["alignment_mean"]

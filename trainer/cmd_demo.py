@@ -11,6 +11,10 @@ def run(args: argparse.Namespace) -> int:
     from .config import parse_override_args
     from .demo import DemoSettings, run_demo
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     s = DemoSettings(out=Path(args.out), steps=args.steps, seed=args.seed)
     if args.base:
         s.base = Path(args.base)
@@ -34,5 +38,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=d.steps, help="distillation steps")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--base", help="teacher folder (default: the shipped tiny-world teacher)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads (0 = torch's default; use 1 on a machine busy with other work)")
     p.set_defaults(func=run, accepts_overrides=True)
     return p
