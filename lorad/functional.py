@@ -207,9 +207,12 @@ def init_factors(
         raise ValueError(f"rank must be >= 1, got {rank}")
     a = torch.zeros(out_features, rank, dtype=torch.float32, device=device)
     bound = math.sqrt(6.0 / (rank + pairs))  # xavier_uniform_ with gain 1 on an (r, pairs) matrix
-    b = torch.empty(rank, pairs, dtype=torch.float32, device=device)
+    # Draw on the generator's device, then move: a seeded CPU generator gives the same
+    # init whether the model lives on CPU or CUDA (and CUDA tensors reject a CPU generator).
+    gen_dev = generator.device if generator is not None else device
+    b = torch.empty(rank, pairs, dtype=torch.float32, device=gen_dev)
     b.uniform_(-bound, bound, generator=generator)
-    return a, b
+    return a, b.to(device) if device is not None else b
 
 
 def factor_params(out_features: int, pairs: int, rank: int) -> int:

@@ -14,7 +14,8 @@ import sys
 from collections.abc import Sequence
 
 # (module path relative to this package, ...) in the order shown by --help.
-COMMAND_MODULES: tuple[str, ...] = (".pretrain", ".evaluate", ".tab.cli")
+COMMAND_MODULES: tuple[str, ...] = (".cmd_demo", ".cmd_distill", ".cmd_personalize", ".cmd_relation", ".cmd_sample",
+                                   ".pretrain", ".evaluate", ".tab.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Commands driven by a typed config take free-form ``--section.key value`` overrides;
+    # they set ``accepts_overrides`` and receive the rest in ``args.overrides``.
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "accepts_overrides", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.overrides = extra
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help()

@@ -117,7 +117,10 @@ def _widget(tp: Any, where: str) -> tuple[str, tuple]:
 def field_specs(cls: type, prefix: str = "") -> list[FieldSpec]:
     """Every editable leaf field of ``cls`` (nested dataclasses flattened to dotted paths)."""
     hints = typing.get_type_hints(cls)
-    comments = _source_comments(cls)
+    comments: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):  # a subclassed section keeps its parents' help text
+        if dataclasses.is_dataclass(klass):
+            comments.update(_source_comments(klass))
     out: list[FieldSpec] = []
     defaults = cls()
     for f in dataclasses.fields(cls):

@@ -105,13 +105,16 @@ def _module_kind(kind: str, title: str, module: str, cls_name: str, **extra: Any
                      version=getattr(mod, "CONFIG_VERSION", None), **extra)
 
 
-# kind -> (tab title, config module relative to this package, class name, extras).  The
-# personalization and relation trainings (issue 5, sections 3-4) register here when they land.
+# kind -> (tab title, config module relative to this package, class name, extras).
 KIND_SOURCES: dict[str, tuple[str, str, str, dict]] = {
     "distill": ("Distill (WaDi)", "..config", "DistillConfig",
                 {"path_fields": ("model.base", "data.prompts", "data.cache_dir", "output.dir")}),
-    "personalize": ("Personalize", "..personalize", "PersonalizeConfig", {}),
-    "relation": ("Relation", "..relation", "RelationConfig", {}),
+    "personalize": ("Personalize", "..personalize", "PersonalizeConfig",
+                    {"path_fields": ("model.base", "model.student", "data.images", "data.cache_dir",
+                                     "prior.class_dir", "output.dir", "output.preview_student")}),
+    "relation": ("Relation", "..relation", "RelationConfig",
+                 {"path_fields": ("model.base", "data.images", "data.cache_dir", "output.dir",
+                                  "output.preview_student")}),
 }
 
 

@@ -1,0 +1,323 @@
+"""The WaDi distillation run: checks, setup, loop, checkpoints, samples, export.
+
+``Distiller(cfg)`` validates everything that can be wrong with the inputs (config
+values, prompt file, base folder, output folder, resume checkpoint) before any
+model is loaded; ``run()`` trains and writes the outputs.  One frozen base serves
+teacher, fake and student (:mod:`.adapters`); the per-step math is in :mod:`.step`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from ..lorad.onestep import OFFICIAL_ALPHA_BAR_T, alpha_bar_at
+from . import checkpoint as CK
+from .adapters import build_views
+from .backbones import REQUIRED, check_one_step_alpha_bar, inspect_folder, load_backbone
+from .checkpoint import OutputExistsError
+from .config import ConfigError, DistillConfig, config_hash, save_yaml, validate
+from .ema import EMA
+from .events import EventLog
+from .fingerprint import base_fingerprint
+from .optim import clip_and_norm, make_lr_schedule, make_optimizer, make_scaler, sync_gradients
+from .prompts import load_prompts
+from .step import StepSettings, draw_batch, micro_step
+from .textcache import encode_cached
+
+__all__ = ["Distiller", "OutputExistsError", "make_accelerator"]
+
+
+def make_accelerator(mixed_precision: str):
+    """An Accelerator for this run.  Its state is a per-process singleton; in a single process
+    (tests, notebooks) a run with another precision resets it first."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
+
+    if AcceleratorState._shared_state and PartialState().num_processes == 1:
+        if AcceleratorState().mixed_precision != mixed_precision:
+            AcceleratorState._reset_state(True)
+    import os
+
+    # accelerate runs several CPU processes (gloo) only when told it is on CPU; without a GPU a
+    # multi-process launch (torchrun / accelerate launch) means exactly that.
+    multi = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return Accelerator(mixed_precision=mixed_precision, cpu=multi and not torch.cuda.is_available())
+
+
+class Distiller:
+    def __init__(self, cfg: DistillConfig, log=print, progress: bool = True,
+                 extra_prompts: Sequence[str] = ()) -> None:
+        """``extra_prompts`` are encoded with the training prompts (before the text encoders are
+        released) into ``self.extra_cond``, e.g. for an evaluation after training."""
+        validate(cfg)
+        self.cfg, self.log, self.progress = cfg, log, progress
+        self.extra_prompts = list(extra_prompts)
+        # -- input checks (no model loaded yet) --------------------------------------------------
+        d = cfg.data
+        self.prompts = load_prompts(d.prompts, d.format, d.jsonl_key, d.max_prompts)
+        self.kind, _ = inspect_folder(cfg.model.base, cfg.model.backbone)
+        self._check_exports()
+        self.out = Path(cfg.output.dir)
+        self.acc = make_accelerator(cfg.train.mixed_precision)
+        self.rank, self.world = self.acc.process_index, self.acc.num_processes
+        self.main = self.acc.is_main_process
+        self.global_batch = cfg.train.batch_size * self.world
+        self.cfg_hash = config_hash(cfg)
+        self.base_fp = base_fingerprint(cfg.model.base, REQUIRED[self.kind])
+        self.resume_from = CK.find_resume(cfg.resume, self.out)
+        if self.resume_from is not None:
+            self.resume_meta = CK.check_compatible(self.resume_from, self.cfg_hash, cfg, self.base_fp,
+                                                   self.global_batch * cfg.train.grad_accum)
+        elif cfg.resume == "latest":
+            self.log(f"note: no checkpoint in {CK.checkpoint_root(self.out)} yet; starting from step 0")
+        self._check_output()
+        self.step = 0
+        self._ready = False
+
+    def _check_exports(self) -> None:
+        if not self.cfg.output.export_single_file:
+            return
+        import json
+
+        unet_cfg = json.loads((Path(self.cfg.model.base) / "unet" / "config.json").read_text()) \
+            if self.kind != "pixart" else {}
+        if self.kind != "sd" or unet_cfg.get("use_linear_projection"):
+            raise ConfigError("output.export_single_file: single-file checkpoints are written for SD1.x bases only "
+                              f"(this base is {self.kind}{' 2.x' if unet_cfg.get('use_linear_projection') else ''}); "
+                              "use output.export_merged for a diffusers folder")
+
+    # -- output folder -----------------------------------------------------------------------------
+    def _check_output(self) -> None:
+        CK.prepare_output(self.out, self.resume_from, self.cfg.resume, self.cfg.output.force, self.main)
+
+    # -- setup -------------------------------------------------------------------------------------
+    def _dtype(self) -> str:
+        c = self.cfg
+        if c.model.dtype != "auto":
+            return c.model.dtype
+        if self.acc.device.type == "cuda" and c.train.mixed_precision in ("fp16", "bf16"):
+            return c.train.mixed_precision
+        return "fp32"
+
+    def setup(self) -> None:
+        c = self.cfg
+        dev = self.acc.device
+        self.bb = bb = load_backbone(c.model.base, self.kind, self._dtype()).to(dev)
+        self._text_features(bb, dev)
+        # One base, three views.
+        self.views = build_views(bb.denoiser, c.adapter)
+        if c.train.gradient_checkpointing:
+            bb.enable_gradient_checkpointing(bb.denoiser)
+            if self.views.student_module is not bb.denoiser:
+                bb.enable_gradient_checkpointing(self.views.student_module)
+        self.views.student_module.to(dev)
+        v = c.vsd
+        ab_T = OFFICIAL_ALPHA_BAR_T if v.alpha_bar == "official" else alpha_bar_at(bb.alphas_cumprod, v.timestep)
+        check_one_step_alpha_bar(ab_T, f"vsd.alpha_bar={v.alpha_bar} at vsd.timestep={v.timestep}")
+        self.settings = StepSettings(v.timestep, ab_T, v.guidance_scale, v.fake_guidance_scale, (v.t_min, v.t_max),
+                                     (v.fake_t_min, v.fake_t_max), v.null_prob)
+        self.latent = bb.latent_shape(v.resolution)
+        o = c.optim
+        s_params, f_params = self.views.student.parameters(), self.views.fake.parameters()
+        self.opt_s = make_optimizer(s_params, o.student_lr, o, dev, self.log)
+        self.opt_f = make_optimizer(f_params, o.fake_lr, o, dev, self.log)
+        self.sched_s = make_lr_schedule(self.opt_s, o, c.train.max_steps)
+        self.sched_f = make_lr_schedule(self.opt_f, o, c.train.max_steps)
+        amp = c.train.mixed_precision == "fp16" and self.acc.native_amp
+        if c.train.mixed_precision == "fp16" and not self.acc.native_amp and self.main:
+            self.log(f"note: fp16 autocast is not available on {dev.type}; computing in float32")
+        self.scalers = (make_scaler("fp16", dev), make_scaler("fp16", dev)) if amp else (None, None)
+        self.ema = EMA(self.views.student.params, c.train.ema_decay) if c.train.ema_decay > 0 else None
+        self.gen = torch.Generator().manual_seed(c.train.seed)
+        if self.resume_from is not None:
+            self._restore(CK.load_checkpoint(self.resume_from))
+        self.events = EventLog(self.out / "events.jsonl", enabled=self.main,
+                               tensorboard_dir=self.out / "tensorboard" if c.output.tensorboard else None,
+                               log=self.log)
+        self._ready = True
+
+    def _text_features(self, bb, dev) -> None:
+        """Features of the prompts, the null prompt, the sample and extra prompts.
+
+        With ``data.cache_text`` (default) every prompt is encoded once into a safetensors
+        cache, the table is kept in host memory and the text encoders are freed.  Without it
+        (millions of prompts) each batch is encoded on the fly and the encoders stay loaded.
+        """
+        c = self.cfg
+        self.sample_prompts = list(c.output.sample_prompts) or self.prompts[: c.output.num_samples]
+        cache_dir = None
+        if c.data.cache_text:
+            cache_dir = Path(c.data.cache_dir) if c.data.cache_dir else self.out.parent / ".text_cache"
+        ident = bb.encoder_identity()
+
+        def enc(p):
+            return bb.encode_prompts(p, dev)
+
+        self.table = None
+        with self.acc.main_process_first():  # the main process writes the cache, the others read it
+            if c.data.cache_text:
+                self.table, fresh = encode_cached(self.prompts, enc, cache_dir, ident,
+                                                  progress=self.progress and self.main)
+                if self.main:
+                    self.log(f"text features: {len(self.prompts)} prompts ({fresh} encoded now, "
+                             f"{len(self.prompts) - fresh} from cache)")
+            self.sample_cond = encode_cached(self.sample_prompts, enc, cache_dir, ident, progress=False)[0].to(dev)
+            self.extra_cond = None
+            if self.extra_prompts:
+                self.extra_cond = encode_cached(self.extra_prompts, enc, cache_dir, ident, progress=False)[0]
+        self.null = bb.null_cond(dev).float()
+        if self.table is not None:
+            bb.release_text_encoders()
+
+    def batch_cond(self, idx: torch.Tensor):
+        """Text features of the prompts at ``idx`` (from the host-memory table, or encoded now)."""
+        if self.table is not None:
+            return self.table.index(idx.cpu()).to(self.acc.device)
+        return self.bb.encode_prompts([self.prompts[i] for i in idx.tolist()], self.acc.device).float()
+
+    # -- state -------------------------------------------------------------------------------------
+    def _trainer_state(self) -> dict:
+        st = {
+            "opt_student": self.opt_s.state_dict(), "opt_fake": self.opt_f.state_dict(),
+            "sched_student": self.sched_s.state_dict(), "sched_fake": self.sched_f.state_dict(),
+            "data_generator": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
+        }
+        for name, sc in zip(("scaler_student", "scaler_fake"), self.scalers):
+            if sc is not None:
+                st[name] = sc.state_dict()
+        return st
+
+    def _restore(self, snap: CK.Snapshot) -> None:
+        self.views.student.load_state(snap.student, f"{self.resume_from}/student.safetensors")
+        self.views.fake.load_state(snap.fake, f"{self.resume_from}/fake.safetensors")
+        st = snap.trainer_state
+        self.opt_s.load_state_dict(st["opt_student"])
+        self.opt_f.load_state_dict(st["opt_fake"])
+        self.sched_s.load_state_dict(st["sched_student"])
+        self.sched_f.load_state_dict(st["sched_fake"])
+        self.gen.set_state(st["data_generator"])
+        torch.set_rng_state(st["torch_rng"])
+        for name, sc in zip(("scaler_student", "scaler_fake"), self.scalers):
+            if sc is not None and name in st:
+                sc.load_state_dict(st[name])
+        if self.ema is not None:
+            if snap.ema is None:
+                raise CK.ResumeError(f"resume: {self.resume_from} has no EMA state but train.ema_decay > 0")
+            self.ema.load_state_dict(snap.ema)
+        self.step = snap.step
+        self.log(f"resumed from {self.resume_from} at step {self.step}")
+
+    def save_checkpoint(self) -> Path | None:
+        path = None
+        if self.main:
+            snap = CK.Snapshot(
+                self.step, self.views.student.state(), self.views.fake.state(),
+                self.ema.state_dict() if self.ema is not None else None, self._trainer_state(),
+                {"config_hash": self.cfg_hash, "base_fingerprint": self.base_fp,
+                 "global_batch": self.global_batch * self.cfg.train.grad_accum, "adapter": self.cfg.adapter.kind},
+            )
+            try:
+                path = CK.save_checkpoint(CK.checkpoint_root(self.out), snap, self.cfg,
+                                          self.cfg.output.keep_checkpoints)
+                self.events.write("checkpoint", step=self.step, path=str(path))
+            except OSError as e:
+                # A full disk must not end a long run: the previous checkpoint is intact; say so and go on.
+                self.log(f"warning: checkpoint at step {self.step} failed ({e}); previous checkpoints are intact")
+                self.events.write("error", step=self.step, message=f"checkpoint failed: {e}")
+        self.acc.wait_for_everyone()
+        return path
+
+    # -- training ----------------------------------------------------------------------------------
+    def train_step(self) -> dict[str, float]:
+        c, dev = self.cfg, self.acc.device
+        accum = c.train.grad_accum
+        ls = lf = 0.0
+        step_draw = draw_batch(self.gen, len(self.prompts), self.global_batch * accum, self.latent, self.settings)
+        for micro in range(accum):
+            batch = step_draw.part(micro, self.rank, self.world, c.train.batch_size).to(dev)
+            cond = self.batch_cond(batch.prompt_idx)
+            a, b = micro_step(self.bb, self.views, batch, cond, self.null, self.settings, self.acc.autocast,
+                              1.0 / accum, self.scalers)
+            ls, lf = ls + a / accum, lf + b / accum
+        norms = []
+        for params, opt, sched, scaler in (
+            (self.views.student.parameters(), self.opt_s, self.sched_s, self.scalers[0]),
+            (self.views.fake.parameters(), self.opt_f, self.sched_f, self.scalers[1]),
+        ):
+            sync_gradients(params, self.acc)
+            if scaler is not None:
+                scaler.unscale_(opt)
+            norms.append(clip_and_norm(params, c.optim.grad_clip))
+            if scaler is not None:
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update()
+        self.step += 1
+        losses = torch.tensor([ls, lf], device=dev)
+        if self.world > 1:
+            losses = self.acc.reduce(losses, reduction="mean")
+        return {"loss_student": float(losses[0]), "loss_fake": float(losses[1]), "grad_norm_student": norms[0],
+                "grad_norm_fake": norms[1], "lr_student": self.sched_s.get_last_lr()[0],
+                "lr_fake": self.sched_f.get_last_lr()[0]}
+
+    def run(self) -> dict[str, Path]:
+        from tqdm.auto import tqdm
+
+        from .export import export_outputs
+        from .previews import sample_grid
+
+        if not self._ready:
+            self.setup()
+        c = self.cfg
+        if self.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_yaml(c, self.out / "config.yaml")
+            self.events.write("resume" if self.step else "start", step=self.step, max_steps=c.train.max_steps,
+                              adapter=c.adapter.kind, prompts=len(self.prompts), processes=self.world,
+                              global_batch=self.global_batch * c.train.grad_accum,
+                              student_params=self.views.student.num_params(),
+                              fake_params=self.views.fake.num_params(), alpha_bar_T=self.settings.alpha_bar_T,
+                              config_hash=self.cfg_hash)
+        bar = tqdm(total=c.train.max_steps, initial=self.step, desc=f"distill ({c.adapter.kind})", unit="step",
+                   disable=not (self.progress and self.main))
+        t0, s0 = time.perf_counter(), self.step
+        while self.step < c.train.max_steps:
+            logs = self.train_step()
+            rate = (self.step - s0) / max(1e-9, time.perf_counter() - t0)
+            eta = (c.train.max_steps - self.step) / rate if rate > 0 else math.inf
+            self.events.write("step", step=self.step, **logs, it_s=round(rate, 4), eta_s=round(eta, 1))
+            bar.update(1)
+            bar.set_postfix(loss_s=f"{logs['loss_student']:.4g}", loss_f=f"{logs['loss_fake']:.4g}")
+            o = c.output
+            if o.sample_every and self.step % o.sample_every == 0 and self.step < c.train.max_steps:
+                self._sample(sample_grid)
+            if o.checkpoint_every and self.step % o.checkpoint_every == 0 and self.step < c.train.max_steps:
+                self.save_checkpoint()
+        bar.close()
+        self.train_time_s = time.perf_counter() - t0
+        self.save_checkpoint()
+        outputs = {}
+        if c.output.sample_every:
+            self._sample(sample_grid)
+        if self.main:
+            outputs = export_outputs(self)
+            self.events.write("done", step=self.step, outputs={k: str(v) for k, v in outputs.items()})
+            self.events.close()
+        self.acc.wait_for_everyone()
+        return outputs
+
+    def _sample(self, grid_fn) -> None:
+        if self.main:
+            path = grid_fn(self, self.out / "samples" / f"step-{self.step:08d}.png")
+            self.events.write("sample", step=self.step, path=str(path))
+        self.acc.wait_for_everyone()

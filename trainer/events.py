@@ -1,0 +1,70 @@
+"""Append-only run log ``events.jsonl`` (the trainer tab tails it) and optional TensorBoard.
+
+One JSON object per line, always with ``event`` and ``time`` (unix seconds):
+``start``, ``resume``, ``step`` (step, loss_student, loss_fake, grad_norm_student,
+grad_norm_fake, lr_student, lr_fake, it_s, eta_s), ``sample`` (step, path),
+``checkpoint`` (step, path), ``export`` (path, kind), ``done`` and ``error``.
+Lines are flushed one by one so a reader never sees a partial record except the
+last line of a crashed writer (readers skip a line that does not parse).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _clean(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None  # JSON has no NaN/inf
+    if isinstance(v, Path):
+        return str(v)
+    return v
+
+
+class EventLog:
+    def __init__(self, path: Path, enabled: bool = True, tensorboard_dir: Path | None = None, log=print) -> None:
+        self.path = Path(path)
+        self.enabled = enabled
+        self._tb = None
+        if enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if tensorboard_dir is not None:
+                try:
+                    from torch.utils.tensorboard import SummaryWriter
+
+                    self._tb = SummaryWriter(str(tensorboard_dir))
+                except ImportError:
+                    log("note: output.tensorboard needs the tensorboard package; logging to events.jsonl only")
+
+    def write(self, event: str, **fields: Any) -> None:
+        if not self.enabled:
+            return
+        rec = {"event": event, "time": round(time.time(), 3), **{k: _clean(v) for k, v in fields.items()}}
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(rec) + "\n")
+            f.flush()
+        if self._tb is not None and event == "step":
+            for k, v in fields.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self._tb.add_scalar(k, v, fields["step"])
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_events(path: Path) -> list[dict]:
+    """All complete records of an events file (a torn last line is skipped)."""
+    out = []
+    if not Path(path).is_file():
+        return out
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out

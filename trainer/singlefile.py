@@ -1,0 +1,74 @@
+"""A single-file SD1.x checkpoint of the merged student, the format ComfyUI's CheckpointLoaderSimple reads.
+
+Layout (ldm/CompVis, what SD1.5 ``.safetensors`` checkpoints hold):
+
+* ``model.diffusion_model.<ldm name>`` - the merged UNet, names from :mod:`lorad.keymap`
+  (with the UNet's own layout, so a shrunk UNet gets the indices ComfyUI derives);
+* ``cond_stage_model.transformer.<HF CLIP name>`` - CLIP-L as transformers names it
+  (ldm wrapped the same HF model, so the names are identical);
+* ``first_stage_model.<diffusers VAE name>`` - the VAE in diffusers naming: ComfyUI's
+  VAE loader recognises diffusers keys and converts them itself.
+
+Only SD1.x bases (``sd15`` key spelling); other architectures are refused before training.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..lorad import keymap as KM
+from ..lorad.bridge import model_layout
+from .fsutil import atomic_save
+
+__all__ = ["SINGLE_FILE_ARCHS", "single_file_state", "export_single_file"]
+
+SINGLE_FILE_ARCHS = ("sd15",)
+
+
+def _component_weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    files = sorted(folder.glob("*.safetensors"))
+    if files:
+        out = {}
+        for f in files:
+            out.update(load_file(str(f)))
+        return out
+    bins = sorted(folder.glob("*.bin"))
+    out = {}
+    for f in bins:
+        out.update(torch.load(f, map_location="cpu", weights_only=True))
+    return out
+
+
+def single_file_state(unet: torch.nn.Module, base: Path, arch: str = "sd15") -> dict[str, torch.Tensor]:
+    """ldm-keyed state dict: merged ``unet`` + the base folder's text encoder and VAE."""
+    if arch not in SINGLE_FILE_ARCHS:
+        raise ValueError(f"single-file export supports {SINGLE_FILE_ARCHS}, not {arch!r}")
+    km = KM.unet_keymap(arch, model_layout(arch, unet))
+    sd: dict[str, torch.Tensor] = {}
+    for name, t in unet.state_dict().items():
+        sd["model.diffusion_model." + km.ldm(name)] = t.detach().contiguous()
+    for name, t in _component_weights(base / "text_encoder").items():
+        # Older transformers save "text_model.<...>", v5 drops the wrapper; checkpoints use the former.
+        name = name if name.startswith("text_model.") else "text_model." + name
+        sd["cond_stage_model.transformer." + name] = t.contiguous()
+    for name, t in _component_weights(base / "vae").items():
+        sd["first_stage_model." + name] = t.contiguous()
+    return sd
+
+
+def export_single_file(d, path: Path) -> Path:
+    """Merge the run's student and write ``path`` (atomic)."""
+    from safetensors.torch import save_file
+
+    from .export import arch_name, merged_denoiser
+
+    arch = arch_name(d.bb)
+    sd = single_file_state(merged_denoiser(d), Path(d.cfg.model.base), arch)
+    md = {"modelspec.architecture": "stable-diffusion-v1", "modelspec.title": d.cfg.output.title or "WaDi student",
+          "wadi.timestep": str(d.settings.timestep), "wadi.alpha_bar_T": repr(float(d.settings.alpha_bar_T))}
+    atomic_save(path, lambda tmp: save_file(sd, str(tmp), metadata=md))
+    return path

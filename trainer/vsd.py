@@ -1,0 +1,71 @@
+"""The VSD objective of WaDi (wadi-facts §2.2), as pure functions of eps predictions.
+
+Student (one step at T):   x0 = (z - sqrt(1 - abar_T) eps_student(z, T)) / sqrt(abar_T)
+VSD direction at t:        x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) n,  t ~ U{t_min..t_max}
+                           g   = sigma_t^2 (eps_teacher^cfg(x_t) - eps_fake^cfg(x_t)),  sigma_t^2 = 1 - abar_t
+Student loss:              0.5 * MSE(x0, stopgrad(x0 - g))   =>  d loss / d x0 = g / numel
+Fake score loss:           MSE(sqrt(abar_t) eps_fake(x_t'), sqrt(abar_t) n'),  x_t' from detached x0,
+                           t ~ U{0..999}, the prompt replaced by the null prompt with probability p.
+
+CFG on eps: eps_u + s (eps_c - eps_u), cond and uncond in ONE batched forward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..lorad.onestep import predict_x0
+from .backbones import TextCond
+
+__all__ = ["EpsCall", "cfg_eps", "one_step_x0", "noisy", "vsd_direction", "student_loss", "fake_loss"]
+
+# eps(x_t [B..], t [B], cond with batch B) -> eps [B..] (float32)
+EpsCall = Callable[[Tensor, Tensor, TextCond], Tensor]
+
+
+def _b(v: Tensor, like: Tensor) -> Tensor:
+    return v.view(-1, *([1] * (like.dim() - 1))).to(like.device, torch.float32)
+
+
+def cfg_eps(eps: EpsCall, x_t: Tensor, t: Tensor, cond: TextCond, uncond: TextCond, scale: float) -> Tensor:
+    """Classifier-free guided eps; uncond (batch 1 or B) and cond go through one batched call."""
+    if scale == 1.0:
+        return eps(x_t, t, cond)  # eps_u + 1 (eps_c - eps_u) = eps_c: no uncond pass needed
+    b = x_t.shape[0]
+    un = uncond.expand(b) if len(uncond) == 1 else uncond
+    out = eps(torch.cat([x_t, x_t]), torch.cat([t, t]), TextCond.cat([un.to(cond.embeds.device), cond]))
+    e_u, e_c = out.chunk(2)
+    return e_u + scale * (e_c - e_u)
+
+
+def one_step_x0(eps_student: Tensor, z: Tensor, alpha_bar_T: float) -> Tensor:
+    """The generator's output from its eps at T (same formula as inference: lorad.onestep)."""
+    return predict_x0(z.float(), eps_student.float(), alpha_bar_T)
+
+
+def noisy(x0: Tensor, noise: Tensor, alpha_bar: Tensor) -> Tensor:
+    """q(x_t | x0) with a per-sample abar_t [B]."""
+    ab = _b(alpha_bar, x0)
+    return torch.sqrt(ab) * x0 + torch.sqrt(1 - ab) * noise
+
+
+def vsd_direction(eps_teacher: Tensor, eps_fake: Tensor, alpha_bar: Tensor) -> Tensor:
+    """g = (1 - abar_t)(eps_teacher - eps_fake), non-finite entries zeroed (as the official code does)."""
+    g = _b(1 - alpha_bar, eps_teacher) * (eps_teacher.float() - eps_fake.float())
+    return torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def student_loss(x0: Tensor, g: Tensor) -> Tensor:
+    """0.5 * MSE(x0, sg(x0 - g)): its gradient w.r.t. x0 is exactly g / x0.numel()."""
+    target = (x0 - g).detach()
+    return 0.5 * F.mse_loss(x0.float(), target.float(), reduction="mean")
+
+
+def fake_loss(eps_pred: Tensor, noise: Tensor, alpha_bar: Tensor) -> Tensor:
+    """eps-MSE weighted by abar_t: MSE(sqrt(abar) eps_pred, sqrt(abar) noise)."""
+    s = torch.sqrt(_b(alpha_bar, eps_pred))
+    return F.mse_loss(s * eps_pred.float(), s * noise.float(), reduction="mean")
