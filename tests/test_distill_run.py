@@ -259,3 +259,45 @@ def test_gradient_accumulation_equals_the_full_batch(tiny_bases, tmp_path):
         moved = torch.cat([v.flatten() for k, v in a.items() if k.endswith(".A")]).norm()
         diff = torch.cat([(a[k] - b[k]).flatten() for k in a]).norm()
         assert moved > 0 and diff / moved < 1e-3, (part, float(diff / moved))
+
+
+def test_stop_file_stops_cleanly_and_resume_finishes_exactly(tiny_bases, tmp_path):
+    """The jobs contract: the stop file ends the run after the current step with a checkpoint and a
+    ``stopped`` event; resuming then reaches the same weights as an uninterrupted run."""
+    base, prompts = tiny_bases("sd"), write_prompts(tmp_path / "p.txt")
+    over = dict(train__max_steps=4, vsd__fake_guidance_scale=1.2)
+    full = Distiller(small_cfg(base, prompts, tmp_path / "a", **over), progress=False)
+    full.run()
+    d = Distiller(small_cfg(base, prompts, tmp_path / "b", **over), progress=False)
+    step = d.train_step
+
+    def step_then_ask_to_stop():
+        logs = step()
+        if d.step == 2:
+            (tmp_path / "b" / "STOP").touch()
+        return logs
+
+    d.train_step = step_then_ask_to_stop
+    assert d.run() == {}
+    assert d.step == 2
+    ev = read_events(tmp_path / "b" / "events.jsonl")
+    assert [e["event"] for e in ev][-2:] == ["checkpoint", "stopped"] and ev[-1]["step"] == 2
+    assert not (tmp_path / "b" / "student.lorad.safetensors").exists()
+    (tmp_path / "b" / "STOP").unlink()
+    again = Distiller(small_cfg(base, prompts, tmp_path / "b", resume="latest", **over), progress=False)
+    again.run()
+    for part in ("student", "fake"):
+        a, b = getattr(full.views, part).state(), getattr(again.views, part).state()
+        assert all(torch.equal(a[k], b[k]) for k in a), part
+
+
+def test_stop_during_setup_exits_before_training(tiny_bases, tmp_path, monkeypatch):
+    base, prompts = tiny_bases("sd"), write_prompts(tmp_path / "p.txt")
+    stop = tmp_path / "stop-request"
+    monkeypatch.setenv("WADI_STOP_FILE", str(stop))
+    d = Distiller(small_cfg(base, prompts, tmp_path / "run"), progress=False)
+    stop.touch()
+    assert d.run() == {} and d.step == 0
+    ev = read_events(tmp_path / "run" / "events.jsonl")
+    assert [e["event"] for e in ev] == ["stopped"]
+    assert not (tmp_path / "run" / "checkpoints").exists()

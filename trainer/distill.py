@@ -24,12 +24,17 @@ from .config import ConfigError, DistillConfig, config_hash, save_yaml, validate
 from .ema import EMA
 from .events import EventLog
 from .fingerprint import base_fingerprint
+from .jobs import stop_requested
 from .optim import clip_and_norm, make_lr_schedule, make_optimizer, make_scaler, sync_gradients
 from .prompts import load_prompts
 from .step import StepSettings, draw_batch, micro_step
 from .textcache import encode_cached
 
-__all__ = ["Distiller", "OutputExistsError", "make_accelerator"]
+__all__ = ["Distiller", "OutputExistsError", "RunStopped", "make_accelerator"]
+
+
+class RunStopped(Exception):
+    """Raised inside set-up when the stop file appears; ``run`` turns it into a clean exit."""
 
 
 def make_accelerator(mixed_precision: str):
@@ -104,11 +109,27 @@ class Distiller:
             return c.train.mixed_precision
         return "fp32"
 
+    def stop_requested(self) -> bool:
+        """The stop file (:mod:`.jobs`), agreed across processes: if any rank sees it, all stop
+        at the same step (a rank leaving alone would hang the others in the next all-reduce)."""
+        flag = stop_requested(self.out)
+        if self.world > 1:
+            t = torch.tensor([1.0 if flag else 0.0], device=self.acc.device)
+            flag = bool(self.acc.reduce(t, reduction="sum").item() > 0)
+        return flag
+
+    def _check_stop(self) -> None:
+        if self.stop_requested():
+            raise RunStopped
+
     def setup(self) -> None:
         c = self.cfg
         dev = self.acc.device
+        self._check_stop()
         self.bb = bb = load_backbone(c.model.base, self.kind, self._dtype()).to(dev)
+        self._check_stop()
         self._text_features(bb, dev)
+        self._check_stop()
         # One base, three views.
         self.views = build_views(bb.denoiser, c.adapter)
         if c.train.gradient_checkpointing:
@@ -276,8 +297,11 @@ class Distiller:
         from .export import export_outputs
         from .previews import sample_grid
 
-        if not self._ready:
-            self.setup()
+        try:
+            if not self._ready:
+                self.setup()
+        except RunStopped:
+            return self._stopped()
         c = self.cfg
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -292,6 +316,9 @@ class Distiller:
                    disable=not (self.progress and self.main))
         t0, s0 = time.perf_counter(), self.step
         while self.step < c.train.max_steps:
+            if self.stop_requested():
+                bar.close()
+                return self._stopped()
             logs = self.train_step()
             rate = (self.step - s0) / max(1e-9, time.perf_counter() - t0)
             eta = (c.train.max_steps - self.step) / rate if rate > 0 else math.inf
@@ -315,6 +342,22 @@ class Distiller:
             self.events.close()
         self.acc.wait_for_everyone()
         return outputs
+
+    def _stopped(self) -> dict[str, Path]:
+        """Cooperative stop: checkpoint what was trained, log ``stopped``, exit cleanly (0)."""
+        if self._ready and self.step > 0:
+            self.save_checkpoint()
+        msg = f"stop requested; stopped at step {self.step}" + (
+            " (checkpoint saved; continue with --resume latest)" if self.step else "")
+        if self.main:
+            if self._ready:
+                self.events.write("stopped", step=self.step, message=msg)
+                self.events.close()
+            else:
+                self.out.mkdir(parents=True, exist_ok=True)
+                EventLog(self.out / "events.jsonl", log=self.log).write("stopped", step=self.step, message=msg)
+            self.log(msg)
+        return {}
 
     def _sample(self, grid_fn) -> None:
         if self.main:
