@@ -43,12 +43,14 @@ from wadi_lorad.trainer.fsutil import atomic_write_text  # noqa: E402
 from wadi_lorad.trainer.tinyworld import domain  # noqa: E402
 from wadi_lorad.trainer.tinyworld import metrics as M  # noqa: E402
 
-KINDS = ("lorad", "lora", "dora", "full")
-# Full fine-tuning moves raw weights, not angles or low-rank factors: at the adapters' lr (3e-3)
-# Adam steps of 3e-3 per weight wreck this small UNet, so it gets 10x less (DMD2's full-FT lr is
-# 10x below WaDi's LoRaD lr too: 1e-5 vs 1e-4).
-LR = {"full": "3e-4"}
-EXTRACT_RANKS = (32, 64, 128, 0)  # 0 = dense (every angle exact)
+# "kind" or "kind@lr".  Full fine-tuning moves raw weights, not angles or low-rank factors: at the
+# adapters' lr (3e-3) Adam steps of 3e-3 per weight wreck this small UNet (measured: 3e-4 already
+# quadruples FD after 2 steps), so it runs at two lower rates (DMD2's full-FT lr is 10x below WaDi's
+# LoRaD lr: 1e-5 vs 1e-4) and the better one is the extraction source.
+KINDS = ("lorad", "lora", "dora", "full@1e-4", "full@1e-5")
+# The issue's 32/64/128, plus smaller ranks: most tiny-world layers have <= 128 angle columns, where
+# rank 64+ factors would be larger than the dense angles (stored dense, i.e. exact).  0 = dense.
+EXTRACT_RANKS = (4, 8, 16, 32, 64, 128, 0)
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -85,9 +87,11 @@ def run_child(a: argparse.Namespace, kind: str) -> None:
     torch.set_num_threads(a.threads)
     out = Path(a.out)
     s = DemoSettings(out=out / kind, steps=a.steps, seed=a.seed)
-    s.overrides = [("adapter.kind", kind), ("output.sample_every", "0"), ("output.checkpoint_every", "0")]
-    if kind in LR:
-        s.overrides.append(("optim.student_lr", LR[kind]))
+    adapter, _, lr = kind.partition("@")
+    s.overrides = [("adapter.kind", adapter), ("output.sample_every", "0"), ("output.checkpoint_every", "0"),
+                   ("data.cache_dir", str(out / ".text_cache"))]  # prompts encoded once for all kinds
+    if lr:
+        s.overrides.append(("optim.student_lr", lr))
     prompts_file = out / "prompts.txt"
     eval_prompts = M.fixed_eval_prompts(s.eval_prompts)
     d = Distiller(demo_config(s, prompts_file), extra_prompts=eval_prompts)
@@ -124,11 +128,11 @@ def _null():
 def extraction_rows(a: argparse.Namespace, teacher_sd: dict, full_sd: dict) -> dict[str, dict]:
     """LoRaD angles extracted from the full-FT student at each rank, scored one-step."""
     from wadi_lorad.lorad import inject as LI
-    from wadi_lorad.lorad.bridge import load_adapter_state
+    from wadi_lorad.lorad.presets import family_of
     from wadi_lorad.trainer.sampling import one_step
 
-    t = PRESETS["paper-student"]["sd"]
     bb = load_backbone(M.DEFAULT_TEACHER)
+    t = PRESETS["paper-student"][family_of(bb.denoiser)]
     prompts = M.fixed_eval_prompts(256)
     cond_all = bb.encode_prompts(prompts, "cpu")
     ab_T = float(bb.alphas_cumprod[999])
@@ -137,7 +141,7 @@ def extraction_rows(a: argparse.Namespace, teacher_sd: dict, full_sd: dict) -> d
         res = extract_state(teacher_sd, full_sd, rank=r or None, tol=float("inf"), include=list(t.include),
                             exclude=list(t.exclude))
         name = f"rank{r}" if r else "dense"
-        load_adapter_state(bb.denoiser, name, res.layers)
+        LI.load_adapter_state(bb.denoiser, name, res.layers)
         summ = res.summary()
         per = []
         with LI.active_adapters(bb.denoiser, (name,)):
@@ -182,6 +186,8 @@ def main(argv=None) -> int:
 
     teacher_sd = {k: v.float() for k, v in load_backbone(M.DEFAULT_TEACHER).denoiser.state_dict().items()}
     merged = {k: load_file(str(out / k / "merged_unet.safetensors")) for k in kinds}
+    fulls = [k for k in kinds if k.startswith("full")]
+    full = min(fulls, key=lambda k: results[k]["scores"]["wadi_1step"]["fd_mean"]) if fulls else ""
     analysis = {}
     for k in kinds:
         r = LA.analyze(merged[k], teacher_sd, keep_curves=False)
@@ -189,11 +195,11 @@ def main(argv=None) -> int:
         lin = [x for x in r.layers if len(x.shape) == 2]
         analysis[k] = {"norm_change_mean": sum(x.norm_mean for x in lin) / len(lin),
                        "dir_change_mean": sum(x.dir_mean for x in lin) / len(lin), "summary": s}
-        if a.figure and k in ("lorad", "full"):
+        if a.figure and k in ("lorad", full):
             fig = Path(a.figure)
-            LA.plot_norm_direction(r, fig.with_name(f"{fig.stem}_{k}{fig.suffix}"),
+            LA.plot_norm_direction(r, fig.with_name(f"{fig.stem}_{k.replace('@', '_lr')}{fig.suffix}"),
                                    title=f"tiny world: WaDi {k} student vs teacher")
-    extraction = extraction_rows(a, teacher_sd, merged["full"]) if "full" in kinds else {}
+    extraction = extraction_rows(a, teacher_sd, merged[full]) if full else {}
     teacher = results[kinds[0]]["scores"] if kinds[0] == "lorad" else {}
     print(f"\n{'row':34s} {'alignment':>16s} {'FD':>12s} {'params':>11s} {'s/step':>8s} {'peak MiB':>9s} "
           f"{'|dnorm|':>8s} {'dir':>8s}")
@@ -213,8 +219,9 @@ def main(argv=None) -> int:
     for name, row in extraction.items():
         print(f"{'full FT -> LoRaD ' + name:34s} {cell(row['scores'], 'alignment', 3):>16s} "
               f"{cell(row['scores'], 'fd', 0):>12s} {row['params']:>11,d}")
-    record = {"settings": {k: v for k, v in vars(a).items() if k != "child"}, "lr": LR, "results": results,
-              "analysis": analysis, "extraction": extraction, "machine": H.machine_info()}
+    print(f"(extraction source: {full})")
+    record = {"settings": {k: v for k, v in vars(a).items() if k != "child"}, "results": results,
+              "analysis": analysis, "extraction": extraction, "extraction_source": full, "machine": H.machine_info()}
     for r in record["results"].values():
         r.pop("per_seed", None)
     if a.json:
