@@ -103,12 +103,9 @@ def print_flops(rows: list[dict], baseline: str) -> None:
 
 def main(argv=None) -> int:
     args = parse(argv)
-    H.setup_threads(args.threads)
-    if args.mem_child:
-        mem_child(args)
+    info = H.begin(args, mem_child)
+    if info is None:  # a memory-measuring child
         return 0
-    info = H.machine_info(args.device)
-    print(H.machine_line(info))
     if args.flops_only:
         rows = flop_table(args)
         print_flops(rows, args.baseline)

@@ -199,12 +199,9 @@ def mem_child(args) -> None:
 
 def main(argv=None) -> int:
     args = parse(argv)
-    H.setup_threads(args.threads)
-    if args.mem_child:
-        mem_child(args)
+    info = H.begin(args, mem_child)
+    if info is None:  # a memory-measuring child
         return 0
-    info = H.machine_info(args.device)
-    print(H.machine_line(info))
     why = "--no-comfy" if args.no_comfy else comfy_available()
     if why:
         print(f"ComfyUI candidates skipped: {why}")

@@ -265,6 +265,18 @@ def setup_threads(n: int | None) -> None:
         torch.set_num_threads(n)
 
 
+def begin(args: argparse.Namespace, mem_child: Callable[[argparse.Namespace], None] | None = None) -> dict | None:
+    """The common start of a bench ``main``: threads; in a memory child run ``mem_child`` and
+    return None (the caller exits); otherwise print and return the machine description."""
+    setup_threads(args.threads)
+    if mem_child is not None and getattr(args, "mem_child", False):
+        mem_child(args)
+        return None
+    info = machine_info(args.device)
+    print(machine_line(info))
+    return info
+
+
 # ----------------------------------------------------------------------------- memory
 def _status_bytes(key: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():

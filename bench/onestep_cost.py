@@ -172,9 +172,7 @@ def run_model(args, kind: str) -> list[dict] | None:
 
 def main(argv=None) -> int:
     args = parse(argv)
-    H.setup_threads(args.threads)
-    info = H.machine_info(args.device)
-    print(H.machine_line(info))
+    info = H.begin(args)
     results = {}
     for kind in args.models:
         table = run_model(args, kind)

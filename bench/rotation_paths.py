@@ -265,9 +265,7 @@ def bench_layer(args, o: int, i: int, n: int, w, a, b, g) -> list[dict]:
 
 def main(argv=None) -> int:
     args = parse(argv)
-    H.setup_threads(args.threads)
-    info = H.machine_info(args.device)
-    print(H.machine_line(info))
+    info = H.begin(args)
     out = {"machine": info, "args": vars(args), "rotation": {}, "layer": {}}
     g = torch.Generator().manual_seed(0)
     for spec in args.shapes:

@@ -36,10 +36,10 @@ import torch
 H.load_package()
 from wadi_lorad.lorad import analysis as LA  # noqa: E402
 from wadi_lorad.lorad.extract import extract_state  # noqa: E402
+from wadi_lorad.lorad.fsutil import atomic_write_text  # noqa: E402
 from wadi_lorad.lorad.presets import PRESETS  # noqa: E402
 from wadi_lorad.trainer.backbones import load_backbone  # noqa: E402
 from wadi_lorad.trainer.demo import DemoSettings, demo_config  # noqa: E402
-from wadi_lorad.trainer.fsutil import atomic_write_text  # noqa: E402
 from wadi_lorad.trainer.tinyworld import domain  # noqa: E402
 from wadi_lorad.trainer.tinyworld import metrics as M  # noqa: E402
 

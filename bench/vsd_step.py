@@ -173,12 +173,9 @@ def run_model(args, model: str) -> list[dict] | None:
 
 def main(argv=None) -> int:
     args = parse(argv)
-    H.setup_threads(args.threads)
-    if args.mem_child:
-        mem_child(args)
+    info = H.begin(args, mem_child)
+    if info is None:  # a memory-measuring child
         return 0
-    info = H.machine_info(args.device)
-    print(H.machine_line(info))
     results = {}
     for model in args.models:
         args.model = model

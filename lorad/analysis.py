@@ -25,16 +25,18 @@ norms, ...) is the student's.
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from .fsutil import atomic_save, atomic_write_text
 
 __all__ = [
     "LayerStats",
@@ -249,33 +251,22 @@ CSV_FIELDS = [
 ]
 
 
-def _atomic_target(path: Path) -> tuple[int, str]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-
-
 def write_csv(result: AnalysisResult, path: str | os.PathLike) -> Path:
     """One row per layer, changes in percent (atomic write)."""
     path = Path(path)
-    fd, tmp = _atomic_target(path)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-            w.writeheader()
-            for i, s in enumerate(result.layers):
-                d = asdict(s)
-                w.writerow({
-                    "index": i, "name": s.name, "shape": "x".join(map(str, s.shape)), "rows": s.rows,
-                    "zero_rows": s.zero_rows, "norm_mean_pct": 100 * s.norm_mean, "norm_std_pct": 100 * s.norm_std,
-                    "dir_mean_pct": 100 * s.dir_mean, "dir_std_pct": 100 * s.dir_std,
-                    "full_rank": d["full_rank"], "k": d["k"], "energy_at_k": s.energy_at_k,
-                    "residual_rms": s.residual_rms,
-                })
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    f = io.StringIO(newline="")
+    w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+    w.writeheader()
+    for i, s in enumerate(result.layers):
+        d = asdict(s)
+        w.writerow({
+            "index": i, "name": s.name, "shape": "x".join(map(str, s.shape)), "rows": s.rows,
+            "zero_rows": s.zero_rows, "norm_mean_pct": 100 * s.norm_mean, "norm_std_pct": 100 * s.norm_std,
+            "dir_mean_pct": 100 * s.dir_mean, "dir_std_pct": 100 * s.dir_std,
+            "full_rank": d["full_rank"], "k": d["k"], "energy_at_k": s.energy_at_k,
+            "residual_rms": s.residual_rms,
+        })
+    return atomic_write_text(path, f.getvalue())
 
 
 def _pyplot():
@@ -288,15 +279,7 @@ def _pyplot():
 
 
 def _save_fig(fig, path: Path) -> Path:
-    fd, tmp = _atomic_target(path)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_save(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
 
 
 def plot_norm_direction(result: AnalysisResult, path: str | os.PathLike, title: str = "") -> Path:

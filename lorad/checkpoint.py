@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +27,7 @@ import torch
 from torch import Tensor
 
 from . import functional as LF
+from .fsutil import atomic_dir, atomic_save
 
 __all__ = [
     "CheckpointError",
@@ -135,17 +134,9 @@ def save_safetensors(
 
     path = Path(path)
     _check_target(path, force)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        # safetensors refuses views that share storage; contiguous clones are always safe.
-        save_file({k: v.detach().contiguous() for k, v in state.items()}, tmp, metadata=dict(metadata or {}))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    # safetensors refuses views that share storage; contiguous clones are always safe.
+    flat = {k: v.detach().contiguous() for k, v in state.items()}
+    return atomic_save(path, lambda tmp: save_file(flat, str(tmp), metadata=dict(metadata or {})))
 
 
 def write_diffusers_folder(
@@ -161,23 +152,13 @@ def write_diffusers_folder(
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out}: exists and is not a folder")
     _check_target(out, force)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+
+    def write(tmp: Path) -> None:
         if config is not None:
             (tmp / "config.json").write_text(json.dumps(dict(config), indent=2, sort_keys=True) + "\n")
         save_safetensors(state, tmp / DIFFUSERS_WEIGHTS, metadata={"format": "pt", **dict(metadata or {})})
-        old = None
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+
+    return atomic_dir(out, write)
 
 
 # -- merging angles into a state dict ---------------------------------------------------

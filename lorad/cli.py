@@ -16,6 +16,8 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
+from .fsutil import atomic_write_text
+
 __all__ = ["main", "build_parser"]
 
 _DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
@@ -224,22 +226,7 @@ def _write_rows_csv(rows: list[dict], path: Path) -> None:
         w = csv.DictWriter(buf, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    _atomic_text(path, buf.getvalue())
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    import os
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, buf.getvalue())
 
 
 def _json_safe(obj):
@@ -293,7 +280,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     save_lorad(out, layers, md, force=args.force, dtype=_dtype(args.dtype))
     _write_rows_csv(res.report_rows(), csv_path)
     report = {"summary": summ, "layers": res.report_rows(), "other_differences": res.other_rows()}
-    _atomic_text(json_path, json.dumps(_json_safe(report), indent=2) + "\n")
+    atomic_write_text(json_path, json.dumps(_json_safe(report), indent=2) + "\n")
     _say(args, f"extracted {summ['layers_extracted']} layers ({summ['factored']} factored at rank {args.rank}, "
                f"{summ['dense_fallback']} dense) into {out}")
     _say(args, f"  max weight error {_fmt(summ['max_weight_err'])}, max rotation residual "
@@ -348,7 +335,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                        f"to compare{hint}")
     summ = res.summary()
     AN.write_csv(res, outdir / names["csv"])
-    _atomic_text(outdir / names["summary"], json.dumps(_json_safe(
+    atomic_write_text(outdir / names["summary"], json.dumps(_json_safe(
         {"student": str(args.student), "teacher": str(args.teacher), **summ, "skipped": res.skipped}), indent=2) + "\n")
     title = args.title or f"{Path(args.student).name} vs {Path(args.teacher).name}"
     AN.plot_norm_direction(res, outdir / names["fig_a"], title=title)

@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
+from ..lorad.fsutil import atomic_dir
 from .config import NOT_HASHED, from_dict, to_dict
-from .fsutil import atomic_dir
 
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 

@@ -63,15 +63,29 @@ def config_command(args: argparse.Namespace, cls: type, loader: Callable[[dict],
     return 0
 
 
-def run(args: argparse.Namespace) -> int:
-    from .config import DistillConfig, from_dict
+def add_config_command(sub, name: str, *, help: str, description: str, config: tuple[str, str],
+                       runner: tuple[str, str], errors: Callable[[], tuple[type[Exception], ...]]
+                       ) -> argparse.ArgumentParser:
+    """Register a config-driven command.
 
-    def train(cfg):
-        from .distill import Distiller
+    ``config`` is ``(module, class)`` of its typed config (the module also has ``from_dict``),
+    ``runner`` is ``(module, class)`` with ``Runner(cfg).run() -> {name: path}``; modules are
+    relative to this package and imported only when the command runs (``wadi --help`` stays fast).
+    """
+    import importlib
 
-        return Distiller(cfg).run()
+    def run(args: argparse.Namespace) -> int:
+        mod = importlib.import_module(config[0], __package__)
 
-    return config_command(args, DistillConfig, from_dict, train, user_errors())
+        def train(cfg):
+            return getattr(importlib.import_module(runner[0], __package__), runner[1])(cfg).run()
+
+        return config_command(args, getattr(mod, config[1]), mod.from_dict, train, errors())
+
+    p = sub.add_parser(name, help=help, description=description)
+    add_config_arguments(p, config[1])
+    p.set_defaults(func=run, accepts_overrides=True)
+    return p
 
 
 def add_config_arguments(p: argparse.ArgumentParser, cls_name: str) -> None:
@@ -81,12 +95,10 @@ def add_config_arguments(p: argparse.ArgumentParser, cls_name: str) -> None:
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser(
-        "distill",
+    return add_config_command(
+        sub, "distill",
         help="distill a base model into a one-step LoRaD student (WaDi)",
         description="WaDi distillation. Any config field can be overridden: --train.max_steps 100, "
         "--adapter.kind lora, --max_steps 100 (unique leaf names work without the section).",
+        config=(".config", "DistillConfig"), runner=(".distill", "Distiller"), errors=user_errors,
     )
-    add_config_arguments(p, "DistillConfig")
-    p.set_defaults(func=run, accepts_overrides=True)
-    return p

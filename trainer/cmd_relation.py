@@ -14,28 +14,14 @@ def user_errors() -> tuple[type[Exception], ...]:
     return common() + (ImageFolderError, LoRaDFileError, EmbeddingFileError)
 
 
-def run(args: argparse.Namespace) -> int:
-    from .cmd_distill import config_command
-    from .relation import RelationConfig, from_dict
-
-    def train(cfg):
-        from .relation_train import RelationTrainer
-
-        return RelationTrainer(cfg).run()
-
-    return config_command(args, RelationConfig, from_dict, train, user_errors())
-
-
 def add_parser(sub) -> argparse.ArgumentParser:
-    from .cmd_distill import add_config_arguments
+    from .cmd_distill import add_config_command
 
-    p = sub.add_parser(
-        "relation",
+    return add_config_command(
+        sub, "relation",
         help="learn a relation token <R> from exemplar images (ReVersion) as a ComfyUI embedding",
         description="Relation inversion on an SD-style base: captions put the placeholder where the relation "
         "goes ('a cat <R> a wall'); only the new token's embedding trains. Any config field can be overridden: "
         "--data.images exemplars --train.max_steps 500 --output.name painted_on.",
+        config=(".relation", "RelationConfig"), runner=(".relation_train", "RelationTrainer"), errors=user_errors,
     )
-    add_config_arguments(p, "RelationConfig")
-    p.set_defaults(func=run, accepts_overrides=True)
-    return p

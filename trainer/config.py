@@ -277,7 +277,7 @@ def load_yaml(path: str | Path, loader=from_dict) -> Any:
 def save_yaml(cfg: Any, path: str | Path) -> None:
     import yaml
 
-    from .fsutil import atomic_write_text
+    from ..lorad.fsutil import atomic_write_text
 
     atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))
 

@@ -110,8 +110,8 @@ def generate_three(d, cond_all, noise_all: torch.Tensor, teacher_steps: int, tea
 
 
 def run_demo(s: DemoSettings) -> dict:
+    from ..lorad.fsutil import atomic_write_text
     from .distill import Distiller
-    from .fsutil import atomic_write_text
     from .sampling import save_grid
 
     domain, tm = _tinyworld()

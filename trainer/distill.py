@@ -24,17 +24,13 @@ from .config import ConfigError, DistillConfig, config_hash, save_yaml, validate
 from .ema import EMA
 from .events import EventLog
 from .fingerprint import base_fingerprint
-from .jobs import stop_requested
+from .jobs import RunStopped, end_stopped, stop_requested
 from .optim import clip_and_norm, make_lr_schedule, make_optimizer, make_scaler, sync_gradients
 from .prompts import load_prompts
 from .step import StepSettings, draw_batch, micro_step
 from .textcache import encode_cached
 
 __all__ = ["Distiller", "OutputExistsError", "RunStopped", "make_accelerator"]
-
-
-class RunStopped(Exception):
-    """Raised inside set-up when the stop file appears; ``run`` turns it into a clean exit."""
 
 
 def make_accelerator(mixed_precision: str):
@@ -344,20 +340,7 @@ class Distiller:
         return outputs
 
     def _stopped(self) -> dict[str, Path]:
-        """Cooperative stop: checkpoint what was trained, log ``stopped``, exit cleanly (0)."""
-        if self._ready and self.step > 0:
-            self.save_checkpoint()
-        msg = f"stop requested; stopped at step {self.step}" + (
-            " (checkpoint saved; continue with --resume latest)" if self.step else "")
-        if self.main:
-            if self._ready:
-                self.events.write("stopped", step=self.step, message=msg)
-                self.events.close()
-            else:
-                self.out.mkdir(parents=True, exist_ok=True)
-                EventLog(self.out / "events.jsonl", log=self.log).write("stopped", step=self.step, message=msg)
-            self.log(msg)
-        return {}
+        return end_stopped(self)
 
     def _sample(self, grid_fn) -> None:
         if self.main:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..lorad import inject as LI
-from .fsutil import atomic_dir, atomic_save
+from ..lorad.fsutil import atomic_dir, atomic_save
 
 __all__ = ["arch_name", "run_metadata", "export_student", "merged_denoiser", "export_merged_folder",
            "export_outputs"]

@@ -31,13 +31,9 @@ from .config import ConfigError, config_hash, save_yaml
 from .ema import EMA
 from .events import EventLog
 from .fingerprint import base_fingerprint, file_fingerprint
-from .jobs import stop_requested
+from .jobs import RunStopped, end_stopped, stop_requested
 
 __all__ = ["FineTune", "RunStopped"]
-
-
-class RunStopped(Exception):
-    """Raised inside set-up when the stop file appears; ``run`` turns it into a clean exit."""
 
 
 class FineTune:
@@ -214,17 +210,7 @@ class FineTune:
         """Hook after each optimizer step (e.g. re-impose a constraint)."""
 
     def _stopped(self) -> dict[str, Path]:
-        if self._ready and self.step > 0:
-            self.save_checkpoint()
-        msg = f"stop requested; stopped at step {self.step}" + (
-            " (checkpoint saved; continue with --resume latest)" if self.step else "")
-        if self._ready:
-            self.events.write("stopped", step=self.step, message=msg)
-            self.events.close()
-        else:
-            EventLog(self.out / "events.jsonl", log=self.log).write("stopped", step=self.step, message=msg)
-        self.log(msg)
-        return {}
+        return end_stopped(self)
 
     def run(self) -> dict[str, Path]:
         """Train to ``train.max_steps`` and export; returns ``{name: path}`` ({} when stopped)."""

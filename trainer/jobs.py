@@ -30,7 +30,12 @@ STOP_FILE_ENV = "WADI_STOP_FILE"
 STOP_FILE_NAME = "STOP"
 EVENTS_FILE_NAME = "events.jsonl"
 
-__all__ = ["STOP_FILE_ENV", "STOP_FILE_NAME", "EVENTS_FILE_NAME", "stop_file", "stop_requested"]
+__all__ = ["STOP_FILE_ENV", "STOP_FILE_NAME", "EVENTS_FILE_NAME", "RunStopped", "stop_file", "stop_requested",
+           "end_stopped"]
+
+
+class RunStopped(Exception):
+    """Raised inside a run's set-up when the stop file appears; the run turns it into a clean exit."""
 
 
 def stop_file(output_dir: str | os.PathLike[str]) -> Path:
@@ -42,3 +47,30 @@ def stop_file(output_dir: str | os.PathLike[str]) -> Path:
 def stop_requested(output_dir: str | os.PathLike[str]) -> bool:
     """True once a stop was requested for this run (a cheap ``stat``; call it every step)."""
     return stop_file(output_dir).exists()
+
+
+def end_stopped(run) -> dict:
+    """The cooperative end of a stopped run (distill and the fine-tunes alike).
+
+    Saves a checkpoint of what was trained (so ``--resume latest`` continues), writes the
+    ``stopped`` event, logs the message and returns ``{}`` (no outputs).  ``run`` provides
+    ``step``, ``out``, ``log``, ``save_checkpoint()``, ``_ready`` (set-up finished) and
+    ``events`` (its open EventLog once ready); ``main`` (default True) marks the writing
+    process of a multi-process run.
+    """
+    from .events import EventLog
+
+    main = getattr(run, "main", True)
+    if run._ready and run.step > 0:
+        run.save_checkpoint()  # collective in a multi-process run: every rank calls it
+    msg = f"stop requested; stopped at step {run.step}" + (
+        " (checkpoint saved; continue with --resume latest)" if run.step else "")
+    if main:
+        if run._ready:
+            run.events.write("stopped", step=run.step, message=msg)
+            run.events.close()
+        else:
+            Path(run.out).mkdir(parents=True, exist_ok=True)
+            EventLog(Path(run.out) / EVENTS_FILE_NAME, log=run.log).write("stopped", step=run.step, message=msg)
+        run.log(msg)
+    return {}

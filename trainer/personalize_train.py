@@ -123,7 +123,7 @@ class Personalizer(FineTune):
         from safetensors.torch import load_file, save_file
         from tqdm.auto import tqdm
 
-        from .fsutil import atomic_save
+        from ..lorad.fsutil import atomic_save
 
         c, p, bb = self.cfg, self.cfg.prior, self.bb
         folder = Path(p.class_dir) if p.class_dir else self.out / "class_images"

@@ -90,7 +90,7 @@ def save_grid(rows: Sequence[Tensor], labels: Sequence[str], path: Path, caption
             im = Image.fromarray(arr).resize((cw, ch), Image.NEAREST)
             grid.paste(im, (label_w + j * (cw + 2), y))
     path.parent.mkdir(parents=True, exist_ok=True)
-    from .fsutil import atomic_save
+    from ..lorad.fsutil import atomic_save
 
     atomic_save(path, lambda tmp: grid.save(tmp, format="PNG"))
     return path

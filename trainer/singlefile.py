@@ -20,7 +20,7 @@ import torch
 
 from ..lorad import keymap as KM
 from ..lorad.bridge import model_layout
-from .fsutil import atomic_save
+from ..lorad.fsutil import atomic_save
 
 __all__ = ["SINGLE_FILE_ARCHS", "single_file_state", "export_single_file"]
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..lorad.fsutil import atomic_save
 from .backbones import TextCond
-from .fsutil import atomic_save
 
 
 def prompt_key(prompt: str) -> str:

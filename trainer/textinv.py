@@ -149,7 +149,7 @@ def save_embedding(path: str | Path, vectors: Tensor, metadata: dict[str, str] |
     """Write ``vectors`` (n, width) as ``{"emb_params": ...}`` safetensors, atomically."""
     from safetensors.torch import save_file
 
-    from .fsutil import atomic_save
+    from ..lorad.fsutil import atomic_save
 
     path = Path(path)
     if path.exists() and not force:

@@ -1,37 +1,13 @@
-"""Atomic writes for the tiny world's checkpoints and exports (temp file + ``os.replace``)."""
+"""Atomic writes for the tiny world's checkpoints and exports (on :mod:`lorad.fsutil`)."""
 
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-
-def atomic_save(path: Path, writer: Callable[[Path], None]) -> Path:
-    """Run ``writer(tmp)`` on a temp file next to ``path``, then move it over ``path``.
-
-    A crash or a full disk mid-write leaves the previous ``path`` intact.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        writer(Path(tmp))
-        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; outputs are ordinary files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_write_text(path: Path, text: str) -> Path:
-    return atomic_save(path, lambda p: p.write_text(text, encoding="utf-8"))
+from ...lorad.fsutil import atomic_save
 
 
 def atomic_torch_save(path: Path, obj: Any) -> Path:

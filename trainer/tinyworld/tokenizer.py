@@ -12,9 +12,10 @@ characters) instead of failing.
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from pathlib import Path
+
+from ...lorad.fsutil import atomic_write_text
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 END_OF_WORD = "</w>"
@@ -86,20 +87,14 @@ def build_vocab(words: list[str]) -> tuple[dict[str, int], list[tuple[str, str]]
     return {t: i for i, t in enumerate(tokens)}, merges
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_tokenizer(folder: Path, words: list[str], model_max_length: int = MODEL_MAX_LENGTH) -> Path:
     """Write ``vocab.json``, ``merges.txt`` and the configs a ``CLIPTokenizer`` loads from."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     vocab, merges = build_vocab(words)
-    _atomic_write(folder / "vocab.json", json.dumps(vocab, ensure_ascii=False))
+    atomic_write_text(folder / "vocab.json", json.dumps(vocab, ensure_ascii=False))
     # The first line is a header that every CLIP merges reader skips.
-    _atomic_write(folder / "merges.txt", "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    atomic_write_text(folder / "merges.txt", "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
     special = {"bos_token": BOS, "eos_token": EOS, "unk_token": EOS, "pad_token": EOS}
     config = {
         "tokenizer_class": "CLIPTokenizer",
@@ -108,8 +103,8 @@ def write_tokenizer(folder: Path, words: list[str], model_max_length: int = MODE
         "clean_up_tokenization_spaces": False,
         **special,
     }
-    _atomic_write(folder / "tokenizer_config.json", json.dumps(config, indent=2))
-    _atomic_write(folder / "special_tokens_map.json", json.dumps(special, indent=2))
+    atomic_write_text(folder / "tokenizer_config.json", json.dumps(config, indent=2))
+    atomic_write_text(folder / "special_tokens_map.json", json.dumps(special, indent=2))
     return folder
 
 
