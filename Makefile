@@ -15,10 +15,12 @@ setup-dev:
 demo: setup
 	$(VENV)/bin/wadi demo
 
-# Default suite: everything except tests marked `slow` (one end-to-end distillation stays in).
+# Default suite: everything except tests marked `slow`, then ONE slow end-to-end test: the real
+# `wadi demo` on the shipped tiny-world teacher (about 5 minutes on 2 cores), so CI proves the main job.
 test: setup-dev
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m slow tests/test_distill_demo.py
 
 test-all: setup-dev
 	$(PY) -m pytest -q

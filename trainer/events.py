@@ -3,7 +3,7 @@
 One JSON object per line, always with ``event`` and ``time`` (unix seconds):
 ``start``, ``resume``, ``step`` (step, loss_student, loss_fake, grad_norm_student,
 grad_norm_fake, lr_student, lr_fake, it_s, eta_s), ``sample`` (step, path),
-``checkpoint`` (step, path), ``export`` (path, kind), ``done`` and ``error``.
+``checkpoint`` (step, path), ``export`` (path, kind), ``done``, ``stopped`` and ``error``.
 Lines are flushed one by one so a reader never sees a partial record except the
 last line of a crashed writer (readers skip a line that does not parse).
 """
