@@ -162,3 +162,19 @@ def test_one_step_is_one_unet_call(loaded):
     calls.clear()
     wadi_sample(m, cond, None, {"samples": torch.randn(1, 4, 8, 8)}, 0, 1, 1.0, 0.45, None)
     assert [c.item() for c in calls] == [pytest.approx(0.45 * 999, abs=1e-3)]  # exact, not ComfyUI's t=499
+
+
+def test_relation_token_file_is_an_embedding_comfyui_loads(loaded, tmp_path):
+    """``wadi relation`` writes what ComfyUI's ``embedding:name`` reads: its own loader returns our
+    vector, and a prompt that names it carries that vector in place of word tokens."""
+    import comfy.sd1_clip
+    from wadi_lorad.trainer.textinv import save_embedding
+
+    vec = torch.randn(1, 768, generator=torch.Generator().manual_seed(0))
+    save_embedding(tmp_path / "left_of.safetensors", vec, {"wadi.placeholder": "<R>"})
+    got = comfy.sd1_clip.load_embed("left_of", str(tmp_path), 768, "clip_l")
+    assert got is not None and torch.equal(got.float(), vec)
+    tok = comfy.sd1_clip.SDTokenizer(embedding_directory=str(tmp_path))
+    tokens = [t for t, _w in tok.tokenize_with_weights("a red circle embedding:left_of a blue square")[0]]
+    embedded = [t for t in tokens if isinstance(t, torch.Tensor)]
+    assert len(embedded) == 1 and torch.equal(embedded[0].float(), vec[0])
