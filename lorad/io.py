@@ -313,6 +313,12 @@ def load_lorad(path: str | os.PathLike, *, device: str | torch.device = "cpu", v
     return LoRaDFile(path, layers, md, dtypes.pop() if len(dtypes) == 1 else None)
 
 
+def _first(items: list[str], n: int = 20) -> str:
+    """The first ``n`` lines of a list for an error message (a whole wrong file would be thousands)."""
+    more = f"\n  ... and {len(items) - n} more" if len(items) > n else ""
+    return "\n  ".join(items[:n]) + more
+
+
 def validate_layers(
     file: LoRaDFile,
     weight_shapes: Mapping[str, tuple[int, ...]],
@@ -354,9 +360,9 @@ def validate_layers(
         matched.append(key)
     if problems:
         raise LoRaDFileError(file.path, None, f"{len(problems)} layer(s) do not fit the model:\n  "
-                             + "\n  ".join(problems))
+                             + _first(problems))
     if unmatched and not allow_partial:
-        shown = "\n  ".join(unmatched[:20]) + (f"\n  ... and {len(unmatched) - 20} more" if len(unmatched) > 20 else "")
+        shown = _first(unmatched)
         raise LoRaDFileError(file.path, None, f"{len(unmatched)} key(s) match no weight of the model "
                              f"(nothing applied):\n  {shown}", "every key to resolve, or allow_partial=True")
     return matched

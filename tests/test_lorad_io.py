@@ -176,6 +176,16 @@ def test_odd_target_width_is_an_error():
         LIO.validate_layers(f, {KEY: (320, 321)})
 
 
+def test_a_wholly_wrong_file_lists_the_first_twenty_problems():
+    """A file for another model can fail thousands of layers: the message stays readable."""
+    keys = [f"{KEY}.{i}" for i in range(30)]
+    f = LIO.LoRaDFile(None, {k: good_layer() for k in keys}, meta())
+    with pytest.raises(LIO.LoRaDFileError, match="30 layer\\(s\\) do not fit") as e:
+        LIO.validate_layers(f, {k: (640, 640) for k in keys})
+    msg = str(e.value)
+    assert keys[19] in msg and keys[20] not in msg and "... and 10 more" in msg
+
+
 # -- writer safety ---------------------------------------------------------------------
 def md_ok():
     return build_metadata(arch="sd15", rank=4, target_preset="custom", title="x")
