@@ -230,6 +230,39 @@ def test_wadi_sample_cli(tiny_bases, tmp_path):
                  str(tmp_path / "t.png")]) == 2
 
 
+def test_wadi_sample_stacks_further_adapters(tiny_bases, tmp_path):
+    """--adapter FILE[:STRENGTH] stacks on the student (angles add): the student's own file at -1
+    cancels it exactly, so the stacked one-step output IS the teacher's."""
+    from wadi_lorad.trainer.cli import main
+    from wadi_lorad.trainer.cmd_sample import load_extra_adapters, parse_adapter_spec
+
+    assert parse_adapter_spec("a.lorad.safetensors") == ("a.lorad.safetensors", 1.0)
+    assert parse_adapter_spec("C:/x/a.lorad.safetensors:0.8") == ("C:/x/a.lorad.safetensors", 0.8)
+    assert parse_adapter_spec("C:/x/a.lorad.safetensors") == ("C:/x/a.lorad.safetensors", 1.0)
+    base = tiny_bases("sd")
+    out = Distiller(small_cfg(base, write_prompts(tmp_path / "p.txt"), tmp_path / "run", train__max_steps=2),
+                    progress=False).run()
+    bb = load_backbone(base)
+    f = load_student(bb, out["student"])
+    T, ab = one_step_params(f, bb, None, None)
+    extras = load_extra_adapters(bb, [f"{out['student']}:-1"])
+    cond = bb.encode_prompts(["a red circle", "blue square"]).float()
+    noise = seeded_noise([1, 2], bb.latent_shape(0))
+    with LI.active_adapters(bb.denoiser, None):
+        teacher = one_step(bb, bb.denoiser, cond, noise, ab, T)
+    with LI.active_adapters(bb.denoiser, ("student",)):
+        student = one_step(bb, bb.denoiser, cond, noise, ab, T)
+    with LI.active_adapters(bb.denoiser, ("student", *extras)):
+        stacked = one_step(bb, bb.denoiser, cond, noise, ab, T)
+    assert torch.equal(stacked, teacher) and not torch.equal(student, teacher)
+    png = tmp_path / "s.png"
+    assert main(["sample", "--base", str(base), "--lorad", str(out["student"]), "--adapter",
+                 f"{out['student']}:0.5", "--prompt", "x", "--compare", "--teacher-steps", "2",
+                 "--out", str(png)]) == 0 and png.stat().st_size > 0
+    assert main(["sample", "--base", str(base), "--lorad", str(out["student"]), "--adapter",
+                 str(tmp_path / "missing.lorad.safetensors"), "--prompt", "x", "--out", str(tmp_path / "m.png")]) == 2
+
+
 def test_uncached_prompts_are_encoded_per_batch(tiny_bases, tmp_path):
     """``data.cache_text false`` (huge prompt sets): same training as with the cache, encoders kept."""
     base, prompts = tiny_bases("sd"), write_prompts(tmp_path / "p.txt")

@@ -49,6 +49,35 @@ def with_embeddings(bb, files: list[str], prompts: list[str]) -> list[str]:
     return [expand_embedding_refs(p, installed) if installed else p for p in prompts]
 
 
+def parse_adapter_spec(spec: str) -> tuple[str, float]:
+    """``FILE`` or ``FILE:STRENGTH`` (a trailing ``:<number>``; any other colon is part of the path)."""
+    path, sep, tail = spec.rpartition(":")
+    if sep:
+        try:
+            return path, float(tail)
+        except ValueError:
+            pass
+    return spec, 1.0
+
+
+def load_extra_adapters(bb, specs: list[str]) -> tuple[str, ...]:
+    """Stack further ``.lorad`` files (personalizations, styles) as adapters ``extra0, extra1, ...``
+    at their strengths; returns their names (active together with the student: angles add)."""
+    from ..lorad import inject as LI
+    from ..lorad.bridge import load_adapter
+
+    names = []
+    for i, spec in enumerate(specs):
+        path, strength = parse_adapter_spec(spec)
+        if not Path(path).is_file():
+            raise ValueError(f"--adapter {path} does not exist")
+        name = f"extra{i}"
+        load_adapter(bb.denoiser, name, path)
+        LI.set_strength(bb.denoiser, name, strength)
+        names.append(name)
+    return tuple(names)
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -86,27 +115,29 @@ def run(args: argparse.Namespace) -> int:
     rows, labels = [], []
     try:
         f = load_student(bb, args.lorad) if args.lorad else None
+        extras = load_extra_adapters(bb, args.adapter)
     except (LoRaDFileError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     T, ab = one_step_params(f, bb, args.timestep, args.alpha_bar)
     with torch.no_grad():
+        tag = f" + {len(extras)} adapter(s)" if extras else ""
         if args.lorad:
-            LI.set_active(bb.denoiser, "student")
+            LI.set_active(bb.denoiser, ("student", *extras))
             fn = eps_fn(bb, bb.denoiser, cond, null, args.guidance)
             steps = multistep_timesteps(args.steps, T)
             renoise = [seeded_noise([s + 10_000 * (i + 1) for s in seeds], noise.shape[1:]) for i in range(len(steps))]
             rows.append(bb.decode(generate(fn, noise, bb.alphas_cumprod, steps, alpha_bar_first=ab, renoise=renoise)))
-            labels.append(f"WaDi {args.steps}-step")
-            LI.set_active(bb.denoiser, None)
+            labels.append(f"WaDi {args.steps}-step{tag}")
+        LI.set_active(bb.denoiser, extras or None)  # the teacher rows: the base (with the extra adapters)
         if args.compare or not args.lorad:
             fn = eps_fn(bb, bb.denoiser, cond, null, args.teacher_cfg)
             rows.append(bb.decode(generate(fn, noise, bb.alphas_cumprod, (T,), alpha_bar_first=ab)))
-            labels.append("teacher 1-step")
+            labels.append(f"teacher 1-step{tag}")
             lat = teacher_multistep(bb, bb.denoiser, cond, null, noise, args.teacher_steps, args.teacher_cfg,
                                     progress=True)
             rows.append(bb.decode(lat))
-            labels.append(f"teacher {args.teacher_steps}-step")
+            labels.append(f"teacher {args.teacher_steps}-step{tag}")
     save_grid(rows, labels, out, captions=prompts)
     print(f"wrote {out} (T={T}, abar_T={ab:.7g}, seeds {seeds[0]}..{seeds[-1]})")
     return 0
@@ -116,6 +147,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="one-step images from a base + .lorad student (and the teacher for comparison)")
     p.add_argument("--base", required=True, help="diffusers folder of the base model")
     p.add_argument("--lorad", help="student .lorad.safetensors (omit to sample the teacher only)")
+    p.add_argument("--adapter", action="append", default=[], metavar="FILE[:STRENGTH]",
+                   help="a further .lorad (e.g. from wadi personalize) stacked on the student (angles add) and "
+                   "on the teacher rows; repeatable")
     p.add_argument("--prompt", action="append", default=[], help="prompt (repeat for several)")
     p.add_argument("--embedding", action="append", default=[], metavar="FILE",
                    help="textual-inversion file (e.g. from wadi relation); write embedding:<file stem> in prompts")
