@@ -4,9 +4,11 @@ Per training seed, two tokens are learned on the shipped teacher (``wadi relatio
 ReVersion's settings) from 10 exemplar renders whose captions put the token where the
 relation goes and never say it: ``<R>`` from "X left of Y" scenes (side by side) and ``<A>``
 from "X above Y" scenes (stacked).  Images for 64 new prompts "a C1 S1 <token> a C2 S2" are
-scored with the tiny world's classifier: ``axis`` = two objects side by side (the relation
-"left of"/"right of" shares), ``order`` = X is the left one.  Baselines: the initializer word
-"and", a random vector with a typical token norm, and the words "left of" / "above".
+scored with the tiny world's classifier: ``axis`` = two objects in the relation's layout (side by
+side for ``<R>``, which "left of"/"right of" share; stacked for ``<A>``), ``order`` = that with X
+first (left / top), ``order_of_decided`` = X first among the images where X and Y can be told
+apart (0.5 = chance).  Baselines: the initializer word "and", a random vector with a typical token
+norm, and the words "left of" / "above".
 Both the teacher (25-step DDIM, CFG 3) and the WaDi student (one step) generate. ::
 
     OMP_NUM_THREADS=1 python bench/relation_inversion.py --student outputs/student/student.lorad.safetensors \\
@@ -73,14 +75,20 @@ def random_token(b: AdapterBench, path: Path, seed: int = 0) -> Path:
     return path
 
 
-def evaluate(b: AdapterBench, word: str, eval_seeds: list[int], n: int, one_step: bool) -> dict[str, float]:
+KEYS = ("axis", "order", "order_of_decided", "exact")
+
+
+def evaluate(b: AdapterBench, word: str, eval_seeds: list[int], n: int, one_step: bool,
+             layout: str = "horizontal") -> dict[str, float]:
+    """Relation scores in ``layout`` (side by side for left-of, stacked for above), mean over seeds."""
     prompts = [replace(p, text=p.text.replace("<R>", word)) for p in relation_prompts(n, seed=1)]
     texts = [p.text for p in prompts]
     rows = []
     for s in eval_seeds:
         imgs = b.images(texts, ("student",), s) if one_step else b.images(texts, (), s, 25, 3.0)
-        rows.append(relation_scores(imgs, prompts))
-    return {k: statistics.fmean(r[k] for r in rows) for k in ("axis", "order", "exact")}
+        rows.append(relation_scores(imgs, prompts, layout))
+    return {k: statistics.fmean(r[k] for r in rows if r[k] == r[k]) if any(r[k] == r[k] for r in rows)
+            else float("nan") for k in KEYS}
 
 
 def summarize(runs: list[dict[str, float]]) -> dict[str, float]:
@@ -104,14 +112,19 @@ def main(argv=None) -> int:
     for one_step, how in ((True, "student 1-step"), (False, "teacher 25-step CFG 3")):
         res[f"<R> learned from 'left of' exemplars | {how}"] = summarize(
             [evaluate(b, tokens[("horizontal", s)], eval_seeds, a.n, one_step) for s in seeds])
-        res[f"<A> learned from 'above' exemplars | {how}"] = summarize(
-            [evaluate(b, tokens[("vertical", s)], eval_seeds, a.n, one_step) for s in seeds])
         for label, word in (("'and' (the initializer)", "and"), ("random token", tokens[("random", 0)]),
-                            ("the words 'left of'", "left of"), ("the words 'above'", "above")):
+                            ("the words 'left of'", "left of")):
             res[f"{label} | {how}"] = summarize([evaluate(b, word, eval_seeds, a.n, one_step)])
-    print(f"\n{'prompt relation | generator':62s} {'side by side':>15s} {'X left of Y':>15s} {'exact':>15s}")
+        # The 'above' token in its own layout (stacked), beside the words and the initializer there.
+        res[f"<A> learned from 'above' exemplars [stacked] | {how}"] = summarize(
+            [evaluate(b, tokens[("vertical", s)], eval_seeds, a.n, one_step, "vertical") for s in seeds])
+        for label, word in (("'and' (the initializer) [stacked]", "and"), ("the words 'above' [stacked]", "above")):
+            res[f"{label} | {how}"] = summarize([evaluate(b, word, eval_seeds, a.n, one_step, "vertical")])
+    print("\naxis = two objects in the relation's layout (side by side; [stacked]: one above the other); "
+          "order|decided = X first among the images where X and Y can be told apart (0.5 = chance)")
+    print(f"{'prompt relation | generator':66s} {'axis':>15s} {'X first':>15s} {'order|decided':>15s} {'exact':>15s}")
     for name, r in res.items():
-        print(f"{name:62s} " + " ".join(f"{r[k]:.3f} ± {r[k + '_std']:.3f}".rjust(15) for k in ("axis", "order", "exact")))
+        print(f"{name:66s} " + " ".join(f"{r[k]:.3f} ± {r[k + '_std']:.3f}".rjust(15) for k in KEYS))
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps({"settings": vars(a), "results": res, "machine": H.machine_info()},
