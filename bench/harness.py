@@ -260,6 +260,16 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+def mean_std(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """Per key of ``rows`` (one dict per seed/run): ``key`` = mean, ``key_std`` = sample std (0 for one row)."""
+    out: dict[str, float] = {}
+    for k in rows[0]:
+        vals = [r[k] for r in rows]
+        out[k] = statistics.fmean(vals)
+        out[k + "_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+    return out
+
+
 def setup_threads(n: int | None) -> None:
     if n:
         torch.set_num_threads(n)

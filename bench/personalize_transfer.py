@@ -91,15 +91,6 @@ def score(b: AdapterBench, active: tuple[str, ...], eval_seeds: list[int], conce
     return {k: statistics.fmean(r[k] for r in rows) for k in rows[0]}
 
 
-def summarize(per_seed: list[dict[str, float]]) -> dict[str, float]:
-    out = {}
-    for k in per_seed[0]:
-        vals = [r[k] for r in per_seed]
-        out[k] = statistics.fmean(vals)
-        out[k + "_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
-    return out
-
-
 def main(argv=None) -> int:
     a = parse(argv)
     torch.set_num_threads(a.threads)
@@ -113,14 +104,14 @@ def main(argv=None) -> int:
         b.add_adapter(f"{'S' if on else 'T'}{s}", f)
     concept, std = concept_prompts(a.n_concept), M.fixed_eval_prompts(a.n_eval)
     res: dict[str, dict] = {}
-    res["student alone (1 step)"] = summarize([score(b, ("student",), eval_seeds, concept, std)])
-    res["student + teacher-trained adapter, stacked (1 step)"] = summarize(
+    res["student alone (1 step)"] = H.mean_std([score(b, ("student",), eval_seeds, concept, std)])
+    res["student + teacher-trained adapter, stacked (1 step)"] = H.mean_std(
         [score(b, ("student", f"T{s}"), eval_seeds, concept, std) for s in seeds])
-    res["student + student-trained adapter (1 step)"] = summarize(
+    res["student + student-trained adapter (1 step)"] = H.mean_std(
         [score(b, ("student", f"S{s}"), eval_seeds, concept, std) for s in seeds])
-    res["teacher alone (25-step DDIM, CFG 3)"] = summarize(
+    res["teacher alone (25-step DDIM, CFG 3)"] = H.mean_std(
         [score(b, (), eval_seeds, concept, std, 25, 3.0, standard=False)])
-    res["teacher + teacher-trained adapter (25-step DDIM, CFG 3)"] = summarize(
+    res["teacher + teacher-trained adapter (25-step DDIM, CFG 3)"] = H.mean_std(
         [score(b, (f"T{s}",), eval_seeds, concept, std, 25, 3.0, standard=False) for s in seeds])
     print(f"\n{'setting':58s} {'concept':>15s} {'prompt':>15s} {'alignment':>15s} {'FD':>13s}")
     def cell(r: dict, k: str, d: int = 3) -> str:

@@ -91,14 +91,6 @@ def evaluate(b: AdapterBench, word: str, eval_seeds: list[int], n: int, one_step
             else float("nan") for k in KEYS}
 
 
-def summarize(runs: list[dict[str, float]]) -> dict[str, float]:
-    out = {}
-    for k in runs[0]:
-        vals = [r[k] for r in runs]
-        out[k], out[k + "_std"] = statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
-    return out
-
-
 def main(argv=None) -> int:
     a = parse(argv)
     torch.set_num_threads(a.threads)
@@ -110,16 +102,16 @@ def main(argv=None) -> int:
     tokens[("random", 0)] = b.add_embedding(random_token(b, Path(a.out) / "random.safetensors"), "random0")
     res: dict[str, dict] = {}
     for one_step, how in ((True, "student 1-step"), (False, "teacher 25-step CFG 3")):
-        res[f"<R> learned from 'left of' exemplars | {how}"] = summarize(
+        res[f"<R> learned from 'left of' exemplars | {how}"] = H.mean_std(
             [evaluate(b, tokens[("horizontal", s)], eval_seeds, a.n, one_step) for s in seeds])
         for label, word in (("'and' (the initializer)", "and"), ("random token", tokens[("random", 0)]),
                             ("the words 'left of'", "left of")):
-            res[f"{label} | {how}"] = summarize([evaluate(b, word, eval_seeds, a.n, one_step)])
+            res[f"{label} | {how}"] = H.mean_std([evaluate(b, word, eval_seeds, a.n, one_step)])
         # The 'above' token in its own layout (stacked), beside the words and the initializer there.
-        res[f"<A> learned from 'above' exemplars [stacked] | {how}"] = summarize(
+        res[f"<A> learned from 'above' exemplars [stacked] | {how}"] = H.mean_std(
             [evaluate(b, tokens[("vertical", s)], eval_seeds, a.n, one_step, "vertical") for s in seeds])
         for label, word in (("'and' (the initializer) [stacked]", "and"), ("the words 'above' [stacked]", "above")):
-            res[f"{label} | {how}"] = summarize([evaluate(b, word, eval_seeds, a.n, one_step, "vertical")])
+            res[f"{label} | {how}"] = H.mean_std([evaluate(b, word, eval_seeds, a.n, one_step, "vertical")])
     print("\naxis = two objects in the relation's layout (side by side; [stacked]: one above the other); "
           "order|decided = X first among the images where X and Y can be told apart (0.5 = chance)")
     print(f"{'prompt relation | generator':66s} {'axis':>15s} {'X first':>15s} {'order|decided':>15s} {'exact':>15s}")

@@ -34,6 +34,7 @@ __all__ = [
     "unmerge",
     "remove",
     "adapter_parameters",
+    "named_adapter_parameters",
     "count_parameters",
     "adapter_state",
     "load_adapter_state",
@@ -187,7 +188,14 @@ def remove(model: nn.Module, adapter: str | None = None, bake: bool = False) -> 
 
 
 def adapter_parameters(model: nn.Module, adapter: str) -> list[nn.Parameter]:
-    return [p for _, layer in lorad_layers(model) if adapter in layer.lorad for p in layer.lorad[adapter].parameters()]
+    return list(named_adapter_parameters(model, adapter).values())
+
+
+def named_adapter_parameters(model: nn.Module, adapter: str) -> dict[str, nn.Parameter]:
+    """``{"<module>.<A|B|theta>": parameter}`` of one adapter, in model order (optimizer and
+    checkpoint keys)."""
+    return {f"{name}.{pname}": p for name, layer in lorad_layers(model) if adapter in layer.lorad
+            for pname, p in layer.lorad[adapter].named_parameters()}
 
 
 def count_parameters(model: nn.Module, adapter: str) -> int:

@@ -73,15 +73,6 @@ class _ThroughPeft(Targets):
         return super().matches(name, module_type)
 
 
-def _lorad_params(model: nn.Module, adapter: str) -> dict[str, nn.Parameter]:
-    out = {}
-    for lname, layer in LI.lorad_layers(model):
-        if adapter in layer.lorad:
-            for pname, p in layer.lorad[adapter].named_parameters():
-                out[f"{lname}.{pname}"] = p
-    return out
-
-
 class ModelViews:
     """Context managers that yield the module to call for the teacher, the fake and the student."""
 
@@ -148,7 +139,7 @@ def build_views(base: nn.Module, cfg: AdapterConfig) -> ModelViews:
         student = Slot("full", dict(student_module.named_parameters()))
     elif kind == "lorad":
         LI.inject(base, "student", student_targets, rank=cfg.student_rank, seed=cfg.seed, freeze_base=False)
-        student = Slot("lorad", _lorad_params(base, "student"))
+        student = Slot("lorad", LI.named_adapter_parameters(base, "student"))
     elif kind in ("lora", "dora"):
         names = [n for n, _ in match_modules(base, student_targets)]
         PA.inject_lora(base, "student", names, cfg.student_rank, cfg.lora_alpha, kind == "dora", cfg.seed)
@@ -159,7 +150,7 @@ def build_views(base: nn.Module, cfg: AdapterConfig) -> ModelViews:
     t = _ThroughPeft(fake_targets.include, fake_targets.exclude, fake_targets.types, fake_targets.description)
     if fake_kind == "lorad":
         LI.inject(base, "fake", t, rank=cfg.fake_rank, seed=cfg.seed + 1, freeze_base=False)
-        fake = Slot("lorad", _lorad_params(base, "fake"))
+        fake = Slot("lorad", LI.named_adapter_parameters(base, "fake"))
     else:
         names = [n.removesuffix(".base_layer") for n, _ in match_modules(base, t)]
         PA.inject_lora(base, "fake", names, cfg.fake_rank, 0.0, fake_kind == "dora", cfg.seed + 1)

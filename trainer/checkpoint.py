@@ -177,3 +177,14 @@ def prepare_output(out: Path, resume_from: Path | None, resume_spec: str, force:
     if force and resume_from is None and main:
         shutil.rmtree(checkpoint_root(out), ignore_errors=True)
         (out / "events.jsonl").unlink(missing_ok=True)
+
+
+def finish_restore(run, snap: Snapshot) -> None:
+    """The end of every run's resume: EMA state (required when the run keeps an EMA), the step
+    counter and the log line.  ``run`` has ``ema`` (or None), ``resume_from``, ``step``, ``log``."""
+    if run.ema is not None:
+        if snap.ema is None:
+            raise ResumeError(f"resume: {run.resume_from} has no EMA state but train.ema_decay > 0")
+        run.ema.load_state_dict(snap.ema)
+    run.step = snap.step
+    run.log(f"resumed from {run.resume_from} at step {run.step}")

@@ -222,12 +222,7 @@ class Distiller:
         for name, sc in zip(("scaler_student", "scaler_fake"), self.scalers):
             if sc is not None and name in st:
                 sc.load_state_dict(st[name])
-        if self.ema is not None:
-            if snap.ema is None:
-                raise CK.ResumeError(f"resume: {self.resume_from} has no EMA state but train.ema_decay > 0")
-            self.ema.load_state_dict(snap.ema)
-        self.step = snap.step
-        self.log(f"resumed from {self.resume_from} at step {self.step}")
+        CK.finish_restore(self, snap)
 
     def save_checkpoint(self) -> Path | None:
         path = None

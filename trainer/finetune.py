@@ -148,12 +148,7 @@ class FineTune:
         torch.set_rng_state(st["torch_rng"])
         if self.scaler is not None and "scaler" in st:
             self.scaler.load_state_dict(st["scaler"])
-        if self.ema is not None:
-            if snap.ema is None:
-                raise CK.ResumeError(f"resume: {self.resume_from} has no EMA state but train.ema_decay > 0")
-            self.ema.load_state_dict(snap.ema)
-        self.step = snap.step
-        self.log(f"resumed from {self.resume_from} at step {self.step}")
+        CK.finish_restore(self, snap)
 
     def save_checkpoint(self) -> Path | None:
         st = {"opt": self.opt.state_dict(), "sched": self.sched.state_dict(),

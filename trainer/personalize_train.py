@@ -80,12 +80,7 @@ class Personalizer(FineTune):
         images = load_images([e.path for e in self.examples], res, c.data.center_crop).to(dev)
         self.mean, self.std = bb.encode_dist(images)
         self.class_latents = self._class_latents(res) if c.prior.enabled else None
-        params = {}
-        for lname, layer in LI.lorad_layers(den):
-            if ADAPTER in layer.lorad:
-                for pname, p in layer.lorad[ADAPTER].named_parameters():
-                    params[f"{lname}.{pname}"] = p
-        return params
+        return LI.named_adapter_parameters(den, ADAPTER)
 
     def _text(self) -> None:
         """Features of every caption, the class prompt and the sample prompts; then free the encoders."""
