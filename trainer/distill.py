@@ -8,7 +8,6 @@ teacher, fake and student (:mod:`.adapters`); the per-step math is in :mod:`.ste
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,7 +21,7 @@ from .backbones import REQUIRED, check_one_step_alpha_bar, inspect_folder, load_
 from .checkpoint import OutputExistsError
 from .config import ConfigError, DistillConfig, config_hash, save_yaml, validate
 from .ema import EMA
-from .events import EventLog
+from .events import EventLog, due, write_step
 from .fingerprint import base_fingerprint
 from .jobs import RunStopped, end_stopped, stop_requested
 from .optim import clip_and_norm, make_lr_schedule, make_optimizer, make_scaler, sync_gradients
@@ -311,15 +310,12 @@ class Distiller:
                 bar.close()
                 return self._stopped()
             logs = self.train_step()
-            rate = (self.step - s0) / max(1e-9, time.perf_counter() - t0)
-            eta = (c.train.max_steps - self.step) / rate if rate > 0 else math.inf
-            self.events.write("step", step=self.step, **logs, it_s=round(rate, 4), eta_s=round(eta, 1))
+            write_step(self.events, self.step, c.train.max_steps, (t0, s0), logs)
             bar.update(1)
             bar.set_postfix(loss_s=f"{logs['loss_student']:.4g}", loss_f=f"{logs['loss_fake']:.4g}")
-            o = c.output
-            if o.sample_every and self.step % o.sample_every == 0 and self.step < c.train.max_steps:
+            if due(c.output.sample_every, self.step, c.train.max_steps):
                 self._sample(sample_grid)
-            if o.checkpoint_every and self.step % o.checkpoint_every == 0 and self.step < c.train.max_steps:
+            if due(c.output.checkpoint_every, self.step, c.train.max_steps):
                 self.save_checkpoint()
         bar.close()
         self.train_time_s = time.perf_counter() - t0

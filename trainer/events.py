@@ -68,3 +68,16 @@ def read_events(path: Path) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return out
+
+
+def write_step(events: EventLog, step: int, max_steps: int, started: tuple[float, int], logs: dict) -> None:
+    """A ``step`` record with the rate since ``started = (perf_counter, step)`` and the ETA."""
+    t0, s0 = started
+    rate = (step - s0) / max(1e-9, time.perf_counter() - t0)
+    eta = (max_steps - step) / rate if rate > 0 else math.inf
+    events.write("step", step=step, **logs, it_s=round(rate, 4), eta_s=round(eta, 1))
+
+
+def due(every: int, step: int, max_steps: int) -> bool:
+    """Whether a periodic action (sample, checkpoint) runs after ``step`` (the last step has its own)."""
+    return bool(every) and step % every == 0 and step < max_steps

@@ -15,7 +15,6 @@ launch is refused with a clear message rather than run N copies into one folder.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Callable
@@ -29,7 +28,7 @@ from . import checkpoint as CK
 from .backbones import REQUIRED, inspect_folder
 from .config import ConfigError, config_hash, save_yaml
 from .ema import EMA
-from .events import EventLog
+from .events import EventLog, due, write_step
 from .fingerprint import base_fingerprint, file_fingerprint
 from .jobs import RunStopped, end_stopped, stop_requested
 
@@ -231,14 +230,12 @@ class FineTune:
                 bar.close()
                 return self._stopped()
             logs = self.train_step()
-            rate = (self.step - s0) / max(1e-9, time.perf_counter() - t0)
-            eta = (c.train.max_steps - self.step) / rate if rate > 0 else math.inf
-            self.events.write("step", step=self.step, **logs, it_s=round(rate, 4), eta_s=round(eta, 1))
+            write_step(self.events, self.step, c.train.max_steps, (t0, s0), logs)
             bar.update(1)
             bar.set_postfix(loss=f"{logs['loss']:.4g}")
-            if o.sample_every and self.step % o.sample_every == 0 and self.step < c.train.max_steps:
+            if due(o.sample_every, self.step, c.train.max_steps):
                 self._sample()
-            if o.checkpoint_every and self.step % o.checkpoint_every == 0 and self.step < c.train.max_steps:
+            if due(o.checkpoint_every, self.step, c.train.max_steps):
                 self.save_checkpoint()
         bar.close()
         self.train_time_s = time.perf_counter() - t0
