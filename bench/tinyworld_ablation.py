@@ -23,6 +23,7 @@ A finished kind is not rerun (its ``result.json`` is kept), so an interrupted ru
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import resource
 import subprocess
@@ -105,7 +106,7 @@ def run_child(a: argparse.Namespace, kind: str) -> None:
         if kind == "lorad":  # the teacher rows, once, from the same noise
             imgs = generate_three(d, d.extra_cond, noise, s.teacher_steps, s.teacher_cfg, desc=f"seed {seed}")
         else:
-            with d.views.student_view() as m, d.ema.applied() if d.ema else _null():
+            with d.views.student_view() as m, d.ema.applied() if d.ema else contextlib.nullcontext():
                 imgs = {"wadi_1step": student_images(d.bb, m, d.extra_cond, noise, d.settings.alpha_bar_T,
                                                      d.settings.timestep)}
         for name, im in imgs.items():
@@ -121,23 +122,17 @@ def run_child(a: argparse.Namespace, kind: str) -> None:
     atomic_write_text(out / kind / "result.json", json.dumps(res, indent=2))
 
 
-def _null():
-    import contextlib
-
-    return contextlib.nullcontext()
-
-
 def extraction_rows(a: argparse.Namespace, teacher_sd: dict, full_sd: dict) -> dict[str, dict]:
     """LoRaD angles extracted from the full-FT student at each rank, scored one-step."""
     from wadi_lorad.lorad import inject as LI
     from wadi_lorad.lorad.presets import family_of
-    from wadi_lorad.trainer.sampling import one_step
+    from wadi_lorad.trainer.cmd_sample import one_step_params
 
     bb = load_backbone(M.DEFAULT_TEACHER)
     t = PRESETS["paper-student"][family_of(bb.denoiser)]
     prompts = M.fixed_eval_prompts(256)
     cond_all = bb.encode_prompts(prompts, "cpu")
-    ab_T = float(bb.alphas_cumprod[999])
+    T, ab_T = one_step_params(None, bb, None, None)  # the schedule's abar at T = 999, as the demo student
     rows = {}
     for r in EXTRACT_RANKS:
         res = extract_state(teacher_sd, full_sd, rank=r or None, tol=float("inf"), include=list(t.include),
@@ -149,10 +144,7 @@ def extraction_rows(a: argparse.Namespace, teacher_sd: dict, full_sd: dict) -> d
         with LI.active_adapters(bb.denoiser, (name,)):
             for seed in [int(x) for x in a.eval_seeds.split(",")]:
                 noise = M.eval_noise(len(prompts), seed, bb.latent_shape(0))
-                with torch.no_grad():
-                    imgs = torch.cat([bb.decode(one_step(bb, bb.denoiser, cond_all.index(slice(i, i + 64)),
-                                                         noise[i: i + 64], ab_T, 999)).cpu()
-                                      for i in range(0, len(prompts), 64)])
+                imgs = student_images(bb, bb.denoiser, cond_all, noise, ab_T, T)
                 per.append(M.evaluate_images(imgs, prompts))
         n = sum(v.numel() for layer in res.layers.values() for v in layer.values())
         rows[name] = {"params": n, "factored": summ["factored"], "dense_fallback": summ["dense_fallback"],
