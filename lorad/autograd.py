@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import functional as LF
+from .layer_spec import wrapped_angles
 
 __all__ = ["AngleTerm", "ConvArgs", "rotated_forward", "naive_forward", "effective_angles"]
 
@@ -41,7 +42,7 @@ class AngleTerm:
     b: Tensor | None = None
 
     def theta(self) -> Tensor:
-        return LF.angles(self.a, self.b) if self.b is not None else LF.wrap_angles(LF.up(self.a))
+        return wrapped_angles(self.a, self.b)
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from . import functional as LF
 from .fsutil import atomic_dir, atomic_save
+from .layer_spec import LayerSpec
 
 __all__ = [
     "CheckpointError",
@@ -165,12 +166,8 @@ def write_diffusers_folder(
 
 
 def layer_angles(tensors: Mapping[str, Tensor], name: str = "layer") -> Tensor:
-    """``wrap(A @ B)`` or the dense ``theta`` of one layer, float32."""
-    if "theta" in tensors:
-        return LF.up(tensors["theta"])
-    if "A" in tensors and "B" in tensors:
-        return LF.angles(tensors["A"], tensors["B"])
-    raise CheckpointError(f"{name}: expected tensors A and B, or theta; got {sorted(tensors)}")
+    """``wrap(A @ B)`` or ``wrap(theta)`` of one layer, float32 (:class:`.layer_spec.LayerSpec`)."""
+    return LayerSpec.from_parts(tensors, name).angles()
 
 
 def merge_state(
@@ -192,9 +189,8 @@ def merge_state(
             continue
         w = state[key]
         try:
-            theta = layer_angles(tensors, key)
-            new = LF.rotate(w, theta, strength, name=key)
-        except (LF.LoRaDShapeError, CheckpointError) as e:
+            new = LayerSpec.from_parts(tensors, key).rotated(w, strength)
+        except LF.LoRaDShapeError as e:
             problems.append(str(e) if key in str(e) else f"{key}: {e}")
             continue
         if not torch.isfinite(new).all():

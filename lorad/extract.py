@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from . import functional as LF
+from .layer_spec import wrapped_angles
 
 __all__ = [
     "LayerExtraction",
@@ -307,7 +308,7 @@ def extract_layer(
     if rank is None or LF.prefer_dense(out_f, pairs, rank):
         return {"theta": theta.float()}, LayerExtraction(**dense_rep, **common)
     a, b, info = factorize(theta, rank, unwrap=unwrap)
-    approx = LF.angles(a.double(), b.double())
+    approx = wrapped_angles(a.double(), b.double())  # what a reader of the factors will apply
     fact_rot = _rotate64(w0, approx)
     factor_err = _rel(fact_rot - dense_rot, w1)
     if factor_err > tol:

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from . import functional as LF
 from .layer import LoRaDLayer
+from .layer_spec import LayerSpec, LayerSpecError
 from .presets import Targets, resolve_targets
 
 __all__ = [
@@ -235,41 +236,32 @@ def load_adapter_state(
         if weight is None or weight.dim() < 2:
             problems.append(f"{name}: not a Linear/Conv2d layer")
             continue
-        pairs = LF.pair_width(weight.shape) // 2
-        out_f = weight.shape[0]
-        if "theta" in t:
-            if tuple(t["theta"].shape) != (out_f, pairs):
-                problems.append(f"{name}: theta shape {tuple(t['theta'].shape)}, expected {(out_f, pairs)}")
-                continue
-        else:
-            a, b = t["A"], t["B"]
-            if a.shape[0] != out_f or b.shape[1] != pairs or a.shape[1] != b.shape[0]:
-                problems.append(
-                    f"{name}: A {tuple(a.shape)} / B {tuple(b.shape)} do not fit weight {tuple(weight.shape)}"
-                    f" (expected A ({out_f}, r), B (r, {pairs}))"
-                )
-                continue
+        try:
+            spec = LayerSpec.from_parts(t, name)
+            spec.check_fit(weight.shape, weight.dtype)
+        except LayerSpecError as e:
+            problems.append(str(e))
+            continue
         if isinstance(m, LoRaDLayer) and adapter in m.lorad:
             problems.append(f"{name}: adapter {adapter!r} already exists")
             continue
-        plan.append((name, m, t))
+        plan.append((name, m, spec))
     if problems and strict:
         raise ValueError(f"adapter {adapter!r}: cannot load:\n  " + "\n  ".join(problems))
-    for name, m, t in plan:
+    for name, m, spec in plan:
         layer = m if isinstance(m, LoRaDLayer) else LoRaDLayer(m, name)
         if layer is not m:
             layer.weight.requires_grad_(False)
             if layer.bias is not None:
                 layer.bias.requires_grad_(False)
             _set_submodule(model, name, layer)
-        rank = None if "theta" in t else t["A"].shape[1]
-        ad = layer.add_adapter(adapter, rank, dense="theta" in t)
+        ad = layer.add_adapter(adapter, spec.rank, dense=spec.dense)
         with torch.no_grad():
             if ad.dense:
-                ad.theta.copy_(t["theta"].float())
+                ad.theta.copy_(spec.theta.float())
             else:
-                ad.A.copy_(t["A"].float())
-                ad.B.copy_(t["B"].float())
+                ad.A.copy_(spec.a.float())
+                ad.B.copy_(spec.b.float())
     return [n for n, _, _ in plan]
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import struct
 import uuid
@@ -31,6 +30,7 @@ from torch import Tensor
 
 from . import keymap as KM
 from .archs import UnknownArchError, get_arch
+from .layer_spec import LayerSpec, LayerSpecError
 from .metadata import (
     K_ARCH,
     K_HASH,
@@ -339,23 +339,10 @@ def validate_layers(
         if shape is None:
             unmatched.append(key)
             continue
-        if len(shape) < 2:
-            problems.append(f"{key}: target weight shape {tuple(shape)} is not a Linear/Conv weight")
-            continue
-        width = math.prod(shape[1:])
-        if width % 2:
-            problems.append(f"{key}: target row width {width} is odd; LoRaD pairs (2k, 2k+1)")
-            continue
-        out, pairs = int(shape[0]), width // 2
-        if "theta" in t:
-            ok = tuple(t["theta"].shape) == (out, pairs)
-            got, want = f"theta {tuple(t['theta'].shape)}", f"theta ({out}, {pairs})"
-        else:
-            ok = t["A"].shape[0] == out and t["B"].shape[1] == pairs
-            got = f"A {tuple(t['A'].shape)}, B {tuple(t['B'].shape)}"
-            want = f"A ({out}, r), B (r, {pairs})"
-        if not ok:
-            problems.append(f"{key}: {got} do not fit weight {tuple(shape)}; expected {want}")
+        try:
+            LayerSpec.from_parts(t, key).check_fit(shape)
+        except LayerSpecError as e:
+            problems.append(str(e))
             continue
         matched.append(key)
     if problems:

@@ -14,30 +14,36 @@ from __future__ import annotations
 import logging
 
 import torch
-from comfy import model_management
 from comfy import weight_adapter as _wa
 from comfy.weight_adapter import WeightAdapterBase
 
 from ..lorad import functional as LF
+from ..lorad.layer_spec import LayerSpec
 
 log = logging.getLogger("wadi")
 
 NAME = "lorad"
 
 
+_IDENTITY_CODE = (lambda a: a).__code__
+
+
 def _is_identity(function) -> bool:
-    """ComfyUI passes ``lambda a: a`` when no function is set; probe instead of trusting names."""
+    """True for no function, or one whose body is ``return a`` (ComfyUI's ``lambda a: a``).
+
+    ComfyUI builds that lambda anew on every ``calculate_weight`` call, so identity of the
+    object says nothing; its bytecode does.  Compared without calling it, so no probe tensor
+    is made per weight.
+    """
     if function is None:
         return True
-    probe = torch.zeros(0)
-    try:
-        return function(probe) is probe
-    except Exception:  # a function that cannot take an empty tensor is certainly not the identity
-        return False
+    code = getattr(function, "__code__", None)
+    return (code is not None and code.co_code == _IDENTITY_CODE.co_code and code.co_argcount == 1
+            and not code.co_kwonlyargcount and not getattr(function, "__closure__", None))
 
 
-def rotate_into(weight: torch.Tensor, theta: torch.Tensor, strength: float, function=None, key: str = "weight") -> torch.Tensor:
-    """Rotate ``weight`` by ``strength * theta`` in place (fp32 math); returns ``weight``.
+def rotate_into(weight: torch.Tensor, spec: LayerSpec, strength: float, function=None) -> torch.Tensor:
+    """Rotate ``weight`` by ``strength * wrap(theta)`` in place (fp32 math); returns ``weight``.
 
     With a ComfyUI ``function`` (a transform of the update) the update
     ``function(W_rot - W)`` is added instead, as other adapters do.
@@ -45,10 +51,10 @@ def rotate_into(weight: torch.Tensor, theta: torch.Tensor, strength: float, func
     if strength == 0:
         return weight
     with torch.no_grad():
-        rotated = LF.rotate(weight, theta, strength, name=key)
         if _is_identity(function):
-            weight.copy_(rotated)
+            spec.rotate_(weight, strength)
         else:
+            rotated = spec.rotated(weight, strength)
             weight += function(LF.up(rotated) - LF.up(weight)).to(weight.dtype)
     return weight
 
@@ -58,9 +64,13 @@ class LoRaDAdapter(WeightAdapterBase):
 
     name = NAME
 
-    def __init__(self, loaded_keys: set[str], weights: tuple[torch.Tensor, ...]):
+    def __init__(self, loaded_keys: set[str], weights: tuple[torch.Tensor, ...], key: str = "layer"):
         self.loaded_keys = loaded_keys
         self.weights = weights
+        # Structure checked here (complete pair, 2-D, one rank, float dtype); the whole
+        # file was validated before any adapter is built (Load LoRaD and the stock loader).
+        parts = {"theta": weights[0]} if len(weights) == 1 else {"A": weights[0], "B": weights[1]}
+        self.spec = LayerSpec.from_parts(parts, key)
 
     @classmethod
     def load(cls, x: str, lora: dict, alpha=None, dora_scale=None, loaded_keys: set[str] | None = None):
@@ -69,16 +79,15 @@ class LoRaDAdapter(WeightAdapterBase):
         a_name, b_name, t_name = f"{x}.lorad_A", f"{x}.lorad_B", f"{x}.lorad_theta"
         if t_name in lora:
             loaded_keys.add(t_name)
-            return cls(loaded_keys, (lora[t_name],))
+            return cls(loaded_keys, (lora[t_name],), x)
         if a_name in lora and b_name in lora:
             loaded_keys.update((a_name, b_name))
-            return cls(loaded_keys, (lora[a_name], lora[b_name]))
+            return cls(loaded_keys, (lora[a_name], lora[b_name]), x)
         return None
 
-    def angles(self, device: torch.device) -> torch.Tensor:
-        """Unscaled theta in float32 on ``device`` (the factors are cast first, as ComfyUI adapters do)."""
-        ts = [model_management.cast_to_device(t, device, torch.float32) for t in self.weights]
-        return LF.angles(ts[0], ts[1]) if len(ts) == 2 else ts[0]
+    def angles(self, device: torch.device, strength: float = 1.0) -> torch.Tensor:
+        """``strength * wrap(theta)`` in float32 on ``device`` (:meth:`LayerSpec.angles`)."""
+        return self.spec.angles(strength, device)
 
     def calculate_weight(
         self,
@@ -92,7 +101,7 @@ class LoRaDAdapter(WeightAdapterBase):
         original_weight=None,
     ):
         try:
-            rotate_into(weight, self.angles(weight.device), float(strength), function, key=str(key))
+            rotate_into(weight, self.spec.to(weight.device), float(strength), function)
         except Exception as e:  # ComfyUI's adapters log and keep the weight rather than kill the prompt
             log.error("LoRaD: cannot rotate %s: %s", key, e)
         return weight

@@ -82,7 +82,7 @@ def _patches(info: LoRaDInfo, resolved: list[Resolved]) -> dict:
     for r in resolved:
         parts = info.layers[r.prefix]
         weights = (parts["theta"],) if "theta" in parts else (parts["A"], parts["B"])
-        out[r.patch_key] = LoRaDAdapter(set(), weights)
+        out[r.patch_key] = LoRaDAdapter(set(), weights, r.prefix)
     return out
 
 

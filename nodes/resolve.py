@@ -9,12 +9,13 @@ bad file never leaves a half-patched model.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from torch import Tensor
+
+from ..lorad.layer_spec import LayerSpec, LayerSpecError
 
 PatchKey = str | tuple  # what ModelPatcher.add_patches accepts
 
@@ -73,22 +74,11 @@ def _target_shape(shape: Sequence[int], offset: tuple | None) -> tuple[int, ...]
 
 
 def check_shapes(prefix: str, parts: Mapping[str, Tensor], shape: Sequence[int], path: str) -> None:
-    if len(shape) < 2:
-        raise LoRaDMatchError(f"{path}: {prefix} targets a {len(shape)}-D weight {tuple(shape)}; LoRaD needs >= 2-D")
-    width = math.prod(shape[1:])
-    if width % 2:
-        raise LoRaDMatchError(f"{path}: {prefix}: weight {tuple(shape)} has an odd row width {width}")
-    want = (shape[0], width // 2)
-    if "theta" in parts:
-        got = tuple(parts["theta"].shape)
-        if got != want:
-            raise LoRaDMatchError(f"{path}: {prefix}.lorad_theta has shape {got}, expected {want} for weight {tuple(shape)}")
-        return
-    a, b = tuple(parts["A"].shape), tuple(parts["B"].shape)
-    if a[0] != want[0] or b[1] != want[1]:
-        raise LoRaDMatchError(
-            f"{path}: {prefix}: lorad_A {a} / lorad_B {b} expected ({want[0]}, r) / (r, {want[1]}) for weight {tuple(shape)}"
-        )
+    """The layer fits the (possibly row-narrowed) weight: :meth:`LayerSpec.check_fit`, naming the file."""
+    try:
+        LayerSpec.from_parts(parts, prefix).check_fit(shape)
+    except LayerSpecError as e:
+        raise LoRaDMatchError(f"{path}: {e}") from None
 
 
 def resolve(

@@ -120,3 +120,18 @@ def test_ldm_prefix_detection():
     layers, other = SK.layers_for_state("sd15", {"diffusion_model.input_blocks.1.1.proj_in": {}, "text_encoders.x": {}},
                                         full)
     assert list(layers) == ["model.diffusion_model.input_blocks.1.1.proj_in.weight"] and other == ["text_encoders.x"]
+
+
+def test_dense_theta_is_wrapped_before_strength_like_the_trainer():
+    """Spec 3.5: s * wrap(theta) for dense layers too (4.0 at s=0.5 is -1.1416 rad, not 2.0)."""
+    import math
+
+    from wadi_lorad.lorad.checkpoint import layer_angles
+
+    w = torch.tensor([[1.0, 2.0]])
+    theta = torch.tensor([[4.0]])
+    t = 0.5 * (4.0 - 2 * math.pi)
+    want = torch.tensor([[math.cos(t) * 1 - math.sin(t) * 2, math.sin(t) * 1 + math.cos(t) * 2]])
+    assert float(layer_angles({"theta": theta})) == pytest.approx(4.0 - 2 * math.pi)
+    out = CK.merge_state({"l.weight": w}, {"l.weight": {"theta": theta}}, strength=0.5)
+    assert torch.allclose(out["l.weight"], want, atol=1e-6)

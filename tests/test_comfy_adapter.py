@@ -120,3 +120,13 @@ def test_through_comfy_calculate_weight_with_lora_stacked_before():
     want = qkv + diff
     want[4:8] = LF.rotate(want[4:8], LF.angles(a, b), 0.8)
     assert torch.equal(out, want)
+
+
+def test_dense_theta_beyond_pi_is_wrapped_before_strength():
+    """theta = 4.0 at strength 0.5 rotates by 0.5 * wrap(4.0) = -1.1416 rad (the trainer's angle), not 2.0."""
+    w = torch.tensor([[1.0, 2.0]])
+    out = AD.LoRaDAdapter(set(), (torch.tensor([[4.0]]),)).calculate_weight(w.clone(), "k", 0.5, 1.0, None, ident)
+    t = 0.5 * (4.0 - 2 * math.pi)
+    want = torch.tensor([[math.cos(t) * 1 - math.sin(t) * 2, math.sin(t) * 1 + math.cos(t) * 2]])
+    assert torch.allclose(out, want, atol=1e-6)
+    assert float(AD.LoRaDAdapter(set(), (torch.tensor([[4.0]]),)).angles("cpu", 0.5)) == pytest.approx(t)

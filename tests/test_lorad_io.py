@@ -172,7 +172,7 @@ def test_validate_layers_unmatched_and_partial(tmp_path):
 
 def test_odd_target_width_is_an_error():
     f = LIO.LoRaDFile(None, {KEY: good_layer()}, meta())
-    with pytest.raises(LIO.LoRaDFileError, match="row width 321 is odd"):
+    with pytest.raises(LIO.LoRaDFileError, match=r"row width 321 \(weight \(320, 321\)\) is odd"):
         LIO.validate_layers(f, {KEY: (320, 321)})
 
 
