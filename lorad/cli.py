@@ -117,12 +117,17 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 # -- validate ------------------------------------------------------------------------------
 
 
-def _target_shapes(arch: str, file, model: str | None, component: str | None) -> dict[str, tuple[int, ...]]:
+def _target_shapes(arch: str, file, model: str | None, component: str | None) -> dict[str, tuple[int, ...]] | None:
+    """File key -> weight shape of the target; None where only the keys can be checked (see cmd_validate)."""
     if model is not None:
         from .checkpoint import load_state_dict
-        from .statekeys import weight_shapes_from_state
+        from .statekeys import state_layout, weight_shapes_from_state
 
-        return weight_shapes_from_state(arch, load_state_dict(model, component).state, component)
+        ck = load_state_dict(model, component)
+        layout = state_layout(arch, ck.config, file.layout, model)
+        return weight_shapes_from_state(arch, ck.state, component, layout)
+    if file.layout is not None:
+        return None
     from .archs import build_meta
     from .bridge import weight_shapes_of
 
@@ -140,6 +145,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if not arch:
         raise CLIError(f"{args.file}: no architecture in the metadata; pass --arch")
     shapes = _target_shapes(arch, f, args.model, args.component)
+    if shapes is None:
+        # The file records a shrunk UNet layout (e.g. the tiny world): reading it already checked
+        # every key against that layout; the weight shapes are only known from the model itself.
+        print(f"OK: all {len(f.layers)} layer keys of {args.file} are layers of the {arch} UNet layout recorded "
+              f"in the file (lorad.layout); pass --model to check the weight shapes too")
+        return 0
     matched = validate_layers(f, shapes, allow_partial=args.allow_partial)
     against = args.model or f"architecture {arch!r}"
     unmatched = len(f.layers) - len(matched)
@@ -154,7 +165,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     from .checkpoint import load_state_dict, merge_state, save_safetensors, write_diffusers_folder
     from .io import load_lorad
-    from .statekeys import layers_for_state, ldm_prefix, state_to_ldm
+    from .statekeys import layers_for_state, ldm_prefix, state_layout, state_to_ldm
 
     out = Path(args.out)
     _refuse_existing([out], args.force)  # before the (slow) loading
@@ -167,7 +178,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
     to = args.to or ("single" if prefix is not None or out.name.endswith(".safetensors") else "diffusers")
     if prefix is not None and to == "diffusers":
         raise CLIError(f"{args.base}: an ldm-key checkpoint can only be merged into a single file (--to single)")
-    layers, elsewhere = layers_for_state(arch, f.layers, ck.state, args.component)
+    layout = state_layout(arch, ck.config, f.layout, str(args.base))
+    layers, elsewhere = layers_for_state(arch, f.layers, ck.state, args.component, layout)
     if elsewhere:
         print(f"note: {len(elsewhere)} layer(s) of other components (e.g. {elsewhere[0]}) are not in this "
               "model and are not merged", file=sys.stderr)
@@ -186,6 +198,9 @@ def cmd_merge(args: argparse.Namespace) -> int:
           "lorad.arch": arch}
     if to == "diffusers":
         config = ck.config
+        if config is None and layout is not None:
+            raise CLIError(f"{args.base} has no config.json and {args.lorad} is for a shrunk UNet layout: "
+                           "write a single file (--to single) or merge into the model folder")
         if config is None:
             from .archs import load_config
 
@@ -194,7 +209,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
         write_diffusers_folder(merged, out, config, force=args.force, metadata=md)
     else:
         if prefix is None:
-            merged = state_to_ldm(arch, merged, prefix=args.ldm_prefix)
+            merged = state_to_ldm(arch, merged, prefix=args.ldm_prefix, layout=layout)
         save_safetensors(merged, out, metadata=md, force=args.force)
     _say(args, f"merged {len(by_key)} layers at strength {args.strength} into {out} ({to})")
     return 0
@@ -239,17 +254,37 @@ def _json_safe(obj):
     return obj
 
 
+def _merged_arch(path: Path) -> str:
+    """``lorad.arch`` that ``lorad merge`` records in its output, so extract needs no ``--arch`` for it."""
+    from safetensors import safe_open
+
+    from .checkpoint import DIFFUSERS_WEIGHTS
+
+    weights = path / DIFFUSERS_WEIGHTS if path.is_dir() else path
+    if weights.name.endswith(".safetensors") and weights.is_file():
+        with safe_open(str(weights), framework="pt") as f:
+            arch = (f.metadata() or {}).get("lorad.arch")
+        if arch:
+            return arch
+    raise CLIError(f"{path}: no lorad.arch in its metadata (it was not written by lorad merge); pass --arch")
+
+
 def cmd_extract(args: argparse.Namespace) -> int:
     from .checkpoint import load_state_dict
     from .extract import extract_state
     from .io import build_metadata, layers_from_adapter_state, save_lorad
-    from .statekeys import ldm_prefix
+    from .metadata import K_LAYOUT
+    from .statekeys import config_layout, ldm_prefix
 
     out = Path(args.out)
     csv_path, json_path = _report_paths(out, args.report)
     _refuse_existing([out, csv_path, json_path], args.force)
-    base = load_state_dict(args.base, args.component).state
-    merged = load_state_dict(args.merged, args.component).state
+    base_ck = load_state_dict(args.base, args.component)
+    merged_ck = load_state_dict(args.merged, args.component)
+    base, merged = base_ck.state, merged_ck.state
+    if not args.arch:
+        args.arch = _merged_arch(merged_ck.path)
+    layout = config_layout(args.arch, base_ck.config or merged_ck.config)
     for path, st in ((args.base, base), (args.merged, merged)):
         if ldm_prefix(st) is not None:
             raise CLIError(f"{path}: ldm keys; extract expects diffusers keys (as in the official rotated_*.safetensors)")
@@ -266,7 +301,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
                         include_conv=args.include_conv, progress=_progress(args, "extract"))
     if not res.layers:
         raise CLIError(f"{args.merged}: no rotated layer found against {args.base} (nothing written)")
-    layers = layers_from_adapter_state(args.arch, res.layers, args.component)
+    layers = layers_from_adapter_state(args.arch, res.layers, args.component, layout)
     summ = res.summary()
     ranks = {t["A"].shape[1] for t in res.layers.values() if "A" in t}
     file_rank = ranks.pop() if len(ranks) == 1 and summ["dense_fallback"] == 0 else None
@@ -277,6 +312,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
                     "extraction_rank": args.rank, "extraction_tol": args.tol,
                     "extraction_max_weight_err": summ["max_weight_err"]},
     )
+    if layout is not None:
+        md[K_LAYOUT] = json.dumps(layout, sort_keys=True)
     save_lorad(out, layers, md, force=args.force, dtype=_dtype(args.dtype))
     _write_rows_csv(res.report_rows(), csv_path)
     report = {"summary": summ, "layers": res.report_rows(), "other_differences": res.other_rows()}
@@ -308,6 +345,30 @@ def cmd_convert(args: argparse.Namespace) -> int:
 # -- analyze -------------------------------------------------------------------------------
 
 
+def _is_lorad(path: Path) -> bool:
+    """A ``.lorad`` file (its header says so), as opposed to a model state dict."""
+    if not (path.is_file() and path.name.endswith(".safetensors")):
+        return False
+    from safetensors import safe_open
+
+    from .metadata import K_VERSION
+
+    with safe_open(str(path), framework="pt") as f:
+        return K_VERSION in (f.metadata() or {})
+
+
+def _lorad_student(args: argparse.Namespace, teacher):
+    """The student as ``teacher`` rotated by a ``.lorad`` file (any layout the file records)."""
+    from .checkpoint import Checkpoint, merge_state
+    from .io import load_lorad
+    from .statekeys import layers_for_state, state_layout
+
+    f = load_lorad(args.student)
+    layout = state_layout(f.arch, teacher.config, f.layout, str(args.teacher))
+    layers, _ = layers_for_state(f.arch, f.layers, teacher.state, args.component, layout)
+    return Checkpoint(merge_state(teacher.state, layers), Path(args.student), teacher.config)
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
     from . import analysis as AN
     from .checkpoint import load_state_dict, save_safetensors, write_diffusers_folder
@@ -317,13 +378,13 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     outdir = Path(args.outdir)
     names = {"csv": "layers.csv", "summary": "summary.json", "fig_a": "norm_direction.png", "fig_b": "svd_energy.png"}
     targets = [outdir / n for n in names.values()]
-    st = load_state_dict(args.student, args.component)
+    te = load_state_dict(args.teacher, args.component)
+    st = _lorad_student(args, te) if _is_lorad(Path(args.student)) else load_state_dict(args.student, args.component)
     swap_paths: list[Path] = []
     if args.write_swaps:
         suffix = "" if st.config is not None else ".safetensors"
         swap_paths = [outdir / f"norm_swapped{suffix}", outdir / f"direction_swapped{suffix}"]
     _refuse_existing(targets + swap_paths, args.force)
-    te = load_state_dict(args.teacher, args.component)
     res = AN.analyze(st.state, te.state, include=args.include, frac=args.frac, progress=_progress(args, "analyze"))
     if not res.layers:
         from .statekeys import ldm_prefix
@@ -402,7 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("base", help="base model (diffusers keys): folder or state-dict file")
     p.add_argument("merged", help="merged model (diffusers keys), e.g. rotated_unet-sdv1-5.safetensors")
     p.add_argument("out", help="output .lorad.safetensors")
-    p.add_argument("--arch", required=True, help="architecture id (sd15, sd21-base, sdxl, pixart-alpha, ...)")
+    p.add_argument("--arch", help="architecture id (sd15, sd21-base, sdxl, pixart-alpha, ...; default: the "
+                   "lorad.arch that lorad merge wrote into MERGED)")
     p.add_argument("--rank", type=int, default=256, help="factor rank (0: dense angles everywhere; default 256)")
     p.add_argument("--tol", type=float, default=1e-3, help="dense fallback where the factored rotation differs from "
                    "the exact one by more than this relative Frobenius error (default %(default)s)")
@@ -427,7 +489,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("analyze", help="norm vs direction change between two checkpoints (the paper's Fig. 1)")
-    p.add_argument("student", help="fine-tuned/distilled checkpoint (folder or state-dict file)")
+    p.add_argument("student", help="fine-tuned/distilled checkpoint (folder or state-dict file), or a .lorad file "
+                   "(applied to TEACHER)")
     p.add_argument("teacher", help="reference checkpoint with the same keys")
     p.add_argument("outdir", help="folder for layers.csv, summary.json, norm_direction.png, svd_energy.png")
     p.add_argument("--include", action="append", metavar="REGEX", help="only keys matching (repeatable)")

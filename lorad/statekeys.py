@@ -13,12 +13,15 @@ state dict matches file keys by prefix alone, while diffusers names go through
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 
 from torch import Tensor
 
 __all__ = [
     "LDM_PREFIXES",
+    "config_layout",
+    "state_layout",
     "ldm_prefix",
     "file_key_to_state_key",
     "weight_shapes_from_state",
@@ -43,10 +46,44 @@ def ldm_prefix(state: Mapping[str, Tensor]) -> str | None:
     return None
 
 
-def file_key_to_state_key(arch: str, key: str, prefix: str | None, component: str | None = None) -> str | None:
+def config_layout(arch: str, config: Mapping | None) -> dict | None:
+    """The key-deciding layout of a denoiser ``config.json`` when it differs from the full-size one, else None."""
+    from .archs import get_arch
+    from .keymap import default_layout, layout_of
+
+    spec = get_arch(arch)
+    if config is None or spec.family != "unet" or "block_out_channels" not in config:
+        return None
+    own = layout_of(config, spec.family)
+    return None if own == default_layout(spec) else own
+
+
+def state_layout(arch: str, config: Mapping | None, file_layout: Mapping | None, what: str) -> dict | None:
+    """The denoiser layout to spell keys with: the model's own (``config.json``), else the file's.
+
+    A file made for another layout than the model's is refused here, naming both, instead
+    of later as a pile of keys that match nothing.
+    """
+    expected = dict(file_layout) if file_layout is not None else None
+    if config is None or "block_out_channels" not in config:
+        return expected
+    own = config_layout(arch, config)
+    if own != expected:
+        def show(x: Mapping | None) -> str:
+            return f"the full-size {arch} one" if x is None else json.dumps(x, sort_keys=True)
+
+        raise ValueError(f"{what}: the LoRaD file was made for the UNet layout {show(expected)} but the model's "
+                         f"config.json has {show(own)}; use the base model the file was made for")
+    return own
+
+
+def file_key_to_state_key(
+    arch: str, key: str, prefix: str | None, component: str | None = None, layout: Mapping | None = None
+) -> str | None:
     """The state-dict ``.weight`` key a file key addresses, or None if it is not in this component.
 
-    ``prefix`` is :func:`ldm_prefix` of the target state (None: diffusers keys).
+    ``prefix`` is :func:`ldm_prefix` of the target state (None: diffusers keys); ``layout``
+    the denoiser layout when it differs from the architecture's full-size one (``lorad.layout``).
     """
     if prefix is not None:
         if not key.startswith(FILE_UNET_PREFIX):
@@ -56,12 +93,12 @@ def file_key_to_state_key(arch: str, key: str, prefix: str | None, component: st
     from .keymap import to_module_name
 
     spec = get_arch(arch)
-    comp, name = to_module_name(spec, key)
+    comp, name = to_module_name(spec, key, layout)
     return name + ".weight" if comp == (component or spec.denoiser) else None
 
 
 def weight_shapes_from_state(
-    arch: str, state: Mapping[str, Tensor], component: str | None = None
+    arch: str, state: Mapping[str, Tensor], component: str | None = None, layout: Mapping | None = None
 ) -> dict[str, tuple[int, ...]]:
     """File key -> weight shape for every >= 2-D ``.weight`` in a state dict (either layout)."""
     prefix = ldm_prefix(state)
@@ -77,7 +114,7 @@ def weight_shapes_from_state(
         if not k.endswith(".weight") or v.dim() < 2:
             continue
         try:
-            shapes[to_file_key(arch, k[: -len(".weight")], component)] = tuple(v.shape)
+            shapes[to_file_key(arch, k[: -len(".weight")], component, layout)] = tuple(v.shape)
         except KeyMapError:
             continue  # a weight the layout does not name (it cannot be addressed by a file)
     return shapes
@@ -88,13 +125,14 @@ def layers_for_state(
     layers: Mapping[str, Mapping[str, Tensor]],
     state: Mapping[str, Tensor],
     component: str | None = None,
+    layout: Mapping | None = None,
 ) -> tuple[dict[str, Mapping[str, Tensor]], list[str]]:
     """``(state weight key -> layer tensors, file keys of other components)``."""
     prefix = ldm_prefix(state)
     out: dict[str, Mapping[str, Tensor]] = {}
     elsewhere: list[str] = []
     for key, t in layers.items():
-        sk = file_key_to_state_key(arch, key, prefix, component)
+        sk = file_key_to_state_key(arch, key, prefix, component, layout)
         if sk is None:
             elsewhere.append(key)
         else:
@@ -102,7 +140,9 @@ def layers_for_state(
     return out, elsewhere
 
 
-def state_to_ldm(arch: str, state: Mapping[str, Tensor], prefix: str = "model.diffusion_model.") -> dict[str, Tensor]:
+def state_to_ldm(
+    arch: str, state: Mapping[str, Tensor], prefix: str = "model.diffusion_model.", layout: Mapping | None = None
+) -> dict[str, Tensor]:
     """Rename a diffusers UNet state dict to ldm keys (every key must map, else KeyError naming them)."""
     from .keymap import KeyMapError, to_file_key
 
@@ -111,7 +151,7 @@ def state_to_ldm(arch: str, state: Mapping[str, Tensor], prefix: str = "model.di
     for k, v in state.items():
         module, _, leaf = k.rpartition(".")
         try:
-            fk = to_file_key(arch, module)
+            fk = to_file_key(arch, module, None, layout)
         except KeyMapError:
             bad.append(k)
             continue

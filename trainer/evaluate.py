@@ -6,6 +6,7 @@ Usage::
     wadi eval --mode onestep                               # its x0 prediction at t=999 (one step)
     wadi eval --mode real|shuffled|noise|vae               # sanity references of the metric itself
     wadi eval --baselines --out baselines.json             # all of the above in one table
+    wadi eval --mode onestep --lorad student.lorad.safetensors --out student.json   # a distilled student
 
 Every mode uses the same fixed prompt set (``fixed_eval_prompts``) and, for
 generators, the same initial noise per seed (``eval_noise``), so numbers of
@@ -165,8 +166,17 @@ def _main(args: argparse.Namespace) -> int:
     prompts = M.fixed_eval_prompts(args.n)
     needs_model = args.baselines or args.mode in ("multistep", "onestep", "vae")
     pipe = load_pipeline(Path(args.model)).to(args.device) if needs_model else None
+    if args.lorad:
+        if pipe is None:
+            raise ValueError(f"--lorad applies to the model's UNet; mode {args.mode!r} uses no model")
+        from ..lorad.bridge import load_adapter
+        from ..lorad.inject import set_active
+
+        load_adapter(pipe.unet, "student", args.lorad)  # the file's own layout, validated against this UNet
+        set_active(pipe.unet, "student")
     jobs = BASELINES if args.baselines else [(args.mode, args.mode, {})]
-    results: dict[str, Any] = {"model": str(args.model), "n_prompts": args.n, "seeds": list(args.seeds), "rows": {}}
+    results: dict[str, Any] = {"model": str(args.model), "lorad": Path(args.lorad).name if args.lorad else None,
+                               "n_prompts": args.n, "seeds": list(args.seeds), "rows": {}}
     for label, mode, overrides in jobs:
         ns = argparse.Namespace(**{**vars(args), **overrides})
         t0 = time.perf_counter()
@@ -178,7 +188,7 @@ def _main(args: argparse.Namespace) -> int:
         print(f"{label:34s} alignment {s['alignment_mean']:.3f} ± {s['alignment_std']:.3f}   "
               f"FD {s['fd_mean']:8.3f} ± {s['fd_std']:.3f}   ({res['wall_s']} s)", flush=True)  # fmt: skip
     if args.out:
-        from .tinyworld.io import atomic_write_text
+        from ..lorad.fsutil import atomic_write_text
 
         atomic_write_text(Path(args.out), json.dumps(results, indent=2))
     return 0
@@ -196,6 +206,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--model", default=str(M.DEFAULT_TEACHER), help="diffusers SD folder (default: shipped teacher)")
     p.add_argument("--mode", default="multistep", help="multistep | onestep | real | shuffled | noise | vae")
+    p.add_argument("--lorad", default="", help="a .lorad student/adapter applied to the model's UNet "
+                   "(e.g. wadi eval --mode onestep --lorad student.lorad.safetensors)")
     p.add_argument("--baselines", action="store_true", help="evaluate the whole baseline table")
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--guidance", type=float, default=3.0)
