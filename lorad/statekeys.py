@@ -64,11 +64,15 @@ def state_layout(arch: str, config: Mapping | None, file_layout: Mapping | None,
     A file made for another layout than the model's is refused here, naming both, instead
     of later as a pile of keys that match nothing.
     """
+    from .keymap import unet_keymap
+
     expected = dict(file_layout) if file_layout is not None else None
     if config is None or "block_out_channels" not in config:
         return expected
     own = config_layout(arch, config)
-    if own != expected:
+    # Widths do not change key names (a toy-width SD1.5 UNet spells keys like the real one):
+    # what must agree is the block table the keys are spelled with.
+    if unet_keymap(arch, own).to_ldm != unet_keymap(arch, expected).to_ldm:
         def show(x: Mapping | None) -> str:
             return f"the full-size {arch} one" if x is None else json.dumps(x, sort_keys=True)
 
