@@ -56,6 +56,8 @@ __all__ = [
     "LoRaDFile",
     "save_lorad",
     "load_lorad",
+    "read_header",
+    "file_from_tensors",
     "validate_layers",
     "build_metadata",
     "layers_from_adapter_state",
@@ -272,12 +274,8 @@ def _group(path, names) -> dict[str, dict[str, str]]:
     return groups
 
 
-def load_lorad(path: str | os.PathLike, *, device: str | torch.device = "cpu", verify_hash: bool = True) -> LoRaDFile:
-    """Read and fully validate a file; tensors come back as float32 on ``device``."""
-    path = Path(path)
-    if not path.is_file():
-        raise LoRaDFileError(path, None, "no such file", "an existing .lorad.safetensors file")
-    _, header = _read_header(path)
+def _header_layers(path, header: dict) -> tuple[dict[str, dict[str, str]], dict[str, str], set[str]]:
+    """Check the tensor table and metadata of a header: (groups key -> kind -> tensor name, metadata, dtypes)."""
     md = dict(header.get("__metadata__", {}))
     names = [k for k in header if k != "__metadata__"]
     dtypes = set()
@@ -295,6 +293,32 @@ def load_lorad(path: str | os.PathLike, *, device: str | torch.device = "cpu", v
     shapes = {key: {k: torch.empty(header[n]["shape"], device="meta") for k, n in g.items()}
               for key, g in groups.items()}
     _check_all(path, shapes, md)
+    return groups, md, dtypes
+
+
+def load_lorad(
+    path: str | os.PathLike,
+    *,
+    device: str | torch.device = "cpu",
+    verify_hash: bool = True,
+    dtype: torch.dtype | None = torch.float32,
+    header_only: bool = False,
+) -> LoRaDFile:
+    """Read and fully validate a file; tensors come back as ``dtype`` (None: as stored) on ``device``.
+
+    ``header_only`` reads the safetensors header alone (metadata, names, shapes; tensors on the
+    ``meta`` device, no hash or finiteness check): what an info panel needs, at no read cost.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise LoRaDFileError(path, None, "no such file", "an existing .lorad.safetensors file")
+    _, header = _read_header(path)
+    groups, md, dtypes = _header_layers(path, header)
+    storage = dtypes.pop() if len(dtypes) == 1 else None
+    if header_only:
+        layers = {key: {k: torch.empty(header[n]["shape"], dtype=STORAGE_DTYPES[header[n]["dtype"]], device="meta")
+                        for k, n in g.items()} for key, g in groups.items()}
+        return LoRaDFile(path, layers, md, storage)
     if verify_hash and K_HASH in md:
         actual = data_sha256(path)
         if actual.lower() != md[K_HASH].lower():
@@ -304,13 +328,49 @@ def load_lorad(path: str | os.PathLike, *, device: str | torch.device = "cpu", v
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             for key, g in groups.items():
-                layers[key] = {k: f.get_tensor(n).to(device=device, dtype=torch.float32) for k, n in g.items()}
+                layers[key] = {k: f.get_tensor(n).to(device=device, dtype=dtype) for k, n in g.items()}
     except LoRaDFileError:
         raise
     except Exception as e:  # safetensors raises its own error types; name the file
         raise LoRaDFileError(path, None, f"cannot read tensors: {e}", "a valid .safetensors file") from None
     _check_finite(path, layers)
-    return LoRaDFile(path, layers, md, dtypes.pop() if len(dtypes) == 1 else None)
+    return LoRaDFile(path, layers, md, storage)
+
+
+def read_header(path: str | os.PathLike) -> dict:
+    """The parsed safetensors header of ``path`` (tensor table and ``__metadata__``), checked for sanity only."""
+    return _read_header(Path(path))[1]
+
+
+def file_from_tensors(path: str | os.PathLike, tensors: Mapping[str, Tensor], header: dict) -> LoRaDFile:
+    """Validate tensors already read from ``path`` (e.g. by ComfyUI's stock LoRA loader) like :func:`load_lorad`.
+
+    ``header`` is ``read_header(path)``: the metadata and the tensor table the tensors must
+    match (names, dtypes, shapes).  The ModelSpec hash is checked against the tensors' own
+    bytes in file order, so the check covers what will be applied, without reading the file again.
+    """
+    groups, md, dtypes = _header_layers(path, header)
+    names = [k for k in header if k != "__metadata__"]
+    if set(names) != set(tensors):
+        extra = sorted(set(tensors) - set(names)) or sorted(set(names) - set(tensors))
+        raise LoRaDFileError(path, extra[0], "the loaded tensors are not the file's tensors", "the same names")
+    for n in names:
+        t = tensors[n]
+        if _DTYPE_NAMES.get(t.dtype) != header[n]["dtype"] or list(t.shape) != header[n]["shape"]:
+            raise LoRaDFileError(path, n, f"loaded as {t.dtype} {tuple(t.shape)}",
+                                 f"{header[n]['dtype']} {tuple(header[n]['shape'])} as in the file")
+    if K_HASH in md:
+        h = hashlib.sha256()
+        for n in sorted(names, key=lambda n: header[n]["data_offsets"][0]):
+            h.update(tensors[n].detach().contiguous().cpu().view(torch.uint8).numpy().tobytes())
+        actual = "0x" + h.hexdigest()
+        if actual.lower() != md[K_HASH].lower():
+            raise LoRaDFileError(path, K_HASH, f"tensor data hash {actual} does not match the header",
+                                 f"{md[K_HASH]} (file corrupted or tensors edited)")
+    layers = {key: {k: tensors[n] for k, n in g.items()} for key, g in groups.items()}
+    _check_finite(path, layers)
+    storage = dtypes.pop() if len(dtypes) == 1 else None
+    return LoRaDFile(Path(path), layers, md, storage)
 
 
 def _first(items: list[str], n: int = 20) -> str:

@@ -19,6 +19,7 @@ from comfy.weight_adapter import WeightAdapterBase
 
 from ..lorad import functional as LF
 from ..lorad.layer_spec import LayerSpec
+from . import stock_guard
 
 log = logging.getLogger("wadi")
 
@@ -74,15 +75,27 @@ class LoRaDAdapter(WeightAdapterBase):
 
     @classmethod
     def load(cls, x: str, lora: dict, alpha=None, dora_scale=None, loaded_keys: set[str] | None = None):
-        """Claim ``{x}.lorad_A`` + ``{x}.lorad_B`` or ``{x}.lorad_theta`` (None if absent)."""
+        """Claim ``{x}.lorad_A`` + ``{x}.lorad_B`` or ``{x}.lorad_theta`` (None if absent).
+
+        The stock loader asks this for every key of the model; the first question per
+        ``load_lora`` call validates the whole file (``stock_guard``).  A refused file gets
+        no adapter at all (its keys are claimed so ComfyUI does not list them once more).
+        """
         loaded_keys = set() if loaded_keys is None else loaded_keys
-        a_name, b_name, t_name = f"{x}.lorad_A", f"{x}.lorad_B", f"{x}.lorad_theta"
+        names = [n for n in (f"{x}.lorad_A", f"{x}.lorad_B", f"{x}.lorad_theta") if n in lora]
+        check = stock_guard.verdict(lora, loaded_keys)
+        if not names:
+            return None
+        if check is not None and not check.ok:
+            loaded_keys.update(names)
+            return None
+        t_name = f"{x}.lorad_theta"
         if t_name in lora:
             loaded_keys.add(t_name)
             return cls(loaded_keys, (lora[t_name],), x)
-        if a_name in lora and b_name in lora:
-            loaded_keys.update((a_name, b_name))
-            return cls(loaded_keys, (lora[a_name], lora[b_name]), x)
+        if len(names) == 2:
+            loaded_keys.update(names)
+            return cls(loaded_keys, (lora[names[0]], lora[names[1]]), x)
         return None
 
     def angles(self, device: torch.device, strength: float = 1.0) -> torch.Tensor:

@@ -27,7 +27,7 @@ class WaDiLoRaDInfo(io.ComfyNode):
 
     @classmethod
     def execute(cls, lorad_name) -> io.NodeOutput:
-        text = summary_text(patching.load_info(lorad_name))
+        text = summary_text(patching.load_info(lorad_name, header_only=True))
         return io.NodeOutput(text, ui={"text": [text]})
 
 
@@ -50,7 +50,7 @@ def register_route() -> bool:
         if name not in patching.list_files():
             return web.json_response({"error": f"unknown LoRaD file {name!r}"}, status=404)
         try:
-            info = patching.load_info(name)
+            info = patching.load_info(name, header_only=True)
         except LoRaDReadError as e:
             return web.json_response({"error": str(e)}, status=400)
         return web.json_response({"summary": info.summary(), "text": summary_text(info)})

@@ -54,15 +54,29 @@ class LoRaDInfo:
         }
 
 
-def read_lorad(path: str) -> LoRaDInfo:
-    """Read and validate (``lorad.io.load_lorad``); raises :class:`LoRaDReadError`."""
+def read_lorad(path: str, header_only: bool = False) -> LoRaDInfo:
+    """Read and validate (``lorad.io.load_lorad``); raises :class:`LoRaDReadError`.
+
+    Factors stay in the file's dtype (the adapter casts each to float32 when it rotates), so
+    a loaded file costs its own size, not an fp32 copy.  ``header_only``: metadata, names and
+    shapes from the safetensors header alone (the info panel), no tensor read or hash.
+    """
     try:
-        f = lorad_io.load_lorad(path)
-        step = f.one_step  # parses (and checks) the wadi.* keys
+        f = lorad_io.load_lorad(path, dtype=None, header_only=header_only)
     except (lorad_io.LoRaDFileError, ValueError) as e:
         raise LoRaDReadError(str(e) if str(path) in str(e) else f"{path}: {e}") from e
+    return info_of(f)
+
+
+def info_of(f: lorad_io.LoRaDFile) -> LoRaDInfo:
+    """What the nodes keep of a validated file (also used for files that came in through the stock loader)."""
+    path = str(f.path)
+    try:
+        step = f.one_step  # parses (and checks) the wadi.* keys
+    except ValueError as e:
+        raise LoRaDReadError(str(e) if path in str(e) else f"{path}: {e}") from e
     onestep = None if step is None else OneStep(float(step.timestep), float(step.alpha_bar_T), step.prediction_type)
-    return LoRaDInfo(str(path), dict(f.layers), dict(f.metadata), f.arch or None, f.rank, onestep)
+    return LoRaDInfo(path, dict(f.layers), dict(f.metadata), f.arch or None, f.rank, onestep)
 
 
 _SKIP = ("modelspec.hash_sha256", "lorad.rank_pattern", "lorad.layout")

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import os
 
-import comfy.lora
 import folder_paths
 
 from .adapter import LoRaDAdapter
+from .fit import model_arch, plan
 from .lorad_file import LoRaDInfo, LoRaDReadError, read_lorad
-from .resolve import LoRaDMatchError, Resolved, check_arch, check_unique, report_unmatched, resolve
+from .resolve import LoRaDMatchError, Resolved
+
+__all__ = ["register_folder", "list_files", "full_path", "load_info", "model_arch", "plan", "apply"]
 
 FOLDER = "lorad"
 LORAS_PREFIX = "loras/"
@@ -42,39 +44,8 @@ def full_path(name: str) -> str:
     return path
 
 
-def load_info(name: str) -> LoRaDInfo:
-    return read_lorad(full_path(name))
-
-
-def model_arch(patcher) -> str | None:
-    """ComfyUI's model-config class name (SD15, SD21UnclipL, SDXL, PixArtAlpha, ...)."""
-    cfg = getattr(getattr(patcher, "model", None), "model_config", None)
-    return type(cfg).__name__ if cfg is not None else None
-
-
-def _shapes(patcher) -> dict[str, tuple[int, ...]]:
-    return {k: tuple(v.shape) for k, v in patcher.model_state_dict().items()}
-
-
-def plan(info: LoRaDInfo, model, clip) -> tuple[list[Resolved], list[Resolved]]:
-    """Resolve every layer onto the UNet/transformer or the text encoder; raise on any mismatch."""
-    check_arch(info.arch, model_arch(model), info.path)
-    unet, left = resolve(info.layers, comfy.lora.model_lora_keys_unet(model.model, {}), _shapes(model), info.path)
-    te: list[Resolved] = []
-    if left and clip is not None:
-        te, left = resolve(
-            {k: info.layers[k] for k in left},
-            comfy.lora.model_lora_keys_clip(clip.cond_stage_model, {}),
-            _shapes(clip.patcher),
-            info.path,
-        )
-    targets = "model" if clip is None else "model or CLIP"
-    if left and clip is None and any(k.startswith(("text_encoders.", "lora_te", "text_encoder")) for k in left):
-        targets = "model (the file also has text-encoder layers: connect a CLIP)"
-    report_unmatched(left, len(info.layers), info.path, targets)
-    check_unique(unet, info.path)
-    check_unique(te, info.path)
-    return unet, te
+def load_info(name: str, header_only: bool = False) -> LoRaDInfo:
+    return read_lorad(full_path(name), header_only=header_only)
 
 
 def _patches(info: LoRaDInfo, resolved: list[Resolved]) -> dict:

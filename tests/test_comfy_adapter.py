@@ -84,16 +84,43 @@ def test_shape_mismatch_is_logged_and_weight_kept(caplog):
     assert "diffusion_model.x.weight" in caplog.text
 
 
-def test_load_claims_only_lorad_keys():
-    sd = {"x.lorad_A": torch.zeros(4, 2), "x.lorad_B": torch.zeros(2, 3), "y.lorad_theta": torch.zeros(4, 3),
-          "z.lora_up.weight": torch.zeros(4, 2), "z.lora_down.weight": torch.zeros(2, 6), "w.lorad_A": torch.zeros(4, 2)}
+def _file_dict(tmp_path, monkeypatch):
+    """A valid two-layer .lorad file (factored + dense), the dict ComfyUI's loader reads from it,
+    and the guard pointed at its folder (what models/loras is for the stock loader)."""
+    from safetensors.torch import load_file
+    from wadi_lorad.lorad.io import build_metadata, save_lorad
+    from wadi_lorad.nodes import stock_guard
+
+    x = "diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q"
+    y = "diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_k"
+    a, b = factors(320, 160)
+    path = save_lorad(tmp_path / "two.lorad.safetensors", {x: {"A": a, "B": b}, y: {"theta": torch.zeros(320, 160)}},
+                      build_metadata(arch="sd15", rank=None, target_preset="custom", title="two"))
+    monkeypatch.setattr(stock_guard, "_candidates", lambda: [str(path)])
+    return x, y, load_file(str(path))
+
+
+def test_load_claims_only_lorad_keys_of_a_valid_file(tmp_path, monkeypatch):
+    x, y, sd = _file_dict(tmp_path, monkeypatch)
     keys: set[str] = set()
-    x = AD.LoRaDAdapter.load("x", sd, None, None, keys)
-    y = AD.LoRaDAdapter.load("y", sd, None, None, keys)
-    assert x is not None and len(x.weights) == 2 and y is not None and len(y.weights) == 1
-    assert AD.LoRaDAdapter.load("z", sd, None, None, keys) is None  # a LoRA is not ours
-    assert AD.LoRaDAdapter.load("w", sd, None, None, keys) is None  # A without B is incomplete
-    assert keys == {"x.lorad_A", "x.lorad_B", "y.lorad_theta"}
+    ax = AD.LoRaDAdapter.load(x, sd, None, None, keys)
+    ay = AD.LoRaDAdapter.load(y, sd, None, None, keys)
+    assert ax is not None and len(ax.weights) == 2 and ay is not None and len(ay.weights) == 1
+    assert AD.LoRaDAdapter.load("diffusion_model.out.2", sd, None, None, keys) is None  # not in the file
+    assert keys == {x + ".lorad_A", x + ".lorad_B", y + ".lorad_theta"}
+
+
+def test_a_refused_dict_gets_no_adapter_and_one_error(tmp_path, monkeypatch, caplog):
+    x, y, sd = _file_dict(tmp_path, monkeypatch)
+    bad = {**sd, x + ".lorad_A": sd[x + ".lorad_A"].clone()}
+    bad[x + ".lorad_A"][0, 0] = float("nan")  # NaN angle: the file's hash no longer matches either
+    del bad[y + ".lorad_theta"]  # and the tensor table is not the file's: no source is found
+    keys: set[str] = set()
+    assert AD.LoRaDAdapter.load(x, bad, None, None, keys) is None
+    assert AD.LoRaDAdapter.load(y, bad, None, None, keys) is None
+    assert keys == {x + ".lorad_A", x + ".lorad_B"}  # claimed, so ComfyUI does not warn per key again
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and x in errors[0].getMessage() and "Nothing of this file" in errors[0].getMessage()
 
 
 def test_register_is_idempotent():

@@ -94,9 +94,11 @@ def test_stacking_order_with_a_lora_diff(loaded):
 def test_load_lorad_node_equals_comfy_load_lora(loaded):
     import comfy.sd
     import comfy.utils
+    import folder_paths
     from wadi_lorad.nodes import patching
     from wadi_lorad.nodes.lorad_file import read_lorad
 
+    folder_paths.add_model_folder_path("loras", str(loaded["path"].parent))  # the stock loader's folder
     info = read_lorad(str(loaded["path"]))
     ours, ours_clip, n_unet, n_te = patching.apply(info, loaded["model"], loaded["clip"], 0.6, 0.6)
     sd = comfy.utils.load_torch_file(str(loaded["path"]), safe_load=True)

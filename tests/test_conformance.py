@@ -363,9 +363,13 @@ def run_comfy_lorad(layout, dname, form, strength, files):
 def run_comfy_stock(layout, dname, form, strength, files):
     import comfy.sd
     import comfy.utils
+    import folder_paths
 
+    path = files[(layout, form)]
+    if str(path.parent) not in folder_paths.get_folder_paths("loras"):
+        folder_paths.add_model_folder_path("loras", str(path.parent))  # where LoraLoader finds LoRA files
     base = comfy_model(layout, DTYPES[dname])
-    sd = comfy.utils.load_torch_file(str(files[(layout, form)]), safe_load=True)
+    sd = comfy.utils.load_torch_file(str(path), safe_load=True)
     m, _ = comfy.sd.load_lora_for_models(base, None, sd, strength, 0)
     assert len(m.patches) == len(KEYS[layout])
     return patched_weights(m, KEYS[layout])
