@@ -58,6 +58,7 @@ __all__ = [
     "load_lorad",
     "read_header",
     "file_from_tensors",
+    "tensors_sha256",
     "validate_layers",
     "build_metadata",
     "layers_from_adapter_state",
@@ -342,6 +343,14 @@ def read_header(path: str | os.PathLike) -> dict:
     return _read_header(Path(path))[1]
 
 
+def tensors_sha256(tensors: Mapping[str, Tensor], header: dict) -> str:
+    """:func:`data_sha256` of the file these tensors were read from, computed from the tensors (file order)."""
+    h = hashlib.sha256()
+    for n in sorted((k for k in header if k != "__metadata__"), key=lambda n: header[n]["data_offsets"][0]):
+        h.update(tensors[n].detach().contiguous().cpu().view(torch.uint8).numpy().tobytes())
+    return "0x" + h.hexdigest()
+
+
 def file_from_tensors(path: str | os.PathLike, tensors: Mapping[str, Tensor], header: dict) -> LoRaDFile:
     """Validate tensors already read from ``path`` (e.g. by ComfyUI's stock LoRA loader) like :func:`load_lorad`.
 
@@ -360,10 +369,7 @@ def file_from_tensors(path: str | os.PathLike, tensors: Mapping[str, Tensor], he
             raise LoRaDFileError(path, n, f"loaded as {t.dtype} {tuple(t.shape)}",
                                  f"{header[n]['dtype']} {tuple(header[n]['shape'])} as in the file")
     if K_HASH in md:
-        h = hashlib.sha256()
-        for n in sorted(names, key=lambda n: header[n]["data_offsets"][0]):
-            h.update(tensors[n].detach().contiguous().cpu().view(torch.uint8).numpy().tobytes())
-        actual = "0x" + h.hexdigest()
+        actual = tensors_sha256(tensors, header)
         if actual.lower() != md[K_HASH].lower():
             raise LoRaDFileError(path, K_HASH, f"tensor data hash {actual} does not match the header",
                                  f"{md[K_HASH]} (file corrupted or tensors edited)")

@@ -6,8 +6,9 @@ file would be applied in part (the layers that happen to fit) and its errors onl
 layer.  Here the first such question for a dict (one ``load_lora`` call) runs the checks
 Load LoRaD runs, once, before any adapter exists:
 
-1. find the file the tensors came from (``models/loras`` and ``models/lorad``, matched by its
-   safetensors header: names, dtypes, shapes) for its metadata, which the stock loader drops;
+1. find the file the tensors came from, for its metadata, which the stock loader drops: the
+   ``lora_path`` LoraLoader holds next to the dict, else the file in ``models/loras`` or
+   ``models/lorad`` whose safetensors header lists exactly these tensors;
 2. ``lorad.io.file_from_tensors``: format version, architecture id, pairing, complete A/B
    pairs, ranks, dtypes, key spelling, finiteness, and the ModelSpec hash over the tensors;
 3. ``fit.plan`` against the MODEL/CLIP being patched: architecture, every key resolves, every
@@ -26,9 +27,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import folder_paths
+import torch
 from torch import Tensor
 
 from ..lorad import io as lorad_io
+from ..lorad.metadata import K_HASH
 from .fit import plan
 from .lorad_file import LoRaDReadError, info_of
 from .resolve import LoRaDMatchError
@@ -45,6 +48,10 @@ class Verdict:
     reason: str = ""
 
 
+# safetensors' dtype names, so a file with a forbidden dtype is still found (and refused naming it).
+_ST_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+              torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+              torch.bool: "BOOL"}
 _LAST: dict = {"keys": None, "lora_id": None, "verdict": None}
 
 
@@ -64,7 +71,8 @@ def verdict(lora: Mapping[str, Tensor], loaded_keys: set) -> Verdict | None:
 def _check(lora: Mapping[str, Tensor]) -> Verdict:
     path = None
     try:
-        path, header = find_source(lora, _candidates())
+        named = _loader_path(lora)
+        path, header = (named, lorad_io.read_header(named)) if named else find_source(lora, _candidates())
         info = info_of(lorad_io.file_from_tensors(path, lora, header))
         models = _models_being_patched()
         if models is None:
@@ -93,10 +101,14 @@ def _candidates() -> list[str]:
 
 
 def find_source(lora: Mapping[str, Tensor], candidates: Iterable[str]) -> tuple[str, dict]:
-    """The first candidate whose header lists exactly these tensors (names, dtypes, shapes) and data size."""
-    names = {dtype: name for name, dtype in lorad_io.STORAGE_DTYPES.items()}
-    want = {n: (names.get(t.dtype), list(t.shape)) for n, t in lora.items()}
+    """The file these tensors were read from: its header lists exactly them (names, dtypes, shapes).
+
+    Several files can share a header (copies, edits): then the one whose data hash is the
+    tensors' own wins (from its metadata, else read from disk), else one without a hash.
+    """
+    want = {n: (_ST_DTYPES.get(t.dtype, str(t.dtype)), list(t.shape)) for n, t in lora.items()}
     nbytes = sum(t.numel() * t.element_size() for t in lora.values())
+    matches: list[tuple[str, dict]] = []
     for path in candidates:
         try:
             if os.path.getsize(path) < nbytes + 8:
@@ -108,11 +120,45 @@ def find_source(lora: Mapping[str, Tensor], candidates: Iterable[str]) -> tuple[
         if table.keys() == want.keys() and all(
             isinstance(v, dict) and (v.get("dtype"), v.get("shape")) == want[k] for k, v in table.items()
         ):
-            return path, header
+            matches.append((path, header))
+    if len(matches) > 1:
+        own = lorad_io.tensors_sha256(lora, matches[0][1])
+
+        def stored(header: dict) -> str | None:
+            return header.get("__metadata__", {}).get(K_HASH)
+
+        by_meta = [m for m in matches if (stored(m[1]) or "").lower() == own]
+        by_disk = [] if by_meta else [m for m in matches if lorad_io.data_sha256(m[0]) == own]
+        matches = by_meta or by_disk or [m for m in matches if stored(m[1]) is None] or matches
+    if matches:
+        return matches[0]
     example = next((k for k in lora if MARK in k), "")
     raise lorad_io.LoRaDFileError(
         None, example, "LoRaD tensors whose file is not in models/loras or models/lorad, so its metadata "
         "(format version, architecture) cannot be checked", "the file in a LoRA folder, or Load LoRaD")
+
+
+def _caller_frames(depth: int = 10):
+    frame = sys._getframe(2)
+    for _ in range(depth):
+        if frame is None:
+            return
+        yield frame
+        frame = frame.f_back
+
+
+def _loader_path(lora: Mapping[str, Tensor]) -> str | None:
+    """The file a LoraLoader-style node read ``lora`` from (its ``lora_path`` local), if one is on the stack.
+
+    ComfyUI's LoraLoader (and nodes built on it) hold the path and the dict side by side;
+    that names the file exactly, where matching headers could not tell copies apart.
+    """
+    for frame in _caller_frames():
+        loc = frame.f_locals
+        path = loc.get("lora_path")
+        if loc.get("lora") is lora and isinstance(path, str) and os.path.isfile(path):
+            return path
+    return None
 
 
 def _models_being_patched() -> tuple | None:
@@ -122,11 +168,7 @@ def _models_being_patched() -> tuple | None:
     MODEL/CLIP are visible before any patch exists.  Read-only, and a ComfyUI that calls
     ``load_lora`` some other way falls back to the per-layer checks.
     """
-    frame = sys._getframe(1)
-    for _ in range(8):
-        frame = frame.f_back
-        if frame is None:
-            return None
+    for frame in _caller_frames():
         if frame.f_code.co_name == "load_lora_for_models" and "model" in frame.f_locals:
             return frame.f_locals.get("model"), frame.f_locals.get("clip")
     return None
