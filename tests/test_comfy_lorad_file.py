@@ -45,3 +45,32 @@ def test_errors_name_the_file(tmp_path):
     save_file({KEY + ".lorad_theta": torch.zeros(320, 160)}, str(q))
     with pytest.raises(LoRaDReadError, match="not a LoRaD file"):
         read_lorad(str(q))
+
+
+def test_factors_stay_in_the_file_dtype(tmp_path):
+    """No fp32 copy of every factor: an fp16 file is held as fp16 (rotation math still runs in fp32)."""
+    layers = {KEY: {"A": torch.randn(320, 4) * 0.1, "B": torch.randn(4, 160)}}
+    md = LIO.build_metadata(arch="sd15", rank=4, target_preset="paper-student", title="t")
+    path = LIO.save_lorad(tmp_path / "h.lorad.safetensors", layers, md, dtype=torch.float16)
+    info = read_lorad(str(path))
+    assert {t.dtype for t in info.layers[KEY].values()} == {torch.float16}
+    from wadi_lorad.lorad.layer_spec import LayerSpec
+
+    w = torch.randn(320, 320)
+    fp32 = {k: v.float() for k, v in info.layers[KEY].items()}
+    assert torch.equal(LayerSpec.from_parts(info.layers[KEY], KEY).rotated(w, 0.7),
+                       LayerSpec.from_parts(fp32, KEY).rotated(w, 0.7))  # same angles as an fp32 copy
+
+
+def test_info_panel_reads_the_header_alone(tmp_path):
+    """The panel's summary needs no tensor bytes: a file whose data was damaged still shows its metadata
+    (the full read refuses it by its hash), and the tensors come back on the meta device."""
+    path = write(tmp_path / "s.lorad.safetensors", {"timestep": 999, "alpha_bar_T": 0.0047, "prediction_type": "epsilon"})
+    raw = bytearray(open(path, "rb").read())
+    raw[-1] ^= 0xFF  # flip the last data byte
+    open(path, "wb").write(bytes(raw))
+    with pytest.raises(LoRaDReadError, match="hash"):
+        read_lorad(path)
+    info = read_lorad(path, header_only=True)
+    assert all(t.device.type == "meta" for t in info.layers[KEY].values())
+    assert info.onestep == OneStep(999.0, 0.0047, "epsilon") and "rank: 4" in summary_text(info)
