@@ -19,6 +19,7 @@ from .inject import (
     unmerge,
 )
 from .layer import LoRaDAdapter, LoRaDLayer
+from .layer_spec import LayerSpec, LayerSpecError
 from .presets import PRESETS, Targets
 
 __all__ = [
@@ -36,6 +37,8 @@ __all__ = [
     "load_adapter_state",
     "count_parameters",
     "LoRaDLayer",
+    "LayerSpec",
+    "LayerSpecError",
     "LoRaDAdapter",
     "PRESETS",
     "Targets",
