@@ -89,12 +89,14 @@ def test_merge_state_rotates_checks_and_is_all_or_nothing():
     st = _state()
     g = torch.Generator().manual_seed(1)
     a, b = torch.randn(8, 2, generator=g), torch.randn(2, 3, generator=g)
-    theta = torch.randn(4, 9, generator=g)
+    theta = torch.randn(4, 9, generator=g) * 3  # dense angles beyond pi: the wrap matters at s = 0.5
+    assert float(theta.abs().max()) > torch.pi
     layers = {"down_blocks.0.attn.to_q.weight": {"A": a, "B": b}, "conv_in.weight": {"theta": theta}}
     out = CK.merge_state(st, layers, strength=0.5)
     assert torch.allclose(out["down_blocks.0.attn.to_q.weight"], LF.rotate(st["down_blocks.0.attn.to_q.weight"],
                                                                          LF.angles(a, b) * 0.5))
-    assert torch.allclose(out["conv_in.weight"], LF.rotate(st["conv_in.weight"], theta * 0.5))
+    # s * wrap(theta), as the trainer and every reader apply it (docs/lorad-format.md 3.5), not s * theta
+    assert torch.allclose(out["conv_in.weight"], LF.rotate(st["conv_in.weight"], LF.wrap_angles(theta) * 0.5))
     assert out["down_blocks.0.attn.to_q.bias"] is st["down_blocks.0.attn.to_q.bias"]
     assert torch.equal(CK.merge_state(st, layers, strength=0.0)["conv_in.weight"], st["conv_in.weight"])
     before = {k: v.clone() for k, v in st.items()}
