@@ -52,6 +52,7 @@ def world(tmp_path_factory):
     bad["diffusion_model.input_blocks.1.1.proj_in"] = {"A": torch.zeros(320, 4), "B": torch.zeros(4, 7)}
     L.write_lorad(files / "mismatched.lorad.safetensors", bad, unet)
     (files / "corrupt.lorad.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json" + b"\0" * 64)
+    nan_file(files / "student_plain.lorad.safetensors", files / "nan.lorad.safetensors")
     return {"cache": cache, "ckpt": ckpt, "files": files, "unet": unet, "clip": clip, "vae": vae,
             "layers": layers, "style": style}
 
@@ -64,7 +65,8 @@ def server(world, tmp_path_factory):
     os.link(world["ckpt"], root / "models/checkpoints/tiny_sd15.safetensors")
     for f in world["files"].iterdir():
         os.link(f, root / "models/lorad" / f.name)
-    os.link(world["files"] / "student_plain.lorad.safetensors", root / "models/loras/student_plain.lorad.safetensors")
+    for name in ("student_plain", "sdxl", "mismatched", "nan"):  # what the stock LoraLoader lists
+        os.link(world["files"] / f"{name}.lorad.safetensors", root / f"models/loras/{name}.lorad.safetensors")
     from PIL import Image
 
     Image.fromarray((np.random.default_rng(0).random((SIZE, SIZE, 3)) * 255).astype("uint8")).save(root / "input/example.png")
@@ -74,6 +76,19 @@ def server(world, tmp_path_factory):
     srv.stop()
     if REPORT:
         print("\nComfyUI live report:", json.dumps(REPORT, indent=1))
+
+
+def nan_file(good: Path, path: Path) -> None:
+    """``good`` with one NaN angle (written around the writer's checks, as a damaged file would be)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(good))
+    with safe_open(str(good), framework="pt") as f:
+        md = {k: v for k, v in f.metadata().items() if k != "modelspec.hash_sha256"}
+    first = sorted(k for k in tensors if k.endswith(".lorad_A"))[0]
+    tensors[first][0, 0] = float("nan")
+    save_file(tensors, str(path), metadata=md)
 
 
 def controlnet_file(world, path: Path) -> None:
@@ -183,6 +198,35 @@ def test_stock_loraloader_equals_load_lorad(server):
     b = run_latent(server, stock, "4", "stock")
     assert torch.equal(a, b)
     assert "lora key not loaded" not in server.read_log()
+
+
+def test_stock_loraloader_refuses_bad_files_whole(server):
+    """Stock Load LoRA: a bad .lorad applies nothing (the output is the plain checkpoint's, bit for bit),
+    the console names the file; the good file's output is the same before and after."""
+    plain = api("wadi_onestep_txt2img")
+    plain["1"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_sd15.safetensors"}}
+    plain["4"]["inputs"].pop("onestep")
+
+    def with_lora(name: str) -> dict:
+        g = copy.deepcopy(plain)
+        g["20"] = {"class_type": "LoraLoader", "inputs": {"model": ["1", 0], "clip": ["1", 1], "strength_model": 1.0,
+                                                         "strength_clip": 1.0, "lora_name": name}}
+        g["2"]["inputs"]["clip"] = ["20", 1]
+        g["4"]["inputs"]["model"] = ["20", 0]
+        return g
+
+    base = run_latent(server, plain, "4", "stock_plain")
+    good = run_latent(server, with_lora("student_plain.lorad.safetensors"), "4", "stock_good")
+    assert not torch.equal(good, base)
+    for name, why in (("sdxl.lorad.safetensors", "made for 'sdxl'"),
+                      ("mismatched.lorad.safetensors", "diffusion_model.input_blocks.1.1.proj_in"),
+                      ("nan.lorad.safetensors", "non-finite")):
+        got = run_latent(server, with_lora(name), "4", "stock_" + name.split(".")[0])
+        assert torch.equal(got, base), f"{name}: something of the file was applied"
+        log = server.read_log()
+        line = [ln for ln in log.splitlines() if name in ln and "Nothing of this file was applied" in ln]
+        assert line and why in line[-1], (name, log[-2000:])
+        assert torch.equal(run_latent(server, with_lora("student_plain.lorad.safetensors"), "4", "stock_again"), good)
 
 
 @pytest.mark.parametrize("name,expect", [
