@@ -8,9 +8,9 @@ random weights, a few layers), go through
 * ``api``     ``lorad.checkpoint.merge_state`` (what ``lorad merge`` calls),
 * ``cli``     ``lorad merge BASE FILE OUT --strength S``, read back from disk,
 * ``inject``  the trainer's modules (``inject.load_adapter_state``): forward output and weight,
-* ``sample``  ``wadi sample``'s loader (``cmd_sample.load_extra_adapters``, FILE:STRENGTH) and a
-              one-step ``lorad.onestep.generate`` of the teacher UNet (tiny world: the only
-              layout with a runnable pipeline),
+* ``sample``  ``wadi sample``'s loader (``cmd_sample.load_extra_adapters``, FILE:STRENGTH), and in
+              the tiny world a one-step ``lorad.onestep.generate`` of the teacher UNet equal to the
+              merged teacher's (full size: a meta UNet with the tested layers materialised),
 * ``comfy_lorad``   ComfyUI Load LoRaD (``nodes.patching.apply``) then ComfyUI's own patching,
 * ``comfy_stock``   ComfyUI's stock LoraLoader path (``comfy.sd.load_lora_for_models``),
 * ``comfy_lowvram`` Load LoRaD under lowvram (``LowVramPatch`` on every forward),
@@ -283,10 +283,9 @@ def run_sample(layout, dname, form, strength, files):
     from wadi_lorad.lorad.onestep import generate
     from wadi_lorad.trainer.cmd_sample import load_extra_adapters
 
-    if layout != "tiny":
-        pytest.skip("wadi sample needs a runnable pipeline: the tiny world is the layout that has one; "
-                    "full-size keys go through the same loader in the inject and api rows")
     dtype = DTYPES[dname]
+    if layout == "full":
+        return full_size_sample_loader(dtype, files[(layout, form)], strength)
     unet = copy.deepcopy(tiny_unet(dtype))
     names = load_extra_adapters(SimpleNamespace(denoiser=unet), [f"{files[(layout, form)]}:{strength}"])
     LI.set_active(unet, names)
@@ -305,6 +304,23 @@ def run_sample(layout, dname, form, strength, files):
         b = generate(lambda x, t: merged(x, t, cond).sample, noise, ac, (999,))
     assert torch.equal(a, b), "one step with the loaded file != one step with the merged weights"
     return {k: unet.get_submodule(info[k][0]).rotated_weight() for k in info}
+
+
+def full_size_sample_loader(dtype: torch.dtype, path, strength: float) -> dict:
+    """The same loader on a full-size SD1.5 UNet built on ``meta`` with only the tested layers
+    materialised: the file's keys resolve through the real layout and rotate those weights
+    (no full-size forward on a CPU test box, so no one-step comparison here)."""
+    from wadi_lorad.lorad.archs import build_meta
+    from wadi_lorad.trainer.cmd_sample import load_extra_adapters
+
+    unet = build_meta("sd15")
+    info, _, _ = layout_info("full")
+    base = base_weights("full", dtype)
+    for k, (name, _) in info.items():
+        unet.get_submodule(name).weight = torch.nn.Parameter(base[k].clone(), requires_grad=False)
+    names = load_extra_adapters(SimpleNamespace(denoiser=unet), [f"{path}:{strength}"])
+    LI.set_active(unet, names)
+    return {k: unet.get_submodule(name).rotated_weight() for k, (name, _) in info.items()}
 
 
 # -- ComfyUI ----------------------------------------------------------------------------------
