@@ -84,10 +84,12 @@ class LoRaDAdapter(WeightAdapterBase):
         loaded_keys = set() if loaded_keys is None else loaded_keys
         names = [n for n in (f"{x}.lorad_A", f"{x}.lorad_B", f"{x}.lorad_theta") if n in lora]
         check = stock_guard.verdict(lora, loaded_keys)
-        if not names:
-            return None
         if check is not None and not check.ok:
             loaded_keys.update(names)
+            # ComfyUI keeps the last adapter that claims a key, and this one is asked last: a
+            # no-op here stops a LoRA part of a refused file from being applied either.
+            return _Refused(loaded_keys) if x in check.others else None
+        if not names:
             return None
         t_name = f"{x}.lorad_theta"
         if t_name in lora:
@@ -121,6 +123,20 @@ class LoRaDAdapter(WeightAdapterBase):
 
     def to_train(self):
         raise NotImplementedError("LoRaD trains with the WaDi trainer (wadi distill), not ComfyUI's Train LoRA node")
+
+
+class _Refused(WeightAdapterBase):
+    """Stands in for any patch of a refused file: leaves the weight as it is."""
+
+    name = NAME + "_refused"
+
+    def __init__(self, loaded_keys: set[str]):
+        self.loaded_keys = loaded_keys
+        self.weights = ()
+
+    def calculate_weight(self, weight, key, strength, strength_model, offset, function,
+                         intermediate_dtype=torch.float32, original_weight=None):
+        return weight
 
 
 def register() -> bool:

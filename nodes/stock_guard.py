@@ -46,6 +46,9 @@ class Verdict:
     ok: bool
     path: str | None = None
     reason: str = ""
+    # Key prefixes of the refused file's other (non-LoRaD) tensors: ComfyUI's own LoRA adapters
+    # would apply those; the LoRaD adapter, asked last, overrides them with a no-op.
+    others: frozenset[str] = frozenset()
 
 
 # safetensors' dtype names, so a file with a forbidden dtype is still found (and refused naming it).
@@ -82,8 +85,16 @@ def _check(lora: Mapping[str, Tensor]) -> Verdict:
             plan(info, *models)
     except (lorad_io.LoRaDFileError, LoRaDReadError, LoRaDMatchError, ValueError) as e:
         log.error("LoRaD (Load LoRA): %s. Nothing of this file was applied.", e)
-        return Verdict(False, path, str(e))
+        return Verdict(False, path, str(e), _prefixes(k for k in lora if MARK not in k))
     return Verdict(True, path)
+
+
+def _prefixes(keys: Iterable[str]) -> frozenset[str]:
+    out = set()
+    for k in keys:
+        parts = k.split(".")
+        out.update(".".join(parts[:i]) for i in range(1, len(parts)))
+    return frozenset(out)
 
 
 def _candidates() -> list[str]:
