@@ -1,12 +1,12 @@
-"""``LoRaDAdapter``: ComfyUI ``WeightAdapterBase`` that rotates a weight by strength * theta.
+"""``LoRaDAdapter``: ComfyUI ``WeightAdapterBase`` that rotates a weight by strength * wrap(theta).
 
 This is the one module that knows ComfyUI's (internal, unversioned) weight-adapter
 API.  ``comfy.lora.calculate_weight`` calls :meth:`calculate_weight` with the
 weight as float32 copy (normal patching) or in the compute dtype (lowvram's
 ``LowVramPatch`` on every forward); fused weights arrive narrowed to the adapter's
 rows (``offset``) and the result must be written IN PLACE because ComfyUI then
-keeps the outer tensor.  The rotation itself is ``lorad.functional.rotate`` (what
-the trainer merges with), so patched weights are bit-identical to the trainer's.
+keeps the outer tensor.  What a layer means is ``lorad.layer_spec.LayerSpec`` (what
+the trainer and ``lorad merge`` use), so patched weights are bit-identical to theirs.
 """
 
 from __future__ import annotations
@@ -79,7 +79,8 @@ class LoRaDAdapter(WeightAdapterBase):
 
         The stock loader asks this for every key of the model; the first question per
         ``load_lora`` call validates the whole file (``stock_guard``).  A refused file gets
-        no adapter at all (its keys are claimed so ComfyUI does not list them once more).
+        no adapter that changes a weight (its keys are claimed so ComfyUI does not list them
+        once more).
         """
         loaded_keys = set() if loaded_keys is None else loaded_keys
         names = [n for n in (f"{x}.lorad_A", f"{x}.lorad_B", f"{x}.lorad_theta") if n in lora]
