@@ -26,7 +26,7 @@ from .fingerprint import base_fingerprint
 from .jobs import RunStopped, end_stopped, stop_requested
 from .optim import clip_and_norm, make_lr_schedule, make_optimizer, make_scaler, sync_gradients
 from .prompts import load_prompts
-from .step import StepSettings, draw_batch, micro_step
+from .step import StepSettings, draw_batch, fake_micro_step, micro_step, student_sample
 from .textcache import encode_cached
 
 __all__ = ["Distiller", "OutputExistsError", "RunStopped", "make_accelerator"]
@@ -136,14 +136,14 @@ class Distiller:
         ab_T = OFFICIAL_ALPHA_BAR_T if v.alpha_bar == "official" else alpha_bar_at(bb.alphas_cumprod, v.timestep)
         check_one_step_alpha_bar(ab_T, f"vsd.alpha_bar={v.alpha_bar} at vsd.timestep={v.timestep}")
         self.settings = StepSettings(v.timestep, ab_T, v.guidance_scale, v.fake_guidance_scale, (v.t_min, v.t_max),
-                                     (v.fake_t_min, v.fake_t_max), v.null_prob)
+                                     (v.fake_t_min, v.fake_t_max), v.null_prob, v.weighting)
         self.latent = bb.latent_shape(v.resolution)
         o = c.optim
         s_params, f_params = self.views.student.parameters(), self.views.fake.parameters()
         self.opt_s = make_optimizer(s_params, o.student_lr, o, dev, self.log)
         self.opt_f = make_optimizer(f_params, o.fake_lr, o, dev, self.log)
         self.sched_s = make_lr_schedule(self.opt_s, o, c.train.max_steps)
-        self.sched_f = make_lr_schedule(self.opt_f, o, c.train.max_steps)
+        self.sched_f = make_lr_schedule(self.opt_f, o, c.train.max_steps * c.vsd.fake_updates)
         amp = c.train.mixed_precision == "fp16" and self.acc.native_amp
         if c.train.mixed_precision == "fp16" and not self.acc.native_amp and self.main:
             self.log(f"note: fp16 autocast is not available on {dev.type}; computing in float32")
@@ -255,22 +255,12 @@ class Distiller:
             a, b = micro_step(self.bb, self.views, batch, cond, self.null, self.settings, self.acc.autocast,
                               1.0 / accum, self.scalers)
             ls, lf = ls + a / accum, lf + b / accum
-        norms = []
-        for params, opt, sched, scaler in (
-            (self.views.student.parameters(), self.opt_s, self.sched_s, self.scalers[0]),
-            (self.views.fake.parameters(), self.opt_f, self.sched_f, self.scalers[1]),
-        ):
-            sync_gradients(params, self.acc)
-            if scaler is not None:
-                scaler.unscale_(opt)
-            norms.append(clip_and_norm(params, c.optim.grad_clip))
-            if scaler is not None:
-                scaler.step(opt)
-                scaler.update()
-            else:
-                opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
+        norms = [self._optimizer_step(self.views.student.parameters(), self.opt_s, self.sched_s, self.scalers[0]),
+                 self._optimizer_step(self.views.fake.parameters(), self.opt_f, self.sched_f, self.scalers[1])]
+        # Two time-scale updates (DMD2's TTUR; not in the paper, whose loop is 1:1): extra fake-score
+        # steps on fresh student samples so the fake keeps up with a student that moves fast.
+        for _ in range(c.vsd.fake_updates - 1):
+            lf = self._extra_fake_update()
         if self.ema is not None:
             self.ema.update()
         self.step += 1
@@ -280,6 +270,35 @@ class Distiller:
         return {"loss_student": float(losses[0]), "loss_fake": float(losses[1]), "grad_norm_student": norms[0],
                 "grad_norm_fake": norms[1], "lr_student": self.sched_s.get_last_lr()[0],
                 "lr_fake": self.sched_f.get_last_lr()[0]}
+
+    def _optimizer_step(self, params, opt, sched, scaler) -> float:
+        sync_gradients(params, self.acc)
+        if scaler is not None:
+            scaler.unscale_(opt)
+        norm = clip_and_norm(params, self.cfg.optim.grad_clip)
+        if scaler is not None:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        return norm
+
+    def _extra_fake_update(self) -> float:
+        """One fake-score optimizer step on a fresh draw (its own z, t and noise; student frozen)."""
+        c, dev = self.cfg, self.acc.device
+        accum = c.train.grad_accum
+        draw = draw_batch(self.gen, len(self.prompts), self.global_batch * accum, self.latent, self.settings)
+        lf = 0.0
+        for micro in range(accum):
+            batch = draw.part(micro, self.rank, self.world, c.train.batch_size).to(dev)
+            cond = self.batch_cond(batch.prompt_idx)
+            x0 = student_sample(self.bb, self.views, batch, cond, self.settings, self.acc.autocast)
+            lf += fake_micro_step(self.bb, self.views, x0, batch, cond, self.null, self.acc.autocast,
+                                  1.0 / accum, self.scalers[1]) / accum
+        self._optimizer_step(self.views.fake.parameters(), self.opt_f, self.sched_f, self.scalers[1])
+        return lf
 
     def run(self) -> dict[str, Path]:
         from tqdm.auto import tqdm
