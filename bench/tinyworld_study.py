@@ -38,17 +38,24 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="training seed (data stream and adapter init)")
     p.add_argument("--eval-seeds", default="0,1")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--shadow-ema", type=float, default=0.99,
+                   help="also track an EMA of the student at this decay (when the config has none) and score it "
+                        "at every point beside the raw student; 0 = off")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
+    p.add_argument("--export", action="store_true",
+                   help="at the end, write the run's outputs as `wadi distill` does (the .lorad student in "
+                        "<out>/<name>/run/) with the trainer's own exporter")
     p.add_argument("--plot", default="", help="draw every curve under --out into this PNG and exit")
     return p.parse_args(argv)
 
 
-def evaluate(d, prompts: list[str], seeds: list[int]) -> dict[str, float]:
+def evaluate(d, prompts: list[str], seeds: list[int], ema=None) -> dict[str, float]:
     from wadi_lorad.trainer.sampling import one_step
 
     per = []
-    ema = d.ema.applied() if d.ema is not None else contextlib.nullcontext()
-    with torch.no_grad(), d.views.student_view() as m, ema:
+    ema = ema if ema is not None else d.ema
+    applied = ema.applied() if ema is not None else contextlib.nullcontext()
+    with torch.no_grad(), d.views.student_view() as m, applied:
         for seed in seeds:
             noise = metrics.eval_noise(len(prompts), seed, d.latent)
             imgs = []
@@ -89,32 +96,78 @@ def run(a: argparse.Namespace) -> Path:
     seeds = [int(x) for x in a.eval_seeds.split(",")]
     d = Distiller(cfg, extra_prompts=prompts, progress=False)
     d.setup()
+    shadow = None
+    if d.ema is None and a.shadow_ema > 0:
+        from wadi_lorad.trainer.ema import EMA
+
+        shadow = EMA(d.views.student.params, a.shadow_ema)
     curve = {"name": a.name, "seed": a.seed, "threads": a.threads, "overrides": dict(sets),
              "config": a.config, "steps": a.steps, "points": [], "done": False}
     train_s = 0.0
+    losses: list[dict[str, float]] = []
 
     def record() -> None:
         t0 = time.perf_counter()
         sc = evaluate(d, prompts, seeds)
-        pt = {"step": d.step, "train_s": round(train_s, 1), "eval_s": round(time.perf_counter() - t0, 1),
+        pt = {"step": d.step, "train_s": round(train_s, 1),
               "alignment": sc["alignment_mean"], "alignment_std": sc["alignment_std"],
               "fd": sc["fd_mean"], "fd_std": sc["fd_std"]}
+        if shadow is not None and d.step > 0:
+            se = evaluate(d, prompts, seeds, shadow)
+            pt.update(ema_decay=a.shadow_ema, ema_alignment=se["alignment_mean"], ema_fd=se["fd_mean"])
+        for k in ("loss_student", "loss_fake", "grad_norm_student", "grad_norm_fake"):
+            if losses:
+                pt[k] = sum(x[k] for x in losses) / len(losses)
+        losses.clear()
+        pt["eval_s"] = round(time.perf_counter() - t0, 1)
         curve["points"].append(pt)
         atomic_write_text(curve_path, json.dumps(curve, indent=1))
-        print(f"{a.name} step {d.step}: alignment {pt['alignment']:.3f} FD {pt['fd']:.0f} "
+        ema_txt = f", EMA {pt['ema_alignment']:.3f} / {pt['ema_fd']:.0f}" if "ema_fd" in pt else ""
+        print(f"{a.name} step {d.step}: alignment {pt['alignment']:.3f} FD {pt['fd']:.0f}{ema_txt} "
               f"({train_s:.0f} s training)", flush=True)
 
     out.mkdir(parents=True, exist_ok=True)
     record()
     while d.step < a.steps:
         t0 = time.perf_counter()
-        d.train_step()
+        losses.append(d.train_step())
+        if shadow is not None:
+            shadow.update()
         train_s += time.perf_counter() - t0
         if d.step % a.eval_every == 0 or d.step == a.steps:
             record()
+    save_outputs(d, shadow, prompts, out)
+    if a.export:
+        from wadi_lorad.trainer.export import export_outputs
+
+        d.train_time_s = train_s
+        d.save_checkpoint()
+        curve["exports"] = {k: str(v) for k, v in export_outputs(d).items()}
     curve["done"] = True
     atomic_write_text(curve_path, json.dumps(curve, indent=1))
     return curve_path
+
+
+def save_outputs(d, shadow, prompts: list[str], out: Path) -> None:
+    """The student's parameters (raw and EMA) and a grid of its first eval images, to look at."""
+    from safetensors.torch import save_file
+    from wadi_lorad.trainer.sampling import one_step, save_grid
+
+    save_file({k: v.contiguous() for k, v in d.views.student.state().items()}, str(out / "student_params.safetensors"))
+    rows, labels = [], []
+    noise = metrics.eval_noise(len(prompts), 0, d.latent)[:8]
+    cond = d.extra_cond.index(slice(0, 8))
+    for label, ema in (("raw", None), ("EMA", shadow or d.ema)):
+        if label == "EMA" and ema is None:
+            continue
+        applied = ema.applied() if ema is not None else contextlib.nullcontext()
+        with torch.no_grad(), d.views.student_view() as m, applied:
+            rows.append(d.bb.decode(one_step(d.bb, m, cond, noise, d.settings.alpha_bar_T, d.settings.timestep)))
+            if label == "EMA":
+                save_file({k: v.contiguous() for k, v in d.views.student.state().items()},
+                          str(out / "student_params_ema.safetensors"))
+        labels.append(f"student ({label}), step {d.step}")
+    save_grid(rows, labels, out / "grid.png", captions=prompts[:8])
 
 
 def plot(a: argparse.Namespace) -> None:
