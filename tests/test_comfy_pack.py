@@ -97,6 +97,7 @@ def test_node_schemas():
     assert s["WaDiLoRaDInfo"].is_output_node
 
 
+@pytest.mark.comfyui
 @pytest.mark.skipif(MODE != "real", reason="needs a real comfy_api (COMFYUI_DIR) to build V1 info")
 def test_schemas_pass_comfy_validation():
     from wadi_lorad.nodes import pack
