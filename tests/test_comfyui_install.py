@@ -120,10 +120,12 @@ def test_recipe_with_a_local_torch_label(tmp_path):
 
 def test_required_comfyui_test_may_not_skip(tmp_path):
     """tests/conftest.py: with WADI_REQUIRE_COMFYUI=1 a skipped ``comfyui`` test is a failure, not a skip."""
-    env = {k: v for k, v in os.environ.items() if k not in ("COMFYUI_DIR", "COMFY_PY", "COMFYUI_PYTHON")}
+    env = {k: v for k, v in os.environ.items() if k not in ("COMFYUI_DIR", "COMFY_PY", "COMFYUI_PYTHON", "CI")}
     argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_keymap_comfyui.py", "-k", "sd15"]
     skipped = run(argv, env={**env, "WADI_REQUIRE_COMFYUI": "0"}, cwd=ROOT)
     assert skipped.returncode == 0 and "2 skipped" in skipped.stdout, skipped.stdout[-2000:]
     required = run(argv, env={**env, "WADI_REQUIRE_COMFYUI": "1"}, cwd=ROOT)
     assert required.returncode != 0 and "WADI_REQUIRE_COMFYUI=1 requires every ComfyUI test to run" in required.stdout
     assert "skipped" not in required.stdout.splitlines()[-1], required.stdout[-2000:]
+    in_ci = run(argv, env={**env, "CI": "true"}, cwd=ROOT)  # CI=true alone requires them too
+    assert in_ci.returncode != 0 and "WADI_REQUIRE_COMFYUI=1 requires" in in_ci.stdout
