@@ -147,3 +147,18 @@ def test_pyproject_registry_block():
     assert comfy["PublisherId"] and comfy["DisplayName"] and "web" not in comfy  # WEB_DIRECTORY serves web/; both = every extension twice
     assert comfy["requires-comfyui"] == ">=0.3.47"  # the V3 loader (comfy_entrypoint) arrived in 0.3.47
     assert data["project"]["urls"]["Repository"] and "comfyui" not in data["project"]["name"].lower()
+
+
+def test_docs_node_table_names_the_real_sockets():
+    """docs/comfyui.md's node table: display name, input ids ((optional) ones in parentheses) and output names."""
+    import re
+
+    text = (ROOT / "docs" / "comfyui.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| \*\*(.+?)\*\* \| (.+?) -> (.+?) \|", text, re.M)
+    by_name = {x.display_name: x for x in _schemas().values()}
+    assert {r[0] for r in rows} == set(by_name)
+    for name, ins, outs in rows:
+        schema = by_name[name]
+        documented = [re.sub(r" \(.*\)$", "", i.strip()) for i in ins.split(", ")]
+        assert sorted(documented) == sorted(f"({i.id})" if i.optional else i.id for i in schema.inputs), name
+        assert [o.strip() for o in outs.split(", ")] == [o.display_name for o in schema.outputs], name
