@@ -26,7 +26,7 @@ test: setup-dev
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -m "not slow$(if $(WITH_COMFYUI), and not comfyui)"
 	$(PY) -m pytest -q -m slow tests/test_distill_demo.py
-	$(if $(WITH_COMFYUI),scripts/comfyui-tests.sh)
+	$(if $(WITH_COMFYUI),$(MAKE) --no-print-directory test-comfyui)
 
 # Every ComfyUI-facing test (live server included) against a real ComfyUI: COMFYUI_DIR/COMFY_PY, or CI's
 # ComfyUI snapshot set up once under ~/.cache/wadi-comfyui. Needs no .venv.
