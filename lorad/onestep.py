@@ -101,6 +101,22 @@ def multistep_timesteps(steps: int, first: int = DEFAULT_TIMESTEP, num_train_tim
     return [first - int(i * num_train_timesteps / steps) for i in range(steps)]
 
 
+# Steps 2-4 re-noise with fresh noise: image j's re-noise before step i+1 (i = 1, 2, ...) is drawn from a CPU
+# generator seeded ``seeds[j] + RENOISE_SEED_STRIDE * i``.  One rule for `wadi sample` and the WaDi Sampler node,
+# so the same seed gives the same few-step image in both; the stride keeps it apart from the next image's seed.
+RENOISE_SEED_STRIDE = 10_000
+
+
+def renoise_noise(seeds: Sequence[int], shape: Sequence[int], steps: int, dtype: torch.dtype = torch.float32
+                  ) -> list[Tensor]:
+    """The ``steps - 1`` re-noise tensors (batch ``len(seeds)`` x ``shape``) that :func:`generate` takes."""
+    return [
+        torch.stack([torch.randn(*shape, generator=torch.Generator().manual_seed(int(s) + RENOISE_SEED_STRIDE * i),
+                                 dtype=dtype) for s in seeds])
+        for i in range(1, steps)
+    ]
+
+
 # eps_fn(x_t, t) -> eps prediction; the caller binds conditioning, CFG and the model.
 EpsFn = Callable[[Tensor, int], Tensor]
 

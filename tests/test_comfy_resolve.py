@@ -107,6 +107,7 @@ def test_architecture_names():
         check_arch("stable-diffusion-v1", "Flux", "f.lorad")
 
 
+@pytest.mark.comfyui
 @pytest.mark.skipif(comfy_env.comfy_for_tests() != "real", reason="COMFYUI_DIR not importable: committed key maps only")
 def test_committed_key_maps_equal_live_comfyui():
     import importlib.util

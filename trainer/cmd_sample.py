@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..lorad import inject as LI
     from ..lorad.io import LoRaDFileError
-    from ..lorad.onestep import generate, multistep_timesteps
+    from ..lorad.onestep import generate, multistep_timesteps, renoise_noise
     from .backbones import BaseModelError, load_backbone
     from .sampling import eps_fn, save_grid, seeded_noise, teacher_multistep
     from .textinv import EmbeddingFileError
@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
             LI.set_active(bb.denoiser, ("student", *extras))
             fn = eps_fn(bb, bb.denoiser, cond, null, args.guidance)
             steps = multistep_timesteps(args.steps, T)
-            renoise = [seeded_noise([s + 10_000 * (i + 1) for s in seeds], noise.shape[1:]) for i in range(len(steps))]
+            renoise = renoise_noise(seeds, noise.shape[1:], len(steps))
             rows.append(bb.decode(generate(fn, noise, bb.alphas_cumprod, steps, alpha_bar_first=ab, renoise=renoise)))
             labels.append(f"WaDi {args.steps}-step{tag}")
         LI.set_active(bb.denoiser, extras or None)  # the teacher rows: the base (with the extra adapters)

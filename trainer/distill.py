@@ -90,6 +90,11 @@ class Distiller:
             raise ConfigError("output.export_single_file: single-file checkpoints are written for SD1.x bases only "
                               f"(this base is {self.kind}{' 2.x' if unet_cfg.get('use_linear_projection') else ''}); "
                               "use output.export_merged for a diffusers folder")
+        from .singlefile import comfyui_refusal
+
+        reason = comfyui_refusal(unet_cfg)
+        if reason:
+            raise ConfigError(f"output.export_single_file: {reason}")
 
     # -- output folder -----------------------------------------------------------------------------
     def _check_output(self) -> None:

@@ -169,7 +169,7 @@ class RelationTrainer(FineTune):
         path = self.out / f"{c.output.name or DEFAULT_NAME}.safetensors"
         meta = {"wadi.kind": "relation-inversion (ReVersion)", "wadi.placeholder": c.token.placeholder.strip(),
                 "wadi.initializer": c.token.initializer.strip(), "wadi.steps": str(self.step),
-                "wadi.base_model": str(c.model.base), "wadi.base_fingerprint": self.base_fp,
+                "wadi.base_model": Path(c.model.base).name, "wadi.base_fingerprint": self.base_fp,
                 "wadi.config_hash": self.cfg_hash, "wadi.exemplars": str(len(self.examples)),
                 "wadi.steer": json.dumps({"weight": c.steer.weight, "temperature": c.steer.temperature,
                                           "num_positives": c.steer.num_positives}),
