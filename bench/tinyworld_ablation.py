@@ -111,7 +111,7 @@ def run_child(a: argparse.Namespace, kind: str) -> None:
                                                      d.settings.timestep)}
         for name, im in imgs.items():
             per.setdefault(name, []).append(M.evaluate_images(im, eval_prompts))
-    merged = {k: v.detach().cpu().float() for k, v in merged_denoiser(d).state_dict().items()}
+    merged = {k: v.detach().cpu().float() for k, v in merged_denoiser(d.views).state_dict().items()}
     from safetensors.torch import save_file
 
     save_file(merged, str(out / kind / "merged_unet.safetensors"))

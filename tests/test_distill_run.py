@@ -78,7 +78,7 @@ def test_single_file_checkpoint_has_ldm_keys(tiny_bases, tmp_path):
     d = Distiller(cfg, progress=False)
     out = d.run()
     sd = load_file(str(out["single_file"]))
-    unet = merged_denoiser(d)
+    unet = merged_denoiser(d.views)
     km = KM.unet_keymap("sd15", model_layout("sd15", unet))
     back = {km.diffusers(k[len("model.diffusion_model."):]): v for k, v in sd.items()
             if k.startswith("model.diffusion_model.")}

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..lorad.fsutil import atomic_write_text
 from .tinyworld import metrics as M
 from .tinyworld.data import render_prompts, step_generator
 
@@ -178,8 +179,6 @@ def _main(args: argparse.Namespace) -> int:
         print(f"{label:34s} alignment {s['alignment_mean']:.3f} ± {s['alignment_std']:.3f}   "
               f"FD {s['fd_mean']:8.3f} ± {s['fd_std']:.3f}   ({res['wall_s']} s)", flush=True)  # fmt: skip
     if args.out:
-        from .tinyworld.io import atomic_write_text
-
         atomic_write_text(Path(args.out), json.dumps(results, indent=2))
     return 0
 

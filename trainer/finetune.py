@@ -36,6 +36,7 @@ __all__ = ["FineTune", "RunStopped"]
 
 
 class FineTune:
+    main = True  # one process: it writes the events and checkpoints (the contract of jobs.end_stopped)
     command = "finetune"  # tqdm label and the output's default name
 
     def __init__(self, cfg: Any, validate: Callable[[Any], None], loader: Callable[[dict], Any],
