@@ -273,7 +273,8 @@ class Workspace:
 
         folder.mkdir()
         for i, caption in enumerate(domain.sample_captions(3, seed)):
-            Image.fromarray(domain.render(caption, seed=i, size=32)).save(folder / f"{i}.png")
+            pixels = (domain.render(caption, seed=i, size=32).clip(0, 1) * 255).round().astype("uint8")
+            Image.fromarray(pixels).save(folder / f"{i}.png")
             (folder / f"{i}.txt").write_text(caption.replace(" on ", " <R> ") + "\n")
 
     def sh(self, cmd: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -16,6 +16,7 @@ import torch
 
 from ..lorad.onestep import OFFICIAL_ALPHA_BAR_T, alpha_bar_at
 from . import checkpoint as CK
+from .accel import make_accelerator
 from .adapters import build_views
 from .backbones import REQUIRED, check_one_step_alpha_bar, inspect_folder, load_backbone
 from .checkpoint import OutputExistsError
@@ -30,23 +31,6 @@ from .step import StepSettings, draw_batch, micro_step
 from .textcache import encode_cached
 
 __all__ = ["Distiller", "OutputExistsError", "RunStopped", "make_accelerator"]
-
-
-def make_accelerator(mixed_precision: str):
-    """An Accelerator for this run.  Its state is a per-process singleton; in a single process
-    (tests, notebooks) a run with another precision resets it first."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, PartialState
-
-    if AcceleratorState._shared_state and PartialState().num_processes == 1:
-        if AcceleratorState().mixed_precision != mixed_precision:
-            AcceleratorState._reset_state(True)
-    import os
-
-    # accelerate runs several CPU processes (gloo) only when told it is on CPU; without a GPU a
-    # multi-process launch (torchrun / accelerate launch) means exactly that.
-    multi = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    return Accelerator(mixed_precision=mixed_precision, cpu=multi and not torch.cuda.is_available())
 
 
 class Distiller:

@@ -53,7 +53,7 @@ class FineTune:
                 raise ConfigError(f"{f} does not exist (expected a file)")
         self.check_inputs()
         self.out = Path(cfg.output.dir)
-        from .distill import make_accelerator
+        from .accel import make_accelerator
 
         self.acc = make_accelerator(cfg.train.mixed_precision)
         self.device = self.acc.device
