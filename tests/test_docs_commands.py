@@ -10,7 +10,10 @@ in bash, as written, in a temporary folder that holds what the docs assume:
 
 Each documented command has exactly one entry in :data:`PLAN`: run it (with small step
 counts appended as overrides, which win over earlier values), check the options of a
-usage synopsis or a benchmark against its ``--help``, or skip it for a stated reason.
+usage synopsis or a benchmark against its ``--help`` (and run instances of a synopsis on
+the tiny world's own student), point to the test that runs it (``wadi demo``: the slow
+demo test), or skip it for a stated reason.  Instances that fail only because the lorad
+CLI ignores a tiny-world file's ``lorad.layout`` are strict xfails, to flip when that lands.
 A command that appears in the docs without an entry fails :func:`test_every_documented_command_has_a_plan`.
 """
 
@@ -55,10 +58,15 @@ class Run:
 
 @dataclass(frozen=True)
 class Options:
-    """A usage synopsis or a long benchmark: every ``--option`` it shows is accepted by ``help`` (a command)."""
+    """A usage synopsis or a long benchmark: every ``--option`` it shows is accepted by ``help`` (a command).
+
+    ``examples``: instances of a synopsis run on the workspace (the tiny world's student), each
+    ``(command, needs, fails until sem)``.
+    """
 
     help: str
     why: str
+    examples: tuple[tuple[str, tuple[str, ...], bool], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -109,25 +117,37 @@ PLAN: dict[str, Run | Options | Skip | Covered] = {
     "lorad analyze dmd2_sd15_unet.safetensors stable-diffusion-v1-5/unet fig1_dmd2_linear --include "
     "'(attn1|attn2)\\.(to_q|to_k|to_v|to_out\\.0)\\.weight$' --include 'ff\\.net' --force": Run(
         needs=("dmd2",), makes=("fig1_dmd2_linear",)),
-    "lorad inspect FILE [--json] [--no-layers]": Options("lorad inspect --help", "usage synopsis"),
-    "lorad validate FILE [--arch ARCH | --model PATH] [--allow-partial]": Options("lorad validate --help",
-                                                                                "usage synopsis"),
+    "lorad inspect FILE [--json] [--no-layers]": Options(
+        "lorad inspect --help", "usage synopsis",
+        examples=(("lorad inspect student.lorad.safetensors --json", ("student.lorad.safetensors",), False),)),
+    "lorad validate FILE [--arch ARCH | --model PATH] [--allow-partial]": Options(
+        "lorad validate --help", "usage synopsis",
+        examples=(("lorad validate student.lorad.safetensors --model ./sd15", ("student.lorad.safetensors",), True),
+                  ("lorad validate student.lorad.safetensors", ("student.lorad.safetensors",), True))),
     "lorad merge BASE FILE OUT [--strength S] [--to diffusers|single] [--ldm-prefix P] [--dtype fp16|bf16|fp32]":
-        Options("lorad merge --help", "usage synopsis"),
+        Options(
+        "lorad merge --help", "usage synopsis",
+        examples=(("lorad merge ./sd15 student.lorad.safetensors merged", ("student.lorad.safetensors",), True),)),
     "lorad extract BASE MERGED OUT.lorad.safetensors --arch sd15 [--rank 256] [--tol 1e-3] [--preset paper-student] "
-    "[--include REGEX] [--include-conv] [--dtype fp32|fp16|bf16] [--report STEM]": Options("lorad extract --help",
-                                                                                        "usage synopsis"),
+    "[--include REGEX] [--include-conv] [--dtype fp32|fp16|bf16] [--report STEM]": Options(
+        "lorad extract --help", "usage synopsis",
+        examples=(("lorad extract ./sd15/unet rotated_unet-sdv1-5.safetensors small.lorad.safetensors --arch sd15 "
+                   "--rank 4 --report small", ("rotated",), False),)),
     "lorad extract stable-diffusion-v1-5/unet rotated_unet-sdv1-5.safetensors wadi-sd15.lorad.safetensors --arch "
     "sd15 --rank 256 --preset paper-student --dtype fp16": Run(
         needs=("rotated",), makes=("wadi-sd15.lorad.safetensors",)),
     "lorad convert SRC DST [--arch ARCH]": Options("lorad convert --help", "usage synopsis"),
     "lorad analyze STUDENT TEACHER OUTDIR [--include REGEX] [--frac 0.3] [--write-swaps] [--title T]": Options(
-        "lorad analyze --help", "usage synopsis"),
+        "lorad analyze --help", "usage synopsis",
+        examples=(("lorad analyze student.lorad.safetensors ./sd15/unet student_analysis",
+                   ("student.lorad.safetensors",), True),)),
     # -- docs/comfyui.md ---------------------------------------------------------------------
     "COMFYUI_DIR=/path/to/ComfyUI /path/to/comfy-venv/bin/python -m pytest tests -m comfyui": Skip(
         "runs the ComfyUI test tier itself: the CI's ComfyUI job (a suite cannot run itself)"),
     # -- docs/distill.md ---------------------------------------------------------------------
-    "wadi distill --config run.yaml": Run(needs=("student",), makes=("outputs/distill/student.lorad.safetensors",)),
+    # (the workspace's outputs/distill already holds this run, made for the commands that need a student)
+    "wadi distill --config run.yaml": Run("--output.dir outputs/distill-again", needs=("run.yaml",),
+                                          makes=("outputs/distill-again/student.lorad.safetensors",)),
     "wadi distill --config run.yaml --train.max_steps 200 --adapter.kind lora": Run(
         f"{DISTILL_SMALL} --output.dir outputs/lora200", needs=("run.yaml",),
         makes=("outputs/lora200/student.lora.safetensors",)),
@@ -275,7 +295,8 @@ class Workspace:
         for i, caption in enumerate(domain.sample_captions(3, seed)):
             pixels = (domain.render(caption, seed=i, size=32).clip(0, 1) * 255).round().astype("uint8")
             Image.fromarray(pixels).save(folder / f"{i}.png")
-            (folder / f"{i}.txt").write_text(caption.replace(" on ", " <R> ") + "\n")
+            # Captions name the relation with the placeholder token (what `wadi relation` requires).
+            (folder / f"{i}.txt").write_text((caption if folder.name == "my_dog" else "a shape <R> a shape") + "\n")
 
     def sh(self, cmd: str, check: bool = True) -> subprocess.CompletedProcess:
         r = subprocess.run(["bash", "-c", cmd], cwd=self.dir, env=self.env, capture_output=True, text=True,
@@ -392,14 +413,8 @@ def _cases(kind):
         if cmd in seen or not isinstance(PLAN.get(cmd), kind):
             continue
         seen.add(cmd)
-        marks = [pytest.mark.xfail(strict=True, reason=SEM)] if cmd in XFAIL_SEM else []
-        out.append(pytest.param(cmd, id=f"{doc}:{cmd[:60]}", marks=marks))
+        out.append(pytest.param(cmd, id=f"{doc}:{cmd[:60]}"))
     return out
-
-
-# Commands that fail here only because the lorad CLI ignores a tiny-world file's layout (issue 11, item 3;
-# fixed on branch ``sem``): strict, so the merge that fixes them turns these into failures to flip.
-XFAIL_SEM: set[str] = set()
 
 
 @pytest.mark.parametrize("cmd", _cases(Run))
@@ -413,6 +428,22 @@ def test_documented_options_exist(cmd, workspace):
     helptext = workspace.sh(plan.help.format(root=shlex.quote(str(ROOT)))).stdout
     for opt in re.findall(r"(?<![\w-])(--[a-z][\w-]*)", cmd):
         assert opt in helptext, f"{cmd!r} shows {opt}, which `{plan.help}` does not accept"
+
+
+def _examples():
+    out = []
+    for plan in PLAN.values():
+        for cmd, needs, until_sem in getattr(plan, "examples", ()):
+            marks = [pytest.mark.xfail(strict=True, reason=SEM)] if until_sem else []
+            out.append(pytest.param(cmd, needs, id=cmd[:70], marks=marks))
+    return out
+
+
+@pytest.mark.parametrize("cmd, needs", _examples())
+def test_synopsis_example_runs(cmd, needs, workspace):
+    for n in needs:
+        workspace.need(n)
+    workspace.sh(cmd)
 
 
 @pytest.mark.parametrize("cmd", [c for c in PLAN if isinstance(PLAN[c], Covered) and PLAN[c].check])
