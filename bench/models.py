@@ -6,7 +6,7 @@ the same rank over one frozen base:
 * ``lorad``       - ours: :func:`lorad.inject.inject`, fused recompute-in-backward op;
 * ``lorad-naive`` - ours with plain autograd through the rotation (``set_naive``);
 * ``hook``        - the official code's mechanism, rewritten from its description
-                    (wadi-facts 1.2): parameters on the Linear plus a forward hook
+                    (the released code): parameters on the Linear plus a forward hook
                     that rebuilds W_rot and calls ``F.linear`` again, so every
                     adapted Linear is computed twice;
 * ``lora`` / ``dora`` - PEFT LoRA / DoRA (alpha = r, dropout 0).

@@ -1,4 +1,4 @@
-"""An official-style WaDi training loop, rewritten from its description (wadi-facts 1.2-1.3, 2.2).
+"""An official-style WaDi training loop, rewritten from the description of the released code (hooks, loss).
 
 What makes it "official-style" (and what the bench compares against):
 

@@ -29,7 +29,7 @@ from safetensors import safe_open
 from safetensors.torch import save as st_save
 from torch import Tensor
 
-from . import keymap as KM
+from . import keymap
 from .archs import UnknownArchError, get_arch
 from .metadata import (
     K_ARCH,
@@ -118,7 +118,7 @@ class LoRaDFile:
         """Layer count per component (``unet``, ``text_encoder``, ...)."""
         out: dict[str, int] = {}
         for key in self.layers:
-            comp = KM.component_of(self.arch, key)
+            comp = keymap.component_of(self.arch, key)
             out[comp] = out.get(comp, 0) + 1
         return out
 
@@ -186,8 +186,8 @@ def _check_all(path, layers: Layers, md: Mapping[str, str]) -> None:
     for key, t in layers.items():
         _check_layer(path, key, t)
         try:
-            KM.to_module_name(spec, key, layout)
-        except KM.KeyMapError as e:
+            keymap.to_module_name(spec, key, layout)
+        except keymap.KeyMapError as e:
             raise LoRaDFileError(path, key, f"not a layer of {spec.id}: {e}",
                                  f"keys starting with one of {_prefixes(spec)}") from None
     actual = _rank_keys(layers)
@@ -208,8 +208,8 @@ def _prefixes(spec) -> list[str]:
     out = []
     for comp in spec.components:
         try:
-            out.append(KM.file_prefix(spec, comp))
-        except KM.KeyMapError:
+            out.append(keymap.file_prefix(spec, comp))
+        except keymap.KeyMapError:
             pass
     return out
 
@@ -449,9 +449,9 @@ def layers_from_adapter_state(
     """``inject.adapter_state`` (diffusers module names) -> file layers (file keys)."""
     out: Layers = {}
     for name, t in state.items():
-        key = KM.to_file_key(arch, name, component, layout)
+        key = keymap.to_file_key(arch, name, component, layout)
         if key in out:
-            raise KM.KeyMapError(f"{name!r} and another module both map to {key!r}")
+            raise keymap.KeyMapError(f"{name!r} and another module both map to {key!r}")
         out[key] = dict(t)
     return out
 
@@ -464,7 +464,7 @@ def adapter_state_from_layers(
     component = component or spec.denoiser
     out: Layers = {}
     for key, t in layers.items():
-        comp, name = KM.to_module_name(spec, key, layout)
+        comp, name = keymap.to_module_name(spec, key, layout)
         if comp == component:
             out[name] = dict(t)
     return out
