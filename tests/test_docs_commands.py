@@ -152,7 +152,7 @@ PLAN: dict[str, Run | Options | Skip | Covered] = {
         f"{DISTILL_SMALL} --output.dir outputs/lora200", needs=("run.yaml",),
         makes=("outputs/lora200/student.lora.safetensors",)),
     "wadi distill --config run.yaml --resume latest": Run(
-        "--train.max_steps 3", needs=("student",), makes=("outputs/distill/checkpoints",)),
+        "--train.max_steps 3", needs=("student",), makes=("outputs/distill/checkpoints/step-00000003",)),
     "wadi distill --model.base ./sd15 --data.prompts captions.txt --save-config run.yaml": Run(
         f"{DISTILL_SMALL} --output.dir outputs/distill", makes=("run.yaml",)),
     "torchrun --nproc_per_node 2 -m wadi_lorad distill --config run.yaml": Covered(
@@ -273,8 +273,8 @@ class Workspace:
         self.env = {**os.environ, "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
                     "PYTHONPATH": str(site), "HOME": str(root / "home"), "OMP_NUM_THREADS": "1",
                     "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                    "DIFFUSERS_OFFLINE": "1", "ACCELERATE_USE_CPU": "1", "WADI_STOP_FILE": ""}
-        self.env.pop("WADI_STOP_FILE")
+                    "DIFFUSERS_OFFLINE": "1", "ACCELERATE_USE_CPU": "1"}
+        self.env.pop("WADI_STOP_FILE", None)  # a stop file of an enclosing job must not stop these runs
         (root / "home").mkdir()
         (root / "models").mkdir()
         teacher = ROOT / "assets" / "tinyworld" / "teacher"
@@ -371,7 +371,6 @@ class Workspace:
             self.sh(full)
         for m in plan.makes:
             assert (self.dir / m).exists(), f"`{full}` did not write {m}"
-
 
     def _serve(self, cmd: str, port: int) -> None:
         proc = subprocess.Popen(["bash", "-c", f"exec {cmd}"], cwd=self.dir, env=self.env, stdout=subprocess.PIPE,
