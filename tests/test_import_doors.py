@@ -3,7 +3,9 @@
 Every ``import`` / ``from ... import`` statement of every module counts, at module level or
 inside a function (a function-level import is still a dependency, just a late one), with
 relative imports resolved against the importing module's package.  ``from pkg import name``
-is an edge to ``pkg.name`` when that is a module of the pack, else to ``pkg``.
+is an edge to ``pkg.name`` when that is a module of the pack, else to ``pkg``.  A relative
+module name written as a string (``".tab.cli"`` handed to ``importlib.import_module``, as the
+``wadi`` command table and the tab's kind table do) is an edge too.
 
 The rules (the brief's "one-way doors"):
 
@@ -19,6 +21,7 @@ The rules (the brief's "one-way doors"):
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,6 +93,14 @@ def imports_of(name: str, path: Path, is_pkg: bool, mods: dict) -> tuple[set[str
                     external.add((node.module or "").partition(".")[0])
                 else:
                     add(target, names)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and re.fullmatch(r"\.+\w[\w.]*", node.value):
+            # A relative module name as a string (``importlib.import_module(".cmd_demo", __package__)``,
+            # the trainer's command and config tables): a dependency too, when it names a pack module.
+            level = len(node.value) - len(node.value.lstrip("."))
+            base = package.split(".") if package else []
+            target = _join(*base[: len(base) - (level - 1)], node.value[level:])
+            if level - 1 <= len(base) and target in mods:
+                internal.add(target)
     internal = {m for m in internal if m in mods}
     internal.discard(name)
     return internal, external
@@ -175,6 +186,8 @@ def test_the_scan_sees_the_pack():
     assert "trainer.jobs.runner" in GRAPH["nodes.routes_tab"]
     assert "lorad.functional" in GRAPH["lorad.inject"]  # ``from . import functional``
     assert "trainer.export" in GRAPH["trainer.distill"]  # a function-level import
+    assert "trainer.tab.cli" in GRAPH["trainer.cli"]  # a module name given to importlib
+    assert "trainer.config" in GRAPH["trainer.tab.kinds"]  # "..config" in the tab's kind table
     assert "torch" in EXTERNAL["lorad.functional"]
 
 
