@@ -1,4 +1,4 @@
-"""The run's EMA (diffusers' EMAModel behind a name-keyed state) against a scalar loop of its formula."""
+"""The EMAs (diffusers' EMAModel behind each checkpoint's state format) against scalar loops of their formulas."""
 
 from __future__ import annotations
 
@@ -75,3 +75,32 @@ def test_state_round_trip_continues_identically_and_reads_the_old_format():
     assert all(torch.equal(ema.shadow[k], other.shadow[k]) for k in params)
     with pytest.raises(KeyError, match="shadow.b"):
         EMA(_params(), 0.9).load_state_dict({"shadow.a": sd["shadow.a"], "updates": sd["updates"]})
+
+
+def test_tiny_world_stage_ema_keeps_its_schedule_and_state_format():
+    """The pretraining stages' EMA: decay min(decay, (1+n)/(10+n)) at the n-th update, from n = 1."""
+    from wadi_lorad.trainer.tinyworld.loop import EMA as StageEMA
+
+    params = _params(3)
+    init = [p.detach().clone() for p in params.values()]
+    ema = StageEMA(params.values(), decay=0.95)
+    g = torch.Generator().manual_seed(4)
+    shadow = [[float(x) for x in t.flatten()] for t in init]
+    for n in range(1, 41):
+        with torch.no_grad():
+            for p in params.values():
+                p.add_(torch.randn(p.shape, generator=g))
+        ema.update()
+        d = min(0.95, (1 + n) / (10 + n))
+        shadow = [[d * s + (1 - d) * float(x) for s, x in zip(sh, p.detach().flatten())]
+                  for sh, p in zip(shadow, params.values())]
+    for got, ref in zip(ema.shadow, shadow):
+        torch.testing.assert_close(got.flatten(), torch.tensor(ref, dtype=torch.float32), rtol=1e-5, atol=1e-5)
+    state = ema.state_dict()
+    assert set(state) == {"shadow", "updates", "decay"} and state["updates"] == 40
+    other = StageEMA(_params(5).values(), decay=0.95)
+    other.load_state_dict(state)
+    assert other.updates == 40 and all(torch.equal(a, b) for a, b in zip(other.shadow, ema.shadow))
+    target = _params(6)
+    other.copy_to(target.values())
+    assert all(torch.equal(t, s) for t, s in zip(target.values(), ema.shadow))
