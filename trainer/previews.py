@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 
+from .accel import RunAccelerator
 from .adapters import ModelViews
 from .backbones import Backbone, TextCond
 from .ema import EMA
@@ -23,7 +24,7 @@ class PreviewRun(Protocol):
     sample_cond: TextCond  # features of ``sample_prompts``, on the run's device
     sample_prompts: list[str]
     latent: tuple[int, int, int]
-    acc: Any  # accelerate.Accelerator: its device and autocast
+    acc: RunAccelerator  # its device and autocast
     ema: EMA | None
     step: int
 
