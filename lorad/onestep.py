@@ -25,10 +25,7 @@ __all__ = [
     "scaled_linear_alphas_cumprod",
     "alpha_bar_at",
     "sigma_of",
-    "timestep_of_sigma",
     "predict_x0",
-    "predict_x0_from_v",
-    "eps_from_v",
     "add_noise",
     "multistep_timesteps",
     "EpsFn",
@@ -64,25 +61,9 @@ def sigma_of(alpha_bar: float) -> float:
     return math.sqrt((1.0 - alpha_bar) / alpha_bar)
 
 
-def timestep_of_sigma(alphas_cumprod: Tensor, sigma: float) -> int:
-    """Nearest training timestep to ``sigma`` in log space (how ComfyUI picks t)."""
-    log_sigmas = torch.log(((1 - alphas_cumprod.double()) / alphas_cumprod.double()) ** 0.5)
-    return int(torch.argmin((log_sigmas - math.log(sigma)).abs()))
-
-
 def predict_x0(z: Tensor, eps: Tensor, alpha_bar: float) -> Tensor:
     """``(z - sqrt(1 - abar) * eps) / sqrt(abar)``, computed in ``z``'s dtype."""
     return (z - math.sqrt(1.0 - alpha_bar) * eps) / math.sqrt(alpha_bar)
-
-
-def predict_x0_from_v(z: Tensor, v: Tensor, alpha_bar: float) -> Tensor:
-    """x0 for a v-prediction model: ``sqrt(abar) z - sqrt(1 - abar) v``."""
-    return math.sqrt(alpha_bar) * z - math.sqrt(1.0 - alpha_bar) * v
-
-
-def eps_from_v(z: Tensor, v: Tensor, alpha_bar: float) -> Tensor:
-    """eps for a v-prediction model: ``sqrt(1 - abar) z + sqrt(abar) v``."""
-    return math.sqrt(1.0 - alpha_bar) * z + math.sqrt(alpha_bar) * v
 
 
 def add_noise(x0: Tensor, noise: Tensor, alpha_bar: float) -> Tensor:

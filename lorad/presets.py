@@ -1,6 +1,6 @@
 """Named target sets: which layers of a backbone get LoRaD.
 
-The paper's sets (see ``docs/`` and wadi-facts §1.2):
+The paper's sets (see docs/lorad-format.md), as its released code selects them:
 
 * ``paper-student`` - SD UNets (1.5, 2.x, XL): every Linear whose path contains
   ``down_blocks``/``mid_block``/``up_blocks`` except ``conv_shortcut``.  PixArt:

@@ -23,9 +23,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from ..trainer.tab.events import EventTail
-from ..trainer.tab.runner import PACK_MAIN, PACK_ROOT, JobRunner
-from ..trainer.tab.store import JobStore
+from ..trainer.jobs.runner import PACK_MAIN, PACK_ROOT, JobRunner
+from ..trainer.jobs.store import JobStore
+from ..trainer.jobs.tail import EventTail
 
 log = logging.getLogger("wadi")
 

@@ -3,7 +3,7 @@ diffusers twin (the reference path), .lorad files, and a headless ComfyUI server
 
 The checkpoint: a 2-level UNet (model_channels 320, context_dim 768: ComfyUI detects
 SD15), the full CLIP-L text encoder and the SD VAE, random init from a fixed seed
-(comfyui-facts.md section 3/8).  UNet keys are renamed diffusers -> ldm with
+(ComfyUI's model detection reads these shapes).  UNet keys are renamed diffusers -> ldm with
 ComfyUI's own ``comfy.utils.unet_to_diffusers`` map (ComfyUI is present in these tests).
 """
 

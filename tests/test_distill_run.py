@@ -82,7 +82,7 @@ def test_single_file_checkpoint_has_ldm_keys(tiny_bases, tmp_path):
                     vsd__fake_guidance_scale=1.0)
     d = Distiller(cfg, progress=False)
     d.run()
-    unet = merged_denoiser(d)
+    unet = merged_denoiser(d.views)
     sd = {k: v.contiguous() for k, v in single_file_state(unet, base).items()}
     km = KM.unet_keymap("sd15", model_layout("sd15", unet))
     back = {km.diffusers(k[len("model.diffusion_model."):]): v for k, v in sd.items()

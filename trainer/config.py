@@ -1,7 +1,7 @@
 """The distillation run's typed configuration: one dataclass tree, YAML in/out, CLI overrides.
 
 Every knob of ``wadi distill`` lives here, with the paper's values as defaults
-(wadi-facts §2.2).  A YAML file and ``--key value`` / ``--section.key value``
+(as its released training code sets them).  A YAML file and ``--key value`` / ``--section.key value``
 overrides are checked against the field types, and every error names the field
 (or the YAML key) and what was expected, before anything is loaded.
 

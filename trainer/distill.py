@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 from ..lorad.onestep import OFFICIAL_ALPHA_BAR_T, alpha_bar_at
-from . import checkpoint as CK
+from . import checkpoint
+from .accel import make_accelerator
 from .adapters import build_views
 from .backbones import REQUIRED, check_one_step_alpha_bar, inspect_folder, load_backbone
 from .checkpoint import OutputExistsError
@@ -30,23 +31,6 @@ from .step import StepSettings, draw_batch, fake_micro_step, micro_step, student
 from .textcache import encode_cached
 
 __all__ = ["Distiller", "OutputExistsError", "RunStopped", "make_accelerator"]
-
-
-def make_accelerator(mixed_precision: str):
-    """An Accelerator for this run.  Its state is a per-process singleton; in a single process
-    (tests, notebooks) a run with another precision resets it first."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, PartialState
-
-    if AcceleratorState._shared_state and PartialState().num_processes == 1:
-        if AcceleratorState().mixed_precision != mixed_precision:
-            AcceleratorState._reset_state(True)
-    import os
-
-    # accelerate runs several CPU processes (gloo) only when told it is on CPU; without a GPU a
-    # multi-process launch (torchrun / accelerate launch) means exactly that.
-    multi = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    return Accelerator(mixed_precision=mixed_precision, cpu=multi and not torch.cuda.is_available())
 
 
 class Distiller:
@@ -69,12 +53,12 @@ class Distiller:
         self.global_batch = cfg.train.batch_size * self.world
         self.cfg_hash = config_hash(cfg)
         self.base_fp = base_fingerprint(cfg.model.base, REQUIRED[self.kind])
-        self.resume_from = CK.find_resume(cfg.resume, self.out)
+        self.resume_from = checkpoint.find_resume(cfg.resume, self.out)
         if self.resume_from is not None:
-            self.resume_meta = CK.check_compatible(self.resume_from, self.cfg_hash, cfg, self.base_fp,
+            self.resume_meta = checkpoint.check_compatible(self.resume_from, self.cfg_hash, cfg, self.base_fp,
                                                    self.global_batch * cfg.train.grad_accum)
         elif cfg.resume == "latest":
-            self.log(f"note: no checkpoint in {CK.checkpoint_root(self.out)} yet; starting from step 0")
+            self.log(f"note: no checkpoint in {checkpoint.checkpoint_root(self.out)} yet; starting from step 0")
         self._check_output()
         self.step = 0
         self._ready = False
@@ -98,7 +82,7 @@ class Distiller:
 
     # -- output folder -----------------------------------------------------------------------------
     def _check_output(self) -> None:
-        CK.prepare_output(self.out, self.resume_from, self.cfg.resume, self.cfg.output.force, self.main)
+        checkpoint.prepare_output(self.out, self.resume_from, self.cfg.resume, self.cfg.output.force, self.main)
 
     # -- setup -------------------------------------------------------------------------------------
     def _dtype(self) -> str:
@@ -156,7 +140,7 @@ class Distiller:
         self.ema = EMA(self.views.student.params, c.train.ema_decay) if c.train.ema_decay > 0 else None
         self.gen = torch.Generator().manual_seed(c.train.seed)
         if self.resume_from is not None:
-            self._restore(CK.load_checkpoint(self.resume_from))
+            self._restore(checkpoint.load_checkpoint(self.resume_from))
         self.events = EventLog(self.out / "events.jsonl", enabled=self.main,
                                tensorboard_dir=self.out / "tensorboard" if c.output.tensorboard else None,
                                log=self.log)
@@ -213,7 +197,7 @@ class Distiller:
                 st[name] = sc.state_dict()
         return st
 
-    def _restore(self, snap: CK.Snapshot) -> None:
+    def _restore(self, snap: checkpoint.Snapshot) -> None:
         self.views.student.load_state(snap.student, f"{self.resume_from}/student.safetensors")
         self.views.fake.load_state(snap.fake, f"{self.resume_from}/fake.safetensors")
         st = snap.trainer_state
@@ -226,19 +210,19 @@ class Distiller:
         for name, sc in zip(("scaler_student", "scaler_fake"), self.scalers):
             if sc is not None and name in st:
                 sc.load_state_dict(st[name])
-        CK.finish_restore(self, snap)
+        checkpoint.finish_restore(self, snap)
 
     def save_checkpoint(self) -> Path | None:
         path = None
         if self.main:
-            snap = CK.Snapshot(
+            snap = checkpoint.Snapshot(
                 self.step, self.views.student.state(), self.views.fake.state(),
                 self.ema.state_dict() if self.ema is not None else None, self._trainer_state(),
                 {"config_hash": self.cfg_hash, "base_fingerprint": self.base_fp,
                  "global_batch": self.global_batch * self.cfg.train.grad_accum, "adapter": self.cfg.adapter.kind},
             )
             try:
-                path = CK.save_checkpoint(CK.checkpoint_root(self.out), snap, self.cfg,
+                path = checkpoint.save_checkpoint(checkpoint.checkpoint_root(self.out), snap, self.cfg,
                                           self.cfg.output.keep_checkpoints)
                 self.events.write("checkpoint", step=self.step, path=str(path))
             except OSError as e:

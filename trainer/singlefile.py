@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ..lorad import keymap as KM
+from ..lorad import keymap
 from ..lorad.bridge import model_layout
 from ..lorad.fsutil import atomic_save
 
@@ -67,7 +67,7 @@ def single_file_state(unet: torch.nn.Module, base: Path, arch: str = "sd15") -> 
     """ldm-keyed state dict: merged ``unet`` + the base folder's text encoder and VAE."""
     if arch not in SINGLE_FILE_ARCHS:
         raise ValueError(f"single-file export supports {SINGLE_FILE_ARCHS}, not {arch!r}")
-    km = KM.unet_keymap(arch, model_layout(arch, unet))
+    km = keymap.unet_keymap(arch, model_layout(arch, unet))
     sd: dict[str, torch.Tensor] = {}
     for name, t in unet.state_dict().items():
         sd["model.diffusion_model." + km.ldm(name)] = t.detach().contiguous()
@@ -80,15 +80,16 @@ def single_file_state(unet: torch.nn.Module, base: Path, arch: str = "sd15") -> 
     return sd
 
 
-def export_single_file(d, path: Path) -> Path:
-    """Merge the run's student and write ``path`` (atomic)."""
+def export_single_file(unet: torch.nn.Module, base: Path, path: Path, arch: str, title: str, timestep: int,
+                       alpha_bar_T: float) -> Path:
+    """Write the merged ``unet`` with ``base``'s text encoder and VAE to ``path`` (atomic).
+
+    ``timestep`` and ``alpha_bar_T`` are the one-step settings the student was distilled with.
+    """
     from safetensors.torch import save_file
 
-    from .export import arch_name, merged_denoiser
-
-    arch = arch_name(d.bb)
-    sd = single_file_state(merged_denoiser(d), Path(d.cfg.model.base), arch)
-    md = {"modelspec.architecture": "stable-diffusion-v1", "modelspec.title": d.cfg.output.title or "WaDi student",
-          "wadi.timestep": str(d.settings.timestep), "wadi.alpha_bar_T": repr(float(d.settings.alpha_bar_T))}
+    sd = single_file_state(unet, Path(base), arch)
+    md = {"modelspec.architecture": "stable-diffusion-v1", "modelspec.title": title,
+          "wadi.timestep": str(timestep), "wadi.alpha_bar_T": repr(float(alpha_bar_T))}
     atomic_save(path, lambda tmp: save_file(sd, str(tmp), metadata=md))
     return path

@@ -1,4 +1,4 @@
-"""The VSD objective of WaDi (wadi-facts §2.2), as pure functions of eps predictions.
+"""The VSD objective of WaDi (as its released training code computes it), as pure functions of eps predictions.
 
 Student (one step at T):   x0 = (z - sqrt(1 - abar_T) eps_student(z, T)) / sqrt(abar_T)
 VSD direction at t:        x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) n,  t ~ U{t_min..t_max}
