@@ -18,7 +18,7 @@ from .inject import (
     set_active,
     unmerge,
 )
-from .layer import LoRaDAdapter, LoRaDLayer
+from .layer import LoRaDAngles, LoRaDLayer
 from .layer_spec import LayerSpec, LayerSpecError
 from .presets import PRESETS, Targets
 
@@ -39,7 +39,7 @@ __all__ = [
     "LoRaDLayer",
     "LayerSpec",
     "LayerSpecError",
-    "LoRaDAdapter",
+    "LoRaDAngles",
     "PRESETS",
     "Targets",
 ]

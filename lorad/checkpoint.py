@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from . import functional as LF
+from . import functional
 from .fsutil import atomic_dir, atomic_save
 from .layer_spec import LayerSpec
 
@@ -190,7 +190,7 @@ def merge_state(
         w = state[key]
         try:
             new = LayerSpec.from_parts(tensors, key).rotated(w, strength)
-        except LF.LoRaDShapeError as e:
+        except functional.LoRaDShapeError as e:
             problems.append(str(e) if key in str(e) else f"{key}: {e}")
             continue
         if not torch.isfinite(new).all():

@@ -256,14 +256,12 @@ def _json_safe(obj):
 
 def _merged_arch(path: Path) -> str:
     """``lorad.arch`` that ``lorad merge`` records in its output, so extract needs no ``--arch`` for it."""
-    from safetensors import safe_open
-
     from .checkpoint import DIFFUSERS_WEIGHTS
+    from .io import read_header
 
     weights = path / DIFFUSERS_WEIGHTS if path.is_dir() else path
     if weights.name.endswith(".safetensors") and weights.is_file():
-        with safe_open(str(weights), framework="pt") as f:
-            arch = (f.metadata() or {}).get("lorad.arch")
+        arch = read_header(weights).metadata.get("lorad.arch")
         if arch:
             return arch
     raise CLIError(f"{path}: no lorad.arch in its metadata (it was not written by lorad merge); pass --arch")
@@ -349,12 +347,10 @@ def _is_lorad(path: Path) -> bool:
     """A ``.lorad`` file (its header says so), as opposed to a model state dict."""
     if not (path.is_file() and path.name.endswith(".safetensors")):
         return False
-    from safetensors import safe_open
-
+    from .io import read_header
     from .metadata import K_VERSION
 
-    with safe_open(str(path), framework="pt") as f:
-        return K_VERSION in (f.metadata() or {})
+    return K_VERSION in read_header(path).metadata
 
 
 def _lorad_student(args: argparse.Namespace, teacher):
@@ -370,7 +366,7 @@ def _lorad_student(args: argparse.Namespace, teacher):
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from . import analysis as AN
+    from . import analysis
     from .checkpoint import load_state_dict, save_safetensors, write_diffusers_folder
 
     if not 0 < args.frac <= 1:
@@ -385,7 +381,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         suffix = "" if st.config is not None else ".safetensors"
         swap_paths = [outdir / f"norm_swapped{suffix}", outdir / f"direction_swapped{suffix}"]
     _refuse_existing(targets + swap_paths, args.force)
-    res = AN.analyze(st.state, te.state, include=args.include, frac=args.frac, progress=_progress(args, "analyze"))
+    res = analysis.analyze(st.state, te.state, include=args.include, frac=args.frac, progress=_progress(args, "analyze"))
     if not res.layers:
         from .statekeys import ldm_prefix
 
@@ -395,13 +391,13 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         raise CLIError(f"{args.student} / {args.teacher}: no weight matrices with matching keys and shapes "
                        f"to compare{hint}")
     summ = res.summary()
-    AN.write_csv(res, outdir / names["csv"])
+    analysis.write_csv(res, outdir / names["csv"])
     atomic_write_text(outdir / names["summary"], json.dumps(_json_safe(
         {"student": str(args.student), "teacher": str(args.teacher), **summ, "skipped": res.skipped}), indent=2) + "\n")
     title = args.title or f"{Path(args.student).name} vs {Path(args.teacher).name}"
-    AN.plot_norm_direction(res, outdir / names["fig_a"], title=title)
-    AN.plot_svd_energy(res, outdir / names["fig_b"], title=f"{title}: direction residual SVD energy")
-    for path, fn in zip(swap_paths, (AN.norm_swapped, AN.direction_swapped)):
+    analysis.plot_norm_direction(res, outdir / names["fig_a"], title=title)
+    analysis.plot_svd_energy(res, outdir / names["fig_b"], title=f"{title}: direction residual SVD energy")
+    for path, fn in zip(swap_paths, (analysis.norm_swapped, analysis.direction_swapped)):
         swapped = fn(st.state, te.state, include=args.include)
         if st.config is not None:
             write_diffusers_folder(swapped, path, st.config, force=args.force)

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from . import functional as LF
+from . import functional
 
 __all__ = ["LayerSpecError", "LayerSpec", "wrapped_angles", "PART_NAMES"]
 
@@ -29,7 +29,7 @@ PART_NAMES = ("A", "B", "theta")
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
-class LayerSpecError(LF.LoRaDShapeError):
+class LayerSpecError(functional.LoRaDShapeError):
     """A layer's tensors are malformed or do not fit a weight; the message names the key."""
 
 
@@ -39,7 +39,7 @@ def wrapped_angles(a: Tensor, b: Tensor | None = None) -> Tensor:
     Float32 (float64 stays float64), differentiable: the trainer's fused op calls this
     with its parameters.  Strength is applied by the caller *after* this wrap.
     """
-    return LF.angles(a, b) if b is not None else LF.wrap_angles(LF.up(a))
+    return functional.angles(a, b) if b is not None else functional.wrap_angles(functional.up(a))
 
 
 def _scaled(theta: Tensor, strength: float) -> Tensor:
@@ -127,7 +127,7 @@ class LayerSpec:
         k = self.key + (f" ({what})" if what else "")
         if len(shape) < 2:
             raise LayerSpecError(f"{k}: target weight shape {shape} is not a Linear/Conv weight (needs >= 2 dims)")
-        width = LF.pair_width(shape)
+        width = functional.pair_width(shape)
         if width % 2:
             raise LayerSpecError(f"{k}: target row width {width} (weight {shape}) is odd; LoRaD pairs (2k, 2k+1)")
         want = (shape[0], width // 2)
@@ -153,11 +153,11 @@ class LayerSpec:
         self.check_fit(weight.shape, weight.dtype)
         if strength == 0:
             return weight.clone()
-        return LF.rotate(weight, self.angles(strength, weight.device), 1.0, name=self.key)
+        return functional.rotate(weight, self.angles(strength, weight.device), 1.0, name=self.key)
 
     def rotate_(self, weight: Tensor, strength: float = 1.0) -> Tensor:
         """In-place :meth:`rotated` (same bits); returns ``weight``."""
         self.check_fit(weight.shape, weight.dtype)
         if strength != 0:
-            LF.rotate_(weight, self.angles(strength, weight.device), 1.0, name=self.key)
+            functional.rotate_(weight, self.angles(strength, weight.device), 1.0, name=self.key)
         return weight

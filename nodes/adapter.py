@@ -17,7 +17,7 @@ import torch
 from comfy import weight_adapter as _wa
 from comfy.weight_adapter import WeightAdapterBase
 
-from ..lorad import functional as LF
+from ..lorad import functional
 from ..lorad.layer_spec import LayerSpec
 from . import stock_guard
 
@@ -56,7 +56,7 @@ def rotate_into(weight: torch.Tensor, spec: LayerSpec, strength: float, function
             spec.rotate_(weight, strength)
         else:
             rotated = spec.rotated(weight, strength)
-            weight += function(LF.up(rotated) - LF.up(weight)).to(weight.dtype)
+            weight += function(functional.up(rotated) - functional.up(weight)).to(weight.dtype)
     return weight
 
 

@@ -111,7 +111,7 @@ def _candidates() -> list[str]:
     return sorted(found, key=lambda p: not p.endswith(".lorad.safetensors"))
 
 
-def find_source(lora: Mapping[str, Tensor], candidates: Iterable[str]) -> tuple[str, dict]:
+def find_source(lora: Mapping[str, Tensor], candidates: Iterable[str]) -> tuple[str, lorad_io.Header]:
     """The file these tensors were read from: its header lists exactly them (names, dtypes, shapes).
 
     Several files can share a header (copies, edits): then the one whose data hash is the
@@ -119,7 +119,7 @@ def find_source(lora: Mapping[str, Tensor], candidates: Iterable[str]) -> tuple[
     """
     want = {n: (_ST_DTYPES.get(t.dtype, str(t.dtype)), list(t.shape)) for n, t in lora.items()}
     nbytes = sum(t.numel() * t.element_size() for t in lora.values())
-    matches: list[tuple[str, dict]] = []
+    matches: list[tuple[str, lorad_io.Header]] = []
     for path in candidates:
         try:
             if os.path.getsize(path) < nbytes + 8:
@@ -127,16 +127,13 @@ def find_source(lora: Mapping[str, Tensor], candidates: Iterable[str]) -> tuple[
             header = lorad_io.read_header(path)
         except (OSError, lorad_io.LoRaDFileError):
             continue
-        table = {k: v for k, v in header.items() if k != "__metadata__"}
-        if table.keys() == want.keys() and all(
-            isinstance(v, dict) and (v.get("dtype"), v.get("shape")) == want[k] for k, v in table.items()
-        ):
+        if header.tensors == want:
             matches.append((path, header))
     if len(matches) > 1:
         own = lorad_io.tensors_sha256(lora, matches[0][1])
 
-        def stored(header: dict) -> str | None:
-            return header.get("__metadata__", {}).get(K_HASH)
+        def stored(header: lorad_io.Header) -> str | None:
+            return header.metadata.get(K_HASH)
 
         by_meta = [m for m in matches if (stored(m[1]) or "").lower() == own]
         by_disk = [] if by_meta else [m for m in matches if lorad_io.data_sha256(m[0]) == own]

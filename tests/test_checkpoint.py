@@ -7,9 +7,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import save_file
-from wadi_lorad.lorad import checkpoint as CK
-from wadi_lorad.lorad import functional as LF
-from wadi_lorad.lorad import statekeys as SK
+from wadi_lorad.lorad import checkpoint, functional, statekeys
 
 
 def _state(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -34,11 +32,11 @@ def test_load_every_layout(tmp_path):
     folder.mkdir(parents=True)
     (tmp_path / "pipe" / "model_index.json").write_text("{}")
     (folder / "config.json").write_text(json.dumps({"sample_size": 8}))
-    save_file(st, folder / CK.DIFFUSERS_WEIGHTS)
+    save_file(st, folder / checkpoint.DIFFUSERS_WEIGHTS)
     for p in ("m.safetensors", "m.bin", "m.ckpt", "pipe", "pipe/unet"):
-        ck = CK.load_state_dict(tmp_path / p)
+        ck = checkpoint.load_state_dict(tmp_path / p)
         assert _same(ck.state, st), p
-    assert CK.load_state_dict(tmp_path / "pipe").config == {"sample_size": 8}
+    assert checkpoint.load_state_dict(tmp_path / "pipe").config == {"sample_size": 8}
     # sharded folder
     sh = tmp_path / "sharded"
     sh.mkdir()
@@ -47,39 +45,39 @@ def test_load_every_layout(tmp_path):
     save_file({k: st[k] for k in keys[1:]}, sh / "diffusion_pytorch_model-00002-of-00002.safetensors")
     wm = {k: f"diffusion_pytorch_model-0000{1 if i == 0 else 2}-of-00002.safetensors" for i, k in enumerate(keys)}
     (sh / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps({"weight_map": wm}))
-    assert _same(CK.load_state_dict(sh).state, st)
+    assert _same(checkpoint.load_state_dict(sh).state, st)
 
 
 def test_load_errors_name_the_file(tmp_path):
-    with pytest.raises(CK.CheckpointError, match="no such file"):
-        CK.load_state_dict(tmp_path / "nope.safetensors")
+    with pytest.raises(checkpoint.CheckpointError, match="no such file"):
+        checkpoint.load_state_dict(tmp_path / "nope.safetensors")
     (tmp_path / "bad.safetensors").write_bytes(b"garbage")
-    with pytest.raises(CK.CheckpointError, match="bad.safetensors"):
-        CK.load_state_dict(tmp_path / "bad.safetensors")
+    with pytest.raises(checkpoint.CheckpointError, match="bad.safetensors"):
+        checkpoint.load_state_dict(tmp_path / "bad.safetensors")
     (tmp_path / "x.txt").write_text("hi")
-    with pytest.raises(CK.CheckpointError, match="unknown weights format"):
-        CK.load_state_dict(tmp_path / "x.txt")
+    with pytest.raises(checkpoint.CheckpointError, match="unknown weights format"):
+        checkpoint.load_state_dict(tmp_path / "x.txt")
     torch.save({"a": torch.zeros(1), "b": 3}, tmp_path / "mixed.pt")
-    with pytest.raises(CK.CheckpointError, match="not tensors"):
-        CK.load_state_dict(tmp_path / "mixed.pt")
+    with pytest.raises(checkpoint.CheckpointError, match="not tensors"):
+        checkpoint.load_state_dict(tmp_path / "mixed.pt")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(CK.CheckpointError, match="empty"):
-        CK.load_state_dict(tmp_path / "empty")
+    with pytest.raises(checkpoint.CheckpointError, match="empty"):
+        checkpoint.load_state_dict(tmp_path / "empty")
 
 
 def test_atomic_writes_and_force(tmp_path):
     st = _state()
-    p = CK.save_safetensors(st, tmp_path / "a" / "m.safetensors", metadata={"k": "v"})
+    p = checkpoint.save_safetensors(st, tmp_path / "a" / "m.safetensors", metadata={"k": "v"})
     with pytest.raises(FileExistsError, match="--force"):
-        CK.save_safetensors(_state(1), p)
-    assert _same(CK.load_state_dict(p).state, st)
-    CK.save_safetensors(_state(1), p, force=True)
-    assert _same(CK.load_state_dict(p).state, _state(1))
-    d = CK.write_diffusers_folder(st, tmp_path / "out", {"a": 1})
+        checkpoint.save_safetensors(_state(1), p)
+    assert _same(checkpoint.load_state_dict(p).state, st)
+    checkpoint.save_safetensors(_state(1), p, force=True)
+    assert _same(checkpoint.load_state_dict(p).state, _state(1))
+    d = checkpoint.write_diffusers_folder(st, tmp_path / "out", {"a": 1})
     with pytest.raises(FileExistsError):
-        CK.write_diffusers_folder(st, d, {"a": 1})
-    CK.write_diffusers_folder(_state(2), d, {"a": 2}, force=True)
-    ck = CK.load_state_dict(d)
+        checkpoint.write_diffusers_folder(st, d, {"a": 1})
+    checkpoint.write_diffusers_folder(_state(2), d, {"a": 2}, force=True)
+    ck = checkpoint.load_state_dict(d)
     assert ck.config == {"a": 2} and _same(ck.state, _state(2))
     assert sorted(x.name for x in tmp_path.iterdir()) == ["a", "out"]  # no temp leftovers
     assert sorted(x.name for x in (tmp_path / "a").iterdir()) == ["m.safetensors"]
@@ -92,34 +90,34 @@ def test_merge_state_rotates_checks_and_is_all_or_nothing():
     theta = torch.randn(4, 9, generator=g) * 3  # dense angles beyond pi: the wrap matters at s = 0.5
     assert float(theta.abs().max()) > torch.pi
     layers = {"down_blocks.0.attn.to_q.weight": {"A": a, "B": b}, "conv_in.weight": {"theta": theta}}
-    out = CK.merge_state(st, layers, strength=0.5)
-    assert torch.allclose(out["down_blocks.0.attn.to_q.weight"], LF.rotate(st["down_blocks.0.attn.to_q.weight"],
-                                                                         LF.angles(a, b) * 0.5))
+    out = checkpoint.merge_state(st, layers, strength=0.5)
+    assert torch.allclose(out["down_blocks.0.attn.to_q.weight"], functional.rotate(st["down_blocks.0.attn.to_q.weight"],
+                                                                         functional.angles(a, b) * 0.5))
     # s * wrap(theta), as the trainer and every reader apply it (docs/lorad-format.md 3.5), not s * theta
-    assert torch.allclose(out["conv_in.weight"], LF.rotate(st["conv_in.weight"], LF.wrap_angles(theta) * 0.5))
+    assert torch.allclose(out["conv_in.weight"], functional.rotate(st["conv_in.weight"], functional.wrap_angles(theta) * 0.5))
     assert out["down_blocks.0.attn.to_q.bias"] is st["down_blocks.0.attn.to_q.bias"]
-    assert torch.equal(CK.merge_state(st, layers, strength=0.0)["conv_in.weight"], st["conv_in.weight"])
+    assert torch.equal(checkpoint.merge_state(st, layers, strength=0.0)["conv_in.weight"], st["conv_in.weight"])
     before = {k: v.clone() for k, v in st.items()}
     bad = {**layers, "missing.weight": {"theta": theta}, "down_blocks.0.attn.to_q.bias": {"theta": theta}}
-    with pytest.raises(CK.CheckpointError) as e:
-        CK.merge_state(st, bad)
+    with pytest.raises(checkpoint.CheckpointError) as e:
+        checkpoint.merge_state(st, bad)
     assert "missing.weight: not in the base model" in str(e.value)
     assert "down_blocks.0.attn.to_q.bias" in str(e.value)
     assert _same(st, before)
     nan = {"conv_in.weight": {"theta": torch.full((4, 9), float("nan"))}}
-    with pytest.raises(CK.CheckpointError, match="non-finite"):
-        CK.merge_state(st, nan)
+    with pytest.raises(checkpoint.CheckpointError, match="non-finite"):
+        checkpoint.merge_state(st, nan)
 
 
 def test_ldm_prefix_detection():
-    assert SK.ldm_prefix(_state()) is None
-    assert SK.ldm_prefix({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1)}) == "model.diffusion_model."
-    assert SK.ldm_prefix({"diffusion_model.input_blocks.0.0.weight": torch.zeros(1)}) == "diffusion_model."
-    assert SK.ldm_prefix({"input_blocks.0.0.weight": torch.zeros(1)}) == ""
+    assert statekeys.ldm_prefix(_state()) is None
+    assert statekeys.ldm_prefix({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1)}) == "model.diffusion_model."
+    assert statekeys.ldm_prefix({"diffusion_model.input_blocks.0.0.weight": torch.zeros(1)}) == "diffusion_model."
+    assert statekeys.ldm_prefix({"input_blocks.0.0.weight": torch.zeros(1)}) == ""
     full = {"model.diffusion_model.input_blocks.1.1.proj_in.weight": torch.zeros(4, 6, 1, 1),
             "model.diffusion_model.input_blocks.1.1.norm.weight": torch.zeros(4)}
-    assert SK.weight_shapes_from_state("sd15", full) == {"diffusion_model.input_blocks.1.1.proj_in": (4, 6, 1, 1)}
-    layers, other = SK.layers_for_state("sd15", {"diffusion_model.input_blocks.1.1.proj_in": {}, "text_encoders.x": {}},
+    assert statekeys.weight_shapes_from_state("sd15", full) == {"diffusion_model.input_blocks.1.1.proj_in": (4, 6, 1, 1)}
+    layers, other = statekeys.layers_for_state("sd15", {"diffusion_model.input_blocks.1.1.proj_in": {}, "text_encoders.x": {}},
                                         full)
     assert list(layers) == ["model.diffusion_model.input_blocks.1.1.proj_in.weight"] and other == ["text_encoders.x"]
 
@@ -135,5 +133,5 @@ def test_dense_theta_is_wrapped_before_strength_like_the_trainer():
     t = 0.5 * (4.0 - 2 * math.pi)
     want = torch.tensor([[math.cos(t) * 1 - math.sin(t) * 2, math.sin(t) * 1 + math.cos(t) * 2]])
     assert float(layer_angles({"theta": theta})) == pytest.approx(4.0 - 2 * math.pi)
-    out = CK.merge_state({"l.weight": w}, {"l.weight": {"theta": theta}}, strength=0.5)
+    out = checkpoint.merge_state({"l.weight": w}, {"l.weight": {"theta": theta}}, strength=0.5)
     assert torch.allclose(out["l.weight"], want, atol=1e-6)

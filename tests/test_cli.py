@@ -8,9 +8,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from wadi_lorad.lorad import checkpoint as CK
-from wadi_lorad.lorad import functional as LF
-from wadi_lorad.lorad import inject as I
+from wadi_lorad.lorad import checkpoint, functional, inject
 from wadi_lorad.lorad.cli import main
 from wadi_lorad.lorad.io import (
     adapter_state_from_layers,
@@ -43,19 +41,19 @@ def world(tmp_path_factory):
     unet = _tiny_unet()
     config = dict(unet.config)
     base = {k: v.detach().clone() for k, v in unet.state_dict().items()}
-    CK.write_diffusers_folder(base, root / "base", config)
-    I.inject(unet, "s", "paper-student", rank=4, seed=0)
+    checkpoint.write_diffusers_folder(base, root / "base", config)
+    inject.inject(unet, "s", "paper-student", rank=4, seed=0)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        for _, layer in I.lorad_layers(unet):
+        for _, layer in inject.lorad_layers(unet):
             layer.lorad["s"].A.normal_(generator=g).mul_(0.3)
-    state = I.adapter_state(unet, "s")
-    truth = {n: LF.angles(t["A"], t["B"]).double() for n, t in state.items()}
+    state = inject.adapter_state(unet, "s")
+    truth = {n: functional.angles(t["A"], t["B"]).double() for n, t in state.items()}
     md = build_metadata(arch=ARCH, rank=4, target_preset="paper-student", title="tiny")
     save_lorad(root / "tiny.lorad.safetensors", layers_from_adapter_state(ARCH, state), md)
-    merged = {n + ".weight": LF.rotate(base[n + ".weight"], th.float()) for n, th in truth.items()}
+    merged = {n + ".weight": functional.rotate(base[n + ".weight"], th.float()) for n, th in truth.items()}
     merged = {**base, **merged}
-    CK.write_diffusers_folder(merged, root / "merged", config)
+    checkpoint.write_diffusers_folder(merged, root / "merged", config)
     return {"root": root, "base": base, "merged": merged, "truth": truth, "config": config, "state": state}
 
 
@@ -97,19 +95,19 @@ def test_merge_folder_single_and_strength(world, tmp_path, capsys):
     f = str(world["root"] / "tiny.lorad.safetensors")
     base = str(world["root"] / "base")
     assert main(["merge", base, f, str(tmp_path / "m"), "-q"]) == 0
-    ck = CK.load_state_dict(tmp_path / "m")
+    ck = checkpoint.load_state_dict(tmp_path / "m")
     assert _close(ck.state, world["merged"]) and ck.config["block_out_channels"] == [16, 16, 32, 32]
     # refuses to overwrite; --force replaces
     assert main(["merge", base, f, str(tmp_path / "m"), "-q"]) == 1
     assert "--force" in capsys.readouterr().err
     assert main(["merge", base, f, str(tmp_path / "m"), "-q", "--force", "--strength", "0"]) == 0
-    assert _close(CK.load_state_dict(tmp_path / "m").state, world["base"], atol=0)
+    assert _close(checkpoint.load_state_dict(tmp_path / "m").state, world["base"], atol=0)
     # single file in ldm keys
     assert main(["merge", base, f, str(tmp_path / "m.safetensors"), "-q", "--strength", "0.5"]) == 0
     ldm = load_file(tmp_path / "m.safetensors")
     assert len(ldm) == len(world["base"]) and all(k.startswith("model.diffusion_model.") for k in ldm)
     key = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
-    want = LF.rotate(world["base"][key + ".weight"], world["truth"][key].float(), 0.5)
+    want = functional.rotate(world["base"][key + ".weight"], world["truth"][key].float(), 0.5)
     got = ldm["model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight"]
     assert torch.allclose(got, want, atol=1e-6)
     assert torch.equal(ldm["model.diffusion_model.input_blocks.0.0.weight"], world["base"]["conv_in.weight"])
@@ -125,13 +123,13 @@ def test_merge_folder_single_and_strength(world, tmp_path, capsys):
 def test_merge_missing_layer_nothing_written(world, tmp_path, capsys):
     part = dict(world["base"])
     part.pop("up_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight")
-    CK.write_diffusers_folder(part, tmp_path / "part", world["config"])
+    checkpoint.write_diffusers_folder(part, tmp_path / "part", world["config"])
     f = str(world["root"] / "tiny.lorad.safetensors")
     assert main(["merge", str(tmp_path / "part"), f, str(tmp_path / "out")]) == 1
     assert "up_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
     assert main(["merge", str(tmp_path / "part"), f, str(tmp_path / "out"), "--allow-partial", "-q"]) == 0
-    st = CK.load_state_dict(tmp_path / "out").state
+    st = checkpoint.load_state_dict(tmp_path / "out").state
     k = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight"
     assert torch.allclose(st[k], world["merged"][k], atol=1e-6)
 
@@ -146,7 +144,7 @@ def test_extract_round_trip(world, tmp_path, capsys):
     assert set(got) == set(world["truth"])
     for n, t in got.items():
         assert t["A"].shape[1] == 4
-        err = LF.wrap_angles(LF.angles(t["A"], t["B"]).double() - world["truth"][n]).abs().max()
+        err = functional.wrap_angles(functional.angles(t["A"], t["B"]).double() - world["truth"][n]).abs().max()
         assert err < 1e-5, n
     rows = list(csv.DictReader(open(tmp_path / "ex.extract.csv")))
     assert len(rows) == len(world["truth"]) and all(r["stored"] == "factors" for r in rows)
@@ -155,7 +153,7 @@ def test_extract_round_trip(world, tmp_path, capsys):
     assert f.metadata["modelspec.title"] == "ex"
     # merging the extracted file back reproduces the merged model
     assert main(["merge", str(world["root"] / "base"), str(out), str(tmp_path / "re"), "-q"]) == 0
-    assert _close(CK.load_state_dict(tmp_path / "re").state, world["merged"], atol=1e-5)
+    assert _close(checkpoint.load_state_dict(tmp_path / "re").state, world["merged"], atol=1e-5)
     # outputs are not overwritten without --force; with --force and rank 0 everything is dense
     assert main(args) == 1
     assert "--force" in capsys.readouterr().err

@@ -8,8 +8,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from wadi_lorad.lorad import analysis as AN
-from wadi_lorad.lorad import checkpoint as CK
+from wadi_lorad.lorad import analysis, checkpoint
 from wadi_lorad.lorad.cli import main
 
 
@@ -42,7 +41,7 @@ def test_analyze_writes_csv_pngs_and_swaps(tmp_path, capsys):
     assert main(args + ["--write-swaps"]) == 0
     rows = list(csv.DictReader(open(out / "layers.csv")))
     assert [r["name"] for r in rows] == ["down_blocks.0.attn.to_q.weight", "down_blocks.0.conv.weight"]
-    ref = AN.analyze(st, te)
+    ref = analysis.analyze(st, te)
     for r, s in zip(rows, ref.layers):
         assert float(r["dir_mean_pct"]) == pytest.approx(100 * s.dir_mean, rel=1e-9)
         assert float(r["norm_std_pct"]) == pytest.approx(100 * s.norm_std, rel=1e-9)
@@ -65,10 +64,10 @@ def test_analyze_writes_csv_pngs_and_swaps(tmp_path, capsys):
 
 def test_analyze_diffusers_folder_swaps_are_folders(tmp_path):
     st, te = _pair(tmp_path)
-    CK.write_diffusers_folder(st, tmp_path / "s", {"x": 1})
-    CK.write_diffusers_folder(te, tmp_path / "t", {"x": 1})
+    checkpoint.write_diffusers_folder(st, tmp_path / "s", {"x": 1})
+    checkpoint.write_diffusers_folder(te, tmp_path / "t", {"x": 1})
     assert main(["analyze", str(tmp_path / "s"), str(tmp_path / "t"), str(tmp_path / "o"), "--write-swaps", "-q"]) == 0
-    ck = CK.load_state_dict(tmp_path / "o" / "direction_swapped")
+    ck = checkpoint.load_state_dict(tmp_path / "o" / "direction_swapped")
     assert ck.config == {"x": 1} and set(ck.state) == set(st)
 
 

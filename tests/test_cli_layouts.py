@@ -28,22 +28,22 @@ TEACHER = str(DEFAULT_TEACHER)
 def tiny(tmp_path_factory):
     """The teacher UNet with a rank-4 student (random angles, some beyond pi) and its exported file."""
     from diffusers import UNet2DConditionModel
-    from wadi_lorad.lorad import inject as LI
+    from wadi_lorad.lorad import inject
     from wadi_lorad.lorad.bridge import export_adapter
 
     root = tmp_path_factory.mktemp("layouts")
     # The shipped teacher is stored in fp16; keep it so (fp16 -> fp32 -> fp16 is lossless).
     unet = UNet2DConditionModel.from_pretrained(str(DEFAULT_TEACHER / "unet")).to(torch.float16).eval()
-    LI.inject(unet, "student", "paper-student", rank=4, seed=0)
+    inject.inject(unet, "student", "paper-student", rank=4, seed=0)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        for t in LI.adapter_state(unet, "student").values():
+        for t in inject.adapter_state(unet, "student").values():
             t["A"].normal_(0, 1.0, generator=g)
     path = export_adapter(unet, "student", root / "student.lorad.safetensors", arch="sd15",
                           target_preset="paper-student", title="tiny student")
     with torch.no_grad():
         rotated = {name + ".weight": layer.rotated_weight(["student"])
-                   for name, layer in LI.lorad_layers(unet)}
+                   for name, layer in inject.lorad_layers(unet)}
     return {"root": root, "file": str(path), "rotated": rotated}
 
 
@@ -81,12 +81,12 @@ def test_validate_against_the_model_and_from_the_file_alone(tiny, capsys):
 
 
 def test_a_file_for_another_layout_is_refused_naming_both(tiny, tmp_path, capsys):
-    from wadi_lorad.lorad import checkpoint as CK
+    from wadi_lorad.lorad import checkpoint
 
     cfg = json.loads((DEFAULT_TEACHER / "unet" / "config.json").read_text())
     cfg["layers_per_block"] = 2
     state = load_file(str(DEFAULT_TEACHER / "unet" / "diffusion_pytorch_model.safetensors"))
-    CK.write_diffusers_folder(state, tmp_path / "other", cfg)
+    checkpoint.write_diffusers_folder(state, tmp_path / "other", cfg)
     assert lorad_main(["validate", tiny["file"], "--model", str(tmp_path / "other")]) == 1
     err = capsys.readouterr().err
     assert '"layers_per_block": 1' in err and '"layers_per_block": 2' in err

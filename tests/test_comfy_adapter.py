@@ -7,10 +7,10 @@ import math
 import comfy_env
 import pytest
 import torch
-from wadi_lorad.lorad import functional as LF
+from wadi_lorad.lorad import functional
 
 comfy_env.comfy_for_tests()
-from wadi_lorad.nodes import adapter as AD  # noqa: E402
+from wadi_lorad.nodes import adapter  # noqa: E402
 
 
 def factors(out, pairs, r=3, seed=0, scale=0.5):
@@ -27,30 +27,30 @@ def ident(a):
 def test_calculate_weight_is_lorad_rotate_bit_exact(shape, strength):
     w = torch.randn(shape, generator=torch.Generator().manual_seed(1))
     a, b = factors(shape[0], math.prod(shape[1:]) // 2)
-    ad = AD.LoRaDAdapter(set(), (a, b))
+    ad = adapter.LoRaDAdapter(set(), (a, b))
     target = w.clone()
     out = ad.calculate_weight(target, "k", strength, 1.0, None, ident)
     assert out is target  # in place: ComfyUI keeps the outer tensor for fused (offset) weights
-    want = LF.rotate(w, LF.angles(a, b), strength)
+    want = functional.rotate(w, functional.angles(a, b), strength)
     assert torch.equal(out, want)
     if strength == 0:
         assert torch.equal(out, w)
-    rn = LF.row_norms(out) / LF.row_norms(w)
+    rn = functional.row_norms(out) / functional.row_norms(w)
     assert torch.allclose(rn, torch.ones_like(rn), atol=1e-5)  # a rotation keeps every row norm
 
 
 def test_fp16_weight_rotated_in_fp32_like_the_trainer():
     w = torch.randn(12, 8).half()
     a, b = factors(12, 4)
-    out = AD.LoRaDAdapter(set(), (a, b)).calculate_weight(w.clone(), "k", 0.7, 1.0, None, ident)
+    out = adapter.LoRaDAdapter(set(), (a, b)).calculate_weight(w.clone(), "k", 0.7, 1.0, None, ident)
     assert out.dtype == torch.float16
-    assert torch.equal(out, LF.rotate(w, LF.angles(a, b), 0.7))
+    assert torch.equal(out, functional.rotate(w, functional.angles(a, b), 0.7))
 
 
 def test_dense_theta_and_sign_of_rotation():
     w = torch.tensor([[1.0, 0.0, 0.0, 2.0]])
     theta = torch.tensor([[math.pi / 2, math.pi / 2]])
-    out = AD.LoRaDAdapter(set(), (theta,)).calculate_weight(w.clone(), "k", 1.0, 1.0, None, ident)
+    out = adapter.LoRaDAdapter(set(), (theta,)).calculate_weight(w.clone(), "k", 1.0, 1.0, None, ident)
     # pair (a, b) -> (cos a - sin b, sin a + cos b): (1, 0) -> (0, 1); (0, 2) -> (-2, 0)
     assert torch.allclose(out, torch.tensor([[0.0, 1.0, -2.0, 0.0]]), atol=1e-6)
 
@@ -60,26 +60,26 @@ def test_offset_rows_rotate_in_place_and_nothing_else():
     hidden = 6
     qkv = torch.randn(3 * hidden, 8)
     a, b = factors(hidden, 4)
-    ad = AD.LoRaDAdapter(set(), (a, b))
+    ad = adapter.LoRaDAdapter(set(), (a, b))
     outer = qkv.clone()
     view = outer.narrow(0, hidden, hidden)  # "to_k": (dim 0, start hidden, length hidden)
     ad.calculate_weight(view, "qkv", 1.0, 1.0, (0, hidden, hidden), ident)
     assert torch.equal(outer[:hidden], qkv[:hidden]) and torch.equal(outer[2 * hidden:], qkv[2 * hidden:])
-    assert torch.equal(outer[hidden:2 * hidden], LF.rotate(qkv[hidden:2 * hidden], LF.angles(a, b)))
+    assert torch.equal(outer[hidden:2 * hidden], functional.rotate(qkv[hidden:2 * hidden], functional.angles(a, b)))
 
 
 def test_function_is_applied_to_the_update():
     w = torch.randn(4, 6)
     a, b = factors(4, 3)
-    out = AD.LoRaDAdapter(set(), (a, b)).calculate_weight(w.clone(), "k", 1.0, 1.0, None, lambda d: 0.5 * d)
-    want = w + 0.5 * (LF.rotate(w, LF.angles(a, b)) - w)
+    out = adapter.LoRaDAdapter(set(), (a, b)).calculate_weight(w.clone(), "k", 1.0, 1.0, None, lambda d: 0.5 * d)
+    want = w + 0.5 * (functional.rotate(w, functional.angles(a, b)) - w)
     assert torch.allclose(out, want, atol=1e-6)
 
 
 def test_shape_mismatch_is_logged_and_weight_kept(caplog):
     w = torch.randn(4, 6)
     a, b = factors(5, 3)
-    out = AD.LoRaDAdapter(set(), (a, b)).calculate_weight(w.clone(), "diffusion_model.x.weight", 1.0, 1.0, None, ident)
+    out = adapter.LoRaDAdapter(set(), (a, b)).calculate_weight(w.clone(), "diffusion_model.x.weight", 1.0, 1.0, None, ident)
     assert torch.equal(out, w)
     assert "diffusion_model.x.weight" in caplog.text
 
@@ -103,10 +103,10 @@ def _file_dict(tmp_path, monkeypatch):
 def test_load_claims_only_lorad_keys_of_a_valid_file(tmp_path, monkeypatch):
     x, y, sd = _file_dict(tmp_path, monkeypatch)
     keys: set[str] = set()
-    ax = AD.LoRaDAdapter.load(x, sd, None, None, keys)
-    ay = AD.LoRaDAdapter.load(y, sd, None, None, keys)
+    ax = adapter.LoRaDAdapter.load(x, sd, None, None, keys)
+    ay = adapter.LoRaDAdapter.load(y, sd, None, None, keys)
     assert ax is not None and len(ax.weights) == 2 and ay is not None and len(ay.weights) == 1
-    assert AD.LoRaDAdapter.load("diffusion_model.out.2", sd, None, None, keys) is None  # not in the file
+    assert adapter.LoRaDAdapter.load("diffusion_model.out.2", sd, None, None, keys) is None  # not in the file
     assert keys == {x + ".lorad_A", x + ".lorad_B", y + ".lorad_theta"}
 
 
@@ -116,8 +116,8 @@ def test_a_refused_dict_gets_no_adapter_and_one_error(tmp_path, monkeypatch, cap
     bad[x + ".lorad_A"][0, 0] = float("nan")  # NaN angle: the file's hash no longer matches either
     del bad[y + ".lorad_theta"]  # and the tensor table is not the file's: no source is found
     keys: set[str] = set()
-    assert AD.LoRaDAdapter.load(x, bad, None, None, keys) is None
-    assert AD.LoRaDAdapter.load(y, bad, None, None, keys) is None
+    assert adapter.LoRaDAdapter.load(x, bad, None, None, keys) is None
+    assert adapter.LoRaDAdapter.load(y, bad, None, None, keys) is None
     assert keys == {x + ".lorad_A", x + ".lorad_B"}  # claimed, so ComfyUI does not warn per key again
     errors = [r for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and x in errors[0].getMessage() and "Nothing of this file" in errors[0].getMessage()
@@ -126,14 +126,15 @@ def test_a_refused_dict_gets_no_adapter_and_one_error(tmp_path, monkeypatch, cap
 def test_register_is_idempotent():
     from comfy import weight_adapter
 
-    AD.register()
+    adapter.register()
     before = list(weight_adapter.adapters)
-    assert AD.register() is False
+    assert adapter.register() is False
     assert weight_adapter.adapters == before
     assert sum(getattr(c, "name", "") == "lorad" for c in weight_adapter.adapters) == 1
     assert "lorad" not in {c.name for c in weight_adapter.adapter_maps.values()}  # not in the Train LoRA node
 
 
+@pytest.mark.comfyui
 @pytest.mark.skipif(comfy_env.MODE != "real", reason="needs a real ComfyUI (COMFYUI_DIR) for comfy.lora.calculate_weight")
 def test_through_comfy_calculate_weight_with_lora_stacked_before():
     """ComfyUI's own patch loop: a LoRA diff first, then the LoRaD rotation, on a fused offset."""
@@ -142,18 +143,18 @@ def test_through_comfy_calculate_weight_with_lora_stacked_before():
     qkv = torch.randn(12, 8)
     a, b = factors(4, 4)
     diff = torch.randn(12, 8) * 0.1
-    patches = [(1.0, ("diff", (diff,)), 1.0, None, None), (0.8, AD.LoRaDAdapter(set(), (a, b)), 1.0, (0, 4, 4), None)]
+    patches = [(1.0, ("diff", (diff,)), 1.0, None, None), (0.8, adapter.LoRaDAdapter(set(), (a, b)), 1.0, (0, 4, 4), None)]
     out = comfy.lora.calculate_weight(patches, qkv.clone(), "qkv")
     want = qkv + diff
-    want[4:8] = LF.rotate(want[4:8], LF.angles(a, b), 0.8)
+    want[4:8] = functional.rotate(want[4:8], functional.angles(a, b), 0.8)
     assert torch.equal(out, want)
 
 
 def test_dense_theta_beyond_pi_is_wrapped_before_strength():
     """theta = 4.0 at strength 0.5 rotates by 0.5 * wrap(4.0) = -1.1416 rad (the trainer's angle), not 2.0."""
     w = torch.tensor([[1.0, 2.0]])
-    out = AD.LoRaDAdapter(set(), (torch.tensor([[4.0]]),)).calculate_weight(w.clone(), "k", 0.5, 1.0, None, ident)
+    out = adapter.LoRaDAdapter(set(), (torch.tensor([[4.0]]),)).calculate_weight(w.clone(), "k", 0.5, 1.0, None, ident)
     t = 0.5 * (4.0 - 2 * math.pi)
     want = torch.tensor([[math.cos(t) * 1 - math.sin(t) * 2, math.sin(t) * 1 + math.cos(t) * 2]])
     assert torch.allclose(out, want, atol=1e-6)
-    assert float(AD.LoRaDAdapter(set(), (torch.tensor([[4.0]]),)).angles("cpu", 0.5)) == pytest.approx(t)
+    assert float(adapter.LoRaDAdapter(set(), (torch.tensor([[4.0]]),)).angles("cpu", 0.5)) == pytest.approx(t)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from wadi_lorad.lorad import io as LIO
+from wadi_lorad.lorad import io as lorad_io
 from wadi_lorad.nodes.lorad_file import LoRaDReadError, OneStep, read_lorad, summary_text
 
 KEY = "diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q"  # SD1.5: (320, 320)
@@ -12,9 +12,9 @@ KEY = "diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q"  # SD1.
 
 def write(path, one_step=None, layers=None):
     layers = layers or {KEY: {"A": torch.randn(320, 4) * 0.1, "B": torch.randn(4, 160)}}
-    md = LIO.build_metadata(arch="sd15", rank=4, target_preset="paper-student", title="t", one_step=one_step,
+    md = lorad_io.build_metadata(arch="sd15", rank=4, target_preset="paper-student", title="t", one_step=one_step,
                             provenance={"teacher_cfg": 4.5})
-    return str(LIO.save_lorad(path, layers, md))
+    return str(lorad_io.save_lorad(path, layers, md))
 
 
 def test_student_file_gives_onestep_and_summary(tmp_path):
@@ -50,8 +50,8 @@ def test_errors_name_the_file(tmp_path):
 def test_factors_stay_in_the_file_dtype(tmp_path):
     """No fp32 copy of every factor: an fp16 file is held as fp16 (rotation math still runs in fp32)."""
     layers = {KEY: {"A": torch.randn(320, 4) * 0.1, "B": torch.randn(4, 160)}}
-    md = LIO.build_metadata(arch="sd15", rank=4, target_preset="paper-student", title="t")
-    path = LIO.save_lorad(tmp_path / "h.lorad.safetensors", layers, md, dtype=torch.float16)
+    md = lorad_io.build_metadata(arch="sd15", rank=4, target_preset="paper-student", title="t")
+    path = lorad_io.save_lorad(tmp_path / "h.lorad.safetensors", layers, md, dtype=torch.float16)
     info = read_lorad(str(path))
     assert {t.dtype for t in info.layers[KEY].values()} == {torch.float16}
     from wadi_lorad.lorad.layer_spec import LayerSpec

@@ -25,7 +25,7 @@ from wadi_lorad.nodes.resolve import (
 )
 
 DATA = json.load(gzip.open(Path(__file__).parent / "data" / "comfy_keymaps.json.gz", "rt"))["archs"]
-# Student layer counts from wadi-facts.md (every Linear in the UNet blocks; PixArt: all but adaln_single).
+# Student layer counts of the paper's preset (every Linear in the UNet blocks; PixArt: all but adaln_single).
 EXPECTED_LAYERS = {"sd15": 182, "sd21": 214, "pixart": 283}
 
 
@@ -107,6 +107,7 @@ def test_architecture_names():
         check_arch("stable-diffusion-v1", "Flux", "f.lorad")
 
 
+@pytest.mark.comfyui
 @pytest.mark.skipif(comfy_env.comfy_for_tests() != "real", reason="COMFYUI_DIR not importable: committed key maps only")
 def test_committed_key_maps_equal_live_comfyui():
     import importlib.util
@@ -123,7 +124,7 @@ def test_committed_key_maps_equal_live_comfyui():
 def test_trainer_file_keys_resolve_in_comfyui(arch, comfy_arch):
     """The keys the trainer writes (paper-student on the diffusers model, spelled by lorad.keymap)
     land 1:1 on ComfyUI weights of the same shape (fused PixArt qkv: on their rows)."""
-    from wadi_lorad.lorad import keymap as KM
+    from wadi_lorad.lorad import keymap
     from wadi_lorad.lorad.archs import build_meta
     from wadi_lorad.lorad.presets import match_modules, resolve_targets
 
@@ -131,7 +132,7 @@ def test_trainer_file_keys_resolve_in_comfyui(arch, comfy_arch):
     layers = {}
     for name, mod in match_modules(model, resolve_targets(model, "paper-student")):
         out, width = mod.weight.shape[0], mod.weight[0].numel()
-        layers[KM.to_file_key(arch, name)] = {"A": torch.empty(out, 4, device="meta"),
+        layers[keymap.to_file_key(arch, name)] = {"A": torch.empty(out, 4, device="meta"),
                                               "B": torch.empty(4, width // 2, device="meta")}
     done, unknown = resolve(layers, DATA[comfy_arch]["key_map"], DATA[comfy_arch]["shapes"], arch)
     assert unknown == [] and len(done) == len(layers)

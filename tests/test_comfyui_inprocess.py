@@ -72,7 +72,7 @@ def test_lowvram_equals_normal_patching(loaded):
 
 def test_stacking_order_with_a_lora_diff(loaded):
     """A LoRA diff added before the LoRaD is rotated by it (patches apply in add order)."""
-    from wadi_lorad.lorad import functional as LF
+    from wadi_lorad.lorad import functional
     from wadi_lorad.nodes import patching
     from wadi_lorad.nodes.lorad_file import read_lorad
 
@@ -87,7 +87,7 @@ def test_stacking_order_with_a_lora_diff(loaded):
     got = m2.model_state_dict()[key].float().clone()
     m2.unpatch_model(device_to=torch.device("cpu"))
     parts = info.layers[key[: -len(".weight")]]
-    want = LF.rotate(w0 + diff, LF.angles(parts["A"], parts["B"]))
+    want = functional.rotate(w0 + diff, functional.angles(parts["A"], parts["B"]))
     assert torch.equal(got, want.to(got.dtype))
 
 

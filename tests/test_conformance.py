@@ -19,8 +19,8 @@ and must give the bits of the canonical layer (``LayerSpec.rotated``) and lie wi
 rounding of an independent reference: a plain Python loop over rows and pairs in float64
 (``theta = s * wrap(theta_raw)`` with the floored modulo of the spec).  Tolerance: 1e-6 for
 fp32 bases; for fp16 bases half an fp16 ulp of the reference (the cast every path must do)
-plus 1e-6.  The ComfyUI rows run where ``COMFYUI_DIR`` is set (and fail, not skip, if that
-ComfyUI cannot be imported).  Max errors per path: printed at the end; with
+plus 1e-6.  The ComfyUI rows (marked ``comfyui``; scripts/comfyui-tests.sh runs them) need
+``COMFYUI_DIR`` (and fail, not skip, if that ComfyUI cannot be imported).  Max errors per path: printed at the end; with
 ``WADI_CONFORMANCE_JSON=path`` also written there (docs/perf/conformance.json).
 """
 
@@ -37,7 +37,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
-from wadi_lorad.lorad import inject as LI
+from wadi_lorad.lorad import inject
 from wadi_lorad.lorad.checkpoint import merge_state
 from wadi_lorad.lorad.io import build_metadata, save_lorad
 from wadi_lorad.lorad.layer_spec import LayerSpec
@@ -108,21 +108,21 @@ def ulp16(x: torch.Tensor) -> torch.Tensor:
 @cache
 def layout_info(layout: str):
     """(file key -> (diffusers module name, weight shape), lorad.layout or None, base fp32 weights)."""
-    from wadi_lorad.lorad import keymap as KM
+    from wadi_lorad.lorad import keymap
     from wadi_lorad.lorad.archs import build_meta
 
     if layout == "tiny":
         cfg = json.loads((DEFAULT_TEACHER / "unet" / "config.json").read_text())
-        lay = KM.layout_of(cfg, "unet")
+        lay = keymap.layout_of(cfg, "unet")
         state = load_file(str(DEFAULT_TEACHER / "unet" / "diffusion_pytorch_model.safetensors"))
-        names = {KM.to_module_name("sd15", k, lay)[1]: k for k in KEYS["tiny"]}
+        names = {keymap.to_module_name("sd15", k, lay)[1]: k for k in KEYS["tiny"]}
         base = {k: state[n + ".weight"].float() for n, k in names.items()}
         return {k: (n, tuple(base[k].shape)) for n, k in names.items()}, lay, base
     meta = build_meta("sd15")
     g = torch.Generator().manual_seed(3)
     info, base = {}, {}
     for k in KEYS["full"]:
-        name = KM.to_module_name("sd15", k)[1]
+        name = keymap.to_module_name("sd15", k)[1]
         shape = tuple(meta.get_submodule(name).weight.shape)  # real SD1.5 shapes
         info[k] = (name, shape)
         base[k] = torch.randn(shape, generator=g) * 0.05
@@ -253,9 +253,9 @@ def plain_forward(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 def run_inject(layout, dname, form, strength, files):
     dtype = DTYPES[dname]
     model = module_tree(layout, dtype)
-    LI.load_adapter_state(model, "s", layers_of(layout, form))
-    LI.set_strength(model, "s", strength)
-    LI.set_active(model, "s")
+    inject.load_adapter_state(model, "s", layers_of(layout, form))
+    inject.set_strength(model, "s", strength)
+    inject.set_active(model, "s")
     want = canonical(layout, form, dtype, strength)
     got = {}
     with torch.no_grad():
@@ -288,7 +288,7 @@ def run_sample(layout, dname, form, strength, files):
         return full_size_sample_loader(dtype, files[(layout, form)], strength)
     unet = copy.deepcopy(tiny_unet(dtype))
     names = load_extra_adapters(SimpleNamespace(denoiser=unet), [f"{files[(layout, form)]}:{strength}"])
-    LI.set_active(unet, names)
+    inject.set_active(unet, names)
     info, _, _ = layout_info(layout)
     want = canonical(layout, form, dtype, strength)
     merged = copy.deepcopy(tiny_unet(dtype))
@@ -319,7 +319,7 @@ def full_size_sample_loader(dtype: torch.dtype, path, strength: float) -> dict:
     for k, (name, _) in info.items():
         unet.get_submodule(name).weight = torch.nn.Parameter(base[k].clone(), requires_grad=False)
     names = load_extra_adapters(SimpleNamespace(denoiser=unet), [f"{path}:{strength}"])
-    LI.set_active(unet, names)
+    inject.set_active(unet, names)
     return {k: unet.get_submodule(name).rotated_weight() for k, (name, _) in info.items()}
 
 
@@ -427,7 +427,10 @@ RUNNERS = {"api": run_api, "inject": run_inject, "sample": run_sample, "comfy_lo
 
 @pytest.mark.parametrize("dname", list(DTYPES))
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("path", PATHS)
+# The ComfyUI rows carry the `comfyui` mark: scripts/comfyui-tests.sh runs them against a real
+# ComfyUI, and there (and in CI) a skipped one is a failure (tests/conftest.py).
+@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.comfyui) if p.startswith("comfy") else p
+                                  for p in PATHS])
 def test_conformance(path, layout, dname, files, tmp_path, request):
     if path.startswith("comfy"):
         request.getfixturevalue("comfy")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from distill_helpers import small_cfg, tiny_bases_fixture, write_prompts  # noqa: F401  (fixture)
-from wadi_lorad.lorad import inject as LI
+from wadi_lorad.lorad import inject
 from wadi_lorad.lorad.io import load_lorad
 from wadi_lorad.trainer.backbones import BaseModelError, load_backbone
 from wadi_lorad.trainer.cmd_sample import load_student, one_step_params
@@ -55,7 +55,7 @@ def test_short_distillation_end_to_end(tiny_bases, tmp_path):
     bb2 = load_backbone(base)
     f2 = load_student(bb2, out["student"])
     T, ab = one_step_params(f2, bb2, None, None)
-    LI.set_active(bb2.denoiser, "student")
+    inject.set_active(bb2.denoiser, "student")
     got = one_step(bb2, bb2.denoiser, cond, noise, ab, T)
     assert torch.equal(got, want)
     # The merged diffusers folder gives the same output (rotation baked into the weights).
@@ -66,20 +66,25 @@ def test_short_distillation_end_to_end(tiny_bases, tmp_path):
 
 
 def test_single_file_checkpoint_has_ldm_keys(tiny_bases, tmp_path):
-    from safetensors.torch import load_file
-    from wadi_lorad.lorad import keymap as KM
+    from wadi_lorad.lorad import keymap
     from wadi_lorad.lorad.bridge import model_layout
     from wadi_lorad.trainer.config import ConfigError
     from wadi_lorad.trainer.export import merged_denoiser
+    from wadi_lorad.trainer.singlefile import single_file_state
 
     base = tiny_bases("sd")
+    # The tiny UNet is narrower than SD1.x, so ComfyUI could not detect it: the export is refused before training.
+    with pytest.raises(ConfigError, match="Could not detect model type': cross_attention_dim"):
+        Distiller(small_cfg(base, write_prompts(tmp_path / "p.txt"), tmp_path / "x", output__export_single_file="true"))
+    assert not (tmp_path / "x").exists()
+    # The key layout itself, on the tiny UNet (a full-width one loads in ComfyUI: test_distill_comfyui.py).
     cfg = small_cfg(base, write_prompts(tmp_path / "p.txt"), tmp_path / "run", train__max_steps=1,
-                    output__export_single_file="true", vsd__fake_guidance_scale=1.0)
+                    vsd__fake_guidance_scale=1.0)
     d = Distiller(cfg, progress=False)
-    out = d.run()
-    sd = load_file(str(out["single_file"]))
-    unet = merged_denoiser(d)
-    km = KM.unet_keymap("sd15", model_layout("sd15", unet))
+    d.run()
+    unet = merged_denoiser(d.views)
+    sd = {k: v.contiguous() for k, v in single_file_state(unet, base).items()}
+    km = keymap.unet_keymap("sd15", model_layout("sd15", unet))
     back = {km.diffusers(k[len("model.diffusion_model."):]): v for k, v in sd.items()
             if k.startswith("model.diffusion_model.")}
     assert back.keys() == unet.state_dict().keys()
@@ -105,7 +110,7 @@ def test_ema_weights_are_exported(tiny_bases, tmp_path):
     assert state and d.ema.updates == 3
     for name, layer in state.items():
         assert torch.equal(layer["A"], d.ema.shadow[f"{name}.A"]) and torch.equal(layer["B"], d.ema.shadow[f"{name}.B"])
-    raw = LI.adapter_state(d.views.base, "student")
+    raw = inject.adapter_state(d.views.base, "student")
     assert any(not torch.equal(raw[n]["A"], state[n]["A"]) for n in state)  # EMA differs from the last weights
 
 
@@ -161,7 +166,7 @@ def test_bad_inputs_fail_before_any_model_is_loaded(tiny_bases, tmp_path):
 
 
 def test_full_disk_during_checkpoint_keeps_the_previous_one(tiny_bases, tmp_path, monkeypatch):
-    import wadi_lorad.trainer.checkpoint as CK
+    from wadi_lorad.trainer import checkpoint as trainer_checkpoint
 
     cfg = small_cfg(tiny_bases("sd"), write_prompts(tmp_path / "p.txt"), tmp_path / "run", train__max_steps=3,
                     output__checkpoint_every=1, output__keep_checkpoints=1)
@@ -170,21 +175,21 @@ def test_full_disk_during_checkpoint_keeps_the_previous_one(tiny_bases, tmp_path
     d.train_step()
     first = d.save_checkpoint()
     before = {p.name: p.read_bytes() for p in first.iterdir()}
-    real_save = CK.torch.save
+    real_save = trainer_checkpoint.torch.save
 
     def full_disk(obj, f, *a, **k):
         real_save(obj, f, *a, **k)  # part of the data is written ...
         raise OSError(28, "No space left on device")  # ... then the disk is full
-    monkeypatch.setattr(CK.torch, "save", full_disk)
+    monkeypatch.setattr(trainer_checkpoint.torch, "save", full_disk)
     d.train_step()
     assert d.save_checkpoint() is None
-    monkeypatch.setattr(CK.torch, "save", real_save)
+    monkeypatch.setattr(trainer_checkpoint.torch, "save", real_save)
     root = tmp_path / "run" / "checkpoints"
     assert [p.name for p in root.iterdir()] == ["step-00000001"]  # no torn or temp folder left
     assert {p.name: p.read_bytes() for p in first.iterdir()} == before
     assert any(e["event"] == "error" and "No space" in e["message"]
                for e in read_events(tmp_path / "run" / "events.jsonl"))
-    assert CK.find_resume("latest", tmp_path / "run") == first
+    assert trainer_checkpoint.find_resume("latest", tmp_path / "run") == first
 
 
 def test_text_cache_is_reused_and_keyed_by_encoder(tmp_path):
@@ -248,11 +253,11 @@ def test_wadi_sample_stacks_further_adapters(tiny_bases, tmp_path):
     extras = load_extra_adapters(bb, [f"{out['student']}:-1"])
     cond = bb.encode_prompts(["a red circle", "blue square"]).float()
     noise = seeded_noise([1, 2], bb.latent_shape(0))
-    with LI.active_adapters(bb.denoiser, None):
+    with inject.active_adapters(bb.denoiser, None):
         teacher = one_step(bb, bb.denoiser, cond, noise, ab, T)
-    with LI.active_adapters(bb.denoiser, ("student",)):
+    with inject.active_adapters(bb.denoiser, ("student",)):
         student = one_step(bb, bb.denoiser, cond, noise, ab, T)
-    with LI.active_adapters(bb.denoiser, ("student", *extras)):
+    with inject.active_adapters(bb.denoiser, ("student", *extras)):
         stacked = one_step(bb, bb.denoiser, cond, noise, ab, T)
     assert torch.equal(stacked, teacher) and not torch.equal(student, teacher)
     png = tmp_path / "s.png"

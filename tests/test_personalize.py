@@ -9,8 +9,7 @@ import torch
 import torch.nn.functional as F
 from finetune_helpers import personalize_cfg, tiny_world_fixture  # noqa: F401  (fixture)
 from safetensors.torch import load_file
-from wadi_lorad.lorad import functional as LF
-from wadi_lorad.lorad import inject as LI
+from wadi_lorad.lorad import functional, inject
 from wadi_lorad.lorad.io import load_lorad
 from wadi_lorad.trainer.backbones import BaseModelError, load_backbone
 from wadi_lorad.trainer.config import ConfigError
@@ -40,9 +39,9 @@ def test_student_run_trains_only_its_adapter(tiny_world, tmp_path):
     from wadi_lorad.lorad.io import adapter_state_from_layers
 
     ref = adapter_state_from_layers("sd15", student.layers, "unet", student.layout)
-    for name, t in LI.adapter_state(den, "student").items():
+    for name, t in inject.adapter_state(den, "student").items():
         assert torch.equal(t["A"], ref[name]["A"]) and torch.equal(t["B"], ref[name]["B"]), name
-    trained = LI.adapter_state(den, ADAPTER)
+    trained = inject.adapter_state(den, ADAPTER)
     assert any(t["A"].abs().max() > 0 for t in trained.values())  # A starts at zero: it moved
     f = load_lorad(out["adapter"])
     md = f.metadata
@@ -67,26 +66,26 @@ def test_stacked_adapters_equal_sequential_rotation(tiny_world):
     from wadi_lorad.lorad.bridge import load_adapter
 
     load_adapter(den, "student", tiny_world["student"])
-    LI.inject(den, "p", "paper-student", rank=3, seed=1)
+    inject.inject(den, "p", "paper-student", rank=3, seed=1)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        for _, layer in LI.lorad_layers(den):
+        for _, layer in inject.lorad_layers(den):
             layer.lorad["p"].A.copy_(torch.randn(layer.lorad["p"].A.shape, generator=g))
     # One layer, by hand: rotate(W, th_s + th_p) == rotate(rotate(W, th_s), th_p).
-    _, layer = next(iter(LI.lorad_layers(den)))
+    _, layer = next(iter(inject.lorad_layers(den)))
     th_s, th_p = layer.lorad["student"].angles(), layer.lorad["p"].angles()
     w = layer.weight.detach()
-    both = LF.rotate(w.double(), (th_s + th_p).double())
-    seq = LF.rotate(LF.rotate(w.double(), th_s.double()), th_p.double())
+    both = functional.rotate(w.double(), (th_s + th_p).double())
+    seq = functional.rotate(functional.rotate(w.double(), th_s.double()), th_p.double())
     assert torch.allclose(both, seq, atol=1e-12)
     # The whole UNet: stacked on the fly vs student merged into the weights + personal on the fly.
     x = torch.randn(2, 4, 8, 8, generator=g)
     t = torch.tensor([999, 500])
     ctx = torch.randn(2, 77, 128, generator=g)
-    with torch.no_grad(), LI.active_adapters(den, ("student", "p")):
+    with torch.no_grad(), inject.active_adapters(den, ("student", "p")):
         stacked = den(x, t, ctx).sample
-    LI.merge(den, "student")
-    with torch.no_grad(), LI.active_adapters(den, ("p",)):
+    inject.merge(den, "student")
+    with torch.no_grad(), inject.active_adapters(den, ("p",)):
         sequential = den(x, t, ctx).sample
     assert torch.allclose(stacked, sequential, atol=1e-4, rtol=1e-4)
 

@@ -75,11 +75,11 @@ def drive_job(pg: tb.Page, kind: str, total: int, stopped=("stopped",)) -> None:
 def test_browser_fake_trainer_preset_stop_resume_reload(browser, tmp_path):
     """The whole page flow against a stand-in trainer (fast; every control of the Distill tab)."""
     import tab_fake_config as fc
+    from wadi_lorad.trainer.jobs.runner import JobRunner
+    from wadi_lorad.trainer.jobs.store import JobStore
     from wadi_lorad.trainer.tab.app import Settings, TabApp
     from wadi_lorad.trainer.tab.kinds import load_kinds
     from wadi_lorad.trainer.tab.layout import blocks
-    from wadi_lorad.trainer.tab.runner import JobRunner
-    from wadi_lorad.trainer.tab.store import JobStore
 
     settings = Settings.create(roots=[tmp_path], default_devices="cpu")
     preset = settings.presets_dir / "distill" / "quick.yaml"
@@ -141,7 +141,8 @@ def _base_and_prompts(tmp_path: Path) -> tuple[Path, Path]:
 def test_browser_real_distill_start_stop_resume(browser, tmp_path):
     """The real thing: `wadi distill` (the CLI subprocess) on the tiny world, driven from the page."""
     C = pytest.importorskip("wadi_lorad.trainer.config", reason="the distill trainer is not here")
-    from wadi_lorad.trainer.tab.app import Settings, build_app
+    from wadi_lorad.trainer.tab.app import Settings
+    from wadi_lorad.trainer.tab.layout import build_app
 
     base, prompts = _base_and_prompts(tmp_path)
     settings = Settings.create(roots=[tmp_path, base.parent], default_devices="cpu")

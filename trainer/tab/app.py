@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .events import EventTail, format_seconds, loss_plot_png
+from ..jobs.runner import PACK_ROOT, JobRefused, JobRunner
+from ..jobs.store import Job, JobStore
+from ..jobs.tail import EventTail, format_seconds, loss_plot_png
 from .forms import FieldSpec, config_to_values, field_specs, values_to_dict
 from .kinds import TrainKind, check_preset_name, load_kinds, preset_files
-from .runner import PACK_ROOT, JobRefused, JobRunner
 from .security import DEFAULT_MAX_UPLOAD_BYTES, PathNotAllowed, Roots, check_upload
-from .store import Job, JobStore
 
 
 def default_roots() -> list[Path]:
@@ -243,15 +243,3 @@ def png_to_pil(png: bytes | None):
 
     return Image.open(io.BytesIO(png))
 
-
-def build_app(settings: Settings | None = None, kinds: dict[str, TrainKind | str] | None = None,
-              runner: JobRunner | None = None, monitor: bool = True):
-    """The trainer as one ``gr.Blocks`` (importable by a WebUI extension; see docs/trainer-tab.md)."""
-    from .layout import blocks
-
-    app = TabApp(settings or Settings.create(), kinds=kinds, runner=runner)
-    if monitor:
-        app.runner.start_monitor()
-    demo = blocks(app)
-    demo.wadi_app = app  # for hosts (and tests) that need the runner, e.g. to stop jobs on shutdown
-    return demo

@@ -35,8 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from .app import Settings, build_app
-    from .runner import RunnerBusy
+    from ..jobs.runner import RunnerBusy
+    from .app import Settings
+    from .layout import build_app
     from .security import bind_host
 
     kw = {"default_devices": args.devices} if args.devices else {}

@@ -25,8 +25,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ..jobs import STOP_FILE_ENV, STOP_FILE_NAME
-from . import procs
+from . import STOP_FILE_ENV, STOP_FILE_NAME, procs
 from .store import Job, JobStore
 
 PACK_ROOT = Path(__file__).resolve().parents[2]
