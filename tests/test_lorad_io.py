@@ -319,6 +319,31 @@ def test_hash_mismatch_is_detected(tmp_path):
     assert lorad_io.load_lorad(p, verify_hash=False).layers[KEY]["B"].shape == (4, 160)
 
 
+def test_one_header_reader_lists_tensors_in_data_order(tmp_path):
+    """read_header's table is in the data section's order (what tensors_sha256 hashes), not by name:
+    with safetensors' offset_keys and, for safetensors < 0.6, from the validated header's offsets."""
+    layer = good_layer()
+    # Mixed dtypes: safetensors stores the F32 B before the F16 A, against name order.
+    p = write_raw(tmp_path / "o.lorad.safetensors",
+                  {KEY + ".lorad_A": layer["A"].half(), KEY + ".lorad_B": layer["B"]}, md_ok())
+    raw = p.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    table = {k: v for k, v in json.loads(raw[8:8 + n]).items() if k != "__metadata__"}
+    by_offset = sorted(table, key=lambda k: table[k]["data_offsets"][0])  # independent: the JSON itself
+    assert by_offset != sorted(table)  # the case where name order would hash the wrong bytes
+    header = lorad_io.read_header(p)
+    assert list(header.tensors) == by_offset and header.metadata == md_ok()
+    assert header.tensors == {k: (v["dtype"], v["shape"]) for k, v in table.items()}
+
+    class OldSafeOpen:  # safe_open of safetensors < 0.6: no offset_keys
+        pass
+
+    assert lorad_io._offset_order(p, OldSafeOpen(), sorted(table)) == by_offset
+    f = lorad_io.load_lorad(p, dtype=None)
+    tensors = {KEY + lorad_io.SUFFIXES[part]: t for part, t in f.layers[KEY].items()}
+    assert lorad_io.tensors_sha256(tensors, header) == lorad_io.data_sha256(p)
+
+
 def test_metadata_keys():
     md = build_metadata(arch="sd21-base", rank=256, target_preset="paper-student", title="WaDi SD2.1",
                         one_step={"timestep": 999, "alpha_bar_T": 0.0047}, provenance={"teacher_cfg": 1.5},
