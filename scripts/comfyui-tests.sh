@@ -4,7 +4,7 @@
 #   scripts/comfyui-tests.sh          (= make test-comfyui; make test calls it when COMFYUI_DIR is set)
 #
 # Which ComfyUI: COMFYUI_DIR (a ComfyUI checkout) with COMFY_PY (the python that runs it). Unset, and
-# with CI's ComfyUI snapshot beside this checkout (../shared/comfyui), that snapshot is set up once
+# with CI's ComfyUI snapshot beside this checkout (shared/comfyui next to it), that snapshot is set up once
 # under ~/.cache/wadi-comfyui (3-5 minutes, ~6 GB) and reused.
 #
 # The tests must import ComfyUI (torchvision, its pinned packages) AND the test tools (pytest,

@@ -85,11 +85,14 @@ PLAN: dict[str, Run | Options | Skip | Covered] = {
     # -- README.md ---------------------------------------------------------------------------
     "make demo": Covered("tests/test_distill_demo.py (slow: the real `wadi demo`, ~5 min) and "
                          "test_demo_writes_every_output", check="make -n -C {root} demo | grep -q 'wadi demo'"),
+    "make test-comfyui": Covered("scripts/comfyui-tests.sh itself (CI's make test runs it with a real ComfyUI)",
+                                 check="make -n -C {root} test-comfyui | grep -q 'scripts/comfyui-tests.sh'"),
     "make test": Covered("the CI job that runs it (the suite cannot run itself)",
                          check="make -n -C {root} test | grep -q 'pytest'"),
     "cd ComfyUI/custom_nodes": Skip("needs a ComfyUI checkout; the ComfyUI tests install the pack themselves"),
     "git clone https://github.com/comfyui-wadi/ComfyUI-WaDi": Skip("network (the public repository)"),
-    "python -c \"import torch; print('torch==' + torch.__version__)\" > keep-torch.txt": Run(makes=("keep-torch.txt",)),
+    "python -c \"import torch; print('torch==' + torch.__version__.split('+')[0])\" > keep-torch.txt": Run(
+        makes=("keep-torch.txt",)),
     "python -m pip install -r ComfyUI-WaDi/requirements.txt -c keep-torch.txt": Skip(
         "network (package index); requirements.txt is installed by CI's set-up"),
     "wadi demo": Covered("tests/test_distill_demo.py (slow: the real `wadi demo`, ~5 min)"),
@@ -125,7 +128,7 @@ PLAN: dict[str, Run | Options | Skip | Covered] = {
         Options(
         "lorad merge --help", "usage synopsis",
         examples=(("lorad merge ./sd15 student.lorad.safetensors merged", ("student.lorad.safetensors",)),)),
-    "lorad extract BASE MERGED OUT.lorad.safetensors --arch sd15 [--rank 256] [--tol 1e-3] [--preset paper-student] "
+    "lorad extract BASE MERGED OUT.lorad.safetensors [--arch sd15] [--rank 256] [--tol 1e-3] [--preset paper-student] "
     "[--include REGEX] [--include-conv] [--dtype fp32|fp16|bf16] [--report STEM]": Options(
         "lorad extract --help", "usage synopsis",
         examples=(("lorad extract ./sd15/unet rotated_unet-sdv1-5.safetensors small.lorad.safetensors --arch sd15 "
@@ -139,8 +142,6 @@ PLAN: dict[str, Run | Options | Skip | Covered] = {
         examples=(("lorad analyze student.lorad.safetensors ./sd15/unet student_analysis",
                    ("student.lorad.safetensors",)),)),
     # -- docs/comfyui.md ---------------------------------------------------------------------
-    "COMFYUI_DIR=/path/to/ComfyUI /path/to/comfy-venv/bin/python -m pytest tests -m comfyui": Skip(
-        "runs the ComfyUI test tier itself: the CI's ComfyUI job (a suite cannot run itself)"),
     # -- docs/distill.md ---------------------------------------------------------------------
     # (the workspace's outputs/distill already holds this run, made for the commands that need a student)
     "wadi distill --config run.yaml": Run("--output.dir outputs/distill-again", needs=("run.yaml",),
