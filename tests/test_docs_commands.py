@@ -141,7 +141,6 @@ PLAN: dict[str, Run | Options | Skip | Covered] = {
         "lorad analyze --help", "usage synopsis",
         examples=(("lorad analyze student.lorad.safetensors ./sd15/unet student_analysis",
                    ("student.lorad.safetensors",)),)),
-    # -- docs/comfyui.md ---------------------------------------------------------------------
     # -- docs/distill.md ---------------------------------------------------------------------
     # (the workspace's outputs/distill already holds this run, made for the commands that need a student)
     "wadi distill --config run.yaml": Run("--output.dir outputs/distill-again", needs=("run.yaml",),
