@@ -19,7 +19,7 @@ from typing import Any
 from .events import EventTail, format_seconds, loss_plot_png
 from .forms import FieldSpec, config_to_values, field_specs, values_to_dict
 from .kinds import TrainKind, check_preset_name, load_kinds, preset_files
-from .runner import PACK_ROOT, JobRefused, JobRunner
+from .runner import DEFAULT_GRACE_S, DEFAULT_GRACE_STEPS, PACK_ROOT, JobRefused, JobRunner, last_checkpoint_step
 from .security import DEFAULT_MAX_UPLOAD_BYTES, PathNotAllowed, Roots, check_upload
 from .store import Job, JobStore
 
@@ -36,7 +36,8 @@ class Settings:
     roots: Roots
     presets_dir: Path
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
-    grace_s: float = 5.0
+    grace_s: float = DEFAULT_GRACE_S  # a stopped job's least grace before SIGTERM ...
+    grace_steps: float = DEFAULT_GRACE_STEPS  # ... or this many median step times, if longer
     term_s: float = 3.0
     default_devices: str = "cpu"
 
@@ -72,7 +73,7 @@ class TabApp:
         self.kinds = kinds if kinds is not None else load_kinds()
         self.store = runner.store if runner else JobStore(settings.jobs_dir)
         self.runner = runner or JobRunner(self.store, grace_s=settings.grace_s, term_s=settings.term_s,
-                                          exclusive=True)
+                                          grace_steps=settings.grace_steps, exclusive=True)
         self._tails: dict[str, EventTail] = {}
         self._plots: dict[str, tuple[int, bytes | None]] = {}
         self._lock = threading.Lock()
@@ -183,9 +184,8 @@ class TabApp:
         except KeyError as e:
             return str(e.args[0])
         if job.status == "stopping":
-            return (f"Stopping job {job_id}: asked it to save and exit; it is force-stopped after "
-                    f"{self.runner.grace_s + self.runner.term_s:g} s if it does not.")
-        return f"Job {job_id} is {job.status}."
+            return f"Stopping job {job_id}: {job.message}."
+        return f"Job {job_id} is {job.status}" + (f" ({job.message})." if job.message else ".")
 
     def jobs(self, kind: str | None = None) -> list[Job]:
         return self.store.list(kind=kind)
@@ -216,7 +216,12 @@ class TabApp:
                 cached = (n, loss_plot_png(tail.loss_series()))
                 self._plots[job.id] = cached
             prog = tail.progress()
+        # One state (the store's), with the newest checkpoint on disk: the progress line below
+        # never repeats a state of its own, so the two cannot disagree.
         status = f"**{job.status}** · {job.message}"
+        if job.status == "running":
+            ckpt = last_checkpoint_step(job.out_dir)
+            status += f" · last checkpoint: step {ckpt}" if ckpt is not None else ""
         if job.resume_of:
             status += f" · resumes {job.resume_of}"
         return JobView(job, status=status, progress=prog.text(), sample=self._sample_path(job, prog.sample),

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from .runner import DEFAULT_GRACE_S, DEFAULT_GRACE_STEPS
+
 DEFAULT_PORT = 7861  # 7860 is Gradio's/A1111's default; keep clear of it
 
 
@@ -26,8 +28,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jobs-dir", help="job store and per-job folders (default <first root>/outputs/tab/jobs)")
     p.add_argument("--presets-dir", help="user presets (default <first root>/outputs/tab/presets)")
     p.add_argument("--max-upload-kb", type=int, default=1024, help="largest accepted upload (default %(default)s KiB)")
-    p.add_argument("--grace", type=float, default=5.0,
-                   help="seconds a stopped job may take to save and exit before SIGTERM (default %(default)s)")
+    p.add_argument("--grace", type=float, default=DEFAULT_GRACE_S,
+                   help="least seconds a stopped job gets to finish its step and save a checkpoint before "
+                        "SIGTERM (default %(default)g)")
+    p.add_argument("--grace-steps", type=float, default=DEFAULT_GRACE_STEPS,
+                   help="...or this many of the job's median step times, when that is longer (default %(default)g)")
     p.add_argument("--devices", help="default devices for new jobs ('cpu', '0', '0,1')")
     p.add_argument("--no-browser", action="store_true", help="do not open a browser window")
 
@@ -41,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
 
     kw = {"default_devices": args.devices} if args.devices else {}
     settings = Settings.create(roots=args.root, jobs_dir=args.jobs_dir, presets_dir=args.presets_dir,
-                               max_upload_bytes=args.max_upload_kb * 1024, grace_s=args.grace, **kw)
+                               max_upload_bytes=args.max_upload_kb * 1024, grace_s=args.grace,
+                               grace_steps=args.grace_steps, **kw)
     host = bind_host(args.listen, args.port, settings.roots.roots)
     try:
         demo = build_app(settings)

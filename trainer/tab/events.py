@@ -39,8 +39,7 @@ class Progress:
         if self.eta_s is not None:
             parts.append(f"ETA {format_seconds(self.eta_s)}")
         parts += [f"{k} {v:.4g}" for k, v in self.losses.items()]
-        if self.last_event in ("done", "stopped"):
-            parts.append(self.last_event)
+        # No run state here ("stopped", "done"): the job's status line is the one place for it.
         if self.error:
             parts.append(f"error: {self.error}")
         return " · ".join(parts)
