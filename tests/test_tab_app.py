@@ -34,6 +34,9 @@ def leaves(obj, prefix=""):
 
 @pytest.fixture
 def app(tmp_path):
+    # The fake config's default model.base, as a (tiny) diffusers folder: submit checks its kind.
+    (tmp_path / "models" / "teacher").mkdir(parents=True)
+    (tmp_path / "models" / "teacher" / "model_index.json").write_text("{}")
     settings = Settings.create(roots=[tmp_path], default_devices="cpu")
     runner = JobRunner(JobStore(settings.jobs_dir), command=lambda sub, args, devs, py: [py, str(FAKE), *args])
     return TabApp(settings, kinds=load_kinds(SOURCES), runner=runner)

@@ -21,6 +21,7 @@ from .security import PathNotAllowed
 
 RUN_LORAD = Path(__file__).with_name("run_lorad.py")
 PATH_OPTIONS = {"model", "report"}  # non-positional options that name files
+WRITE_DESTS = {"out", "dst", "outdir", "report"}  # the arguments a tool writes (never into read-only roots)
 SKIP_OPTIONS = {"help", "quiet"}
 TOOL_TIMEOUT_S = 6 * 3600
 
@@ -90,7 +91,7 @@ def build_argv(specs: list[ArgSpec], values: list[Any], roots) -> list[str]:
                 raise ValueError(f"{s.dest}: required")
             continue
         if s.kind == "path":
-            v = str(roots.resolve(v, what=s.dest))
+            v = str(roots.resolve(v, what=s.dest, write=s.dest in WRITE_DESTS))
         elif s.kind == "int":
             v = int(v)
         argv += [str(v)] if s.flag is None else [s.flag, str(v)]
