@@ -213,6 +213,12 @@ def test_browser_real_distill_start_stop_resume(browser, tmp_path, monkeypatch):
         assert f"last checkpoint: step {at_stop}" in seen["status"], seen["status"]
         assert "killed" not in seen["status"]
         assert (out / "student.lorad.safetensors").is_file(), sorted(p.name for p in out.iterdir())
+        from safetensors import safe_open
+
+        with safe_open(str(out / "student.lorad.safetensors"), "pt") as fh:
+            meta = fh.metadata()
+        assert json.loads(meta["lorad.provenance.resumed_at_steps"]) == [at_stop], meta  # the resume is on record
+        assert meta["lorad.provenance.steps"] == str(total)
     finally:
         stop_all(demo.wadi_app)
         demo.close()
