@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import tempfile
+import weakref
 from pathlib import Path
 
 from ...lorad.fsutil import atomic_save
@@ -65,6 +66,8 @@ class Results:
     def served_folder(self) -> Path:
         if self._served is None or not self._served.is_dir():
             self._served = Path(tempfile.mkdtemp(prefix="wadi-tab-served-"))
+            # Links only, but still this app's: gone with the app (or at interpreter exit).
+            weakref.finalize(self, shutil.rmtree, self._served, True)
         return self._served
 
     def downloads(self, job: Job) -> list[Path]:
