@@ -222,3 +222,53 @@ def test_browser_real_distill_start_stop_resume(browser, tmp_path, monkeypatch):
     finally:
         stop_all(demo.wadi_app)
         demo.close()
+
+
+def test_browser_first_run_from_the_preset_to_a_downloaded_file(browser, tmp_path, monkeypatch):
+    """A new user: the tinyworld preset is already loaded; shorten it, Start, download the .lorad.
+    The same page cannot fetch a secret planted under its root."""
+    if not (TEACHER / "model_index.json").is_file():
+        pytest.skip("no shipped tiny world")
+    from wadi_lorad.trainer.events import TEST_STEP_SLEEP_ENV
+    from wadi_lorad.trainer.tab.app import Settings, build_app
+    from wadi_lorad.trainer.tab.cli import launch_options
+
+    monkeypatch.delenv(TEST_STEP_SLEEP_ENV, raising=False)
+    (tmp_path / ".env").write_text("API_TOKEN=fake-secret\n")
+    settings = Settings.create(roots=[tmp_path], default_devices="cpu")
+    demo = build_app(settings)
+    port = tb.free_port()
+    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
+                        **launch_options(settings))
+    try:
+        pg = tb.Page(browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True),
+                     tb.artifacts_dir("tab-browser-first-run"))
+        pg.page.goto(f"http://127.0.0.1:{port}/")
+        pg.page.wait_for_selector("#wadi-start-distill", timeout=60_000)
+        assert pg.value("cfg-model-base") == "assets/tinyworld/teacher"  # preselected, nothing typed
+        assert pg.value("cfg-data-prompts") == "assets/tinyworld/prompts.txt"
+        assert pg.value("wadi-preset-distill") == "tinyworld"
+        pg.shot("first-run")
+        for field, value in (("train-max-steps", "3"), ("train-batch-size", "2"), ("output-sample-every", "0"),
+                             ("output-checkpoint-every", "0")):
+            box = pg.page.locator(f"#cfg-{field} input").first
+            box.fill(value)
+            box.press("Tab")
+        pg.page.click("#wadi-start-distill")
+        pg.wait("the job to start", lambda: "Started job" in pg.text("wadi-job-msg-distill"))
+        pg.wait("the job to finish", lambda: pg.text("wadi-status-distill").split("·")[0].strip() == "finished",
+                timeout=600)
+        link = pg.page.locator("#wadi-results-distill a[href*='student.lorad.safetensors']")
+        pg.wait("the download link", lambda: link.count() > 0, timeout=60)
+        pg.shot("finished-with-download")
+        with pg.page.expect_download() as info:
+            link.first.click()
+        got = tmp_path / "downloaded.lorad.safetensors"
+        info.value.save_as(got)
+        out = tmp_path / "outputs" / "tinyworld"
+        assert got.read_bytes() == (out / "student.lorad.safetensors").read_bytes()
+        secret = pg.page.request.get(f"http://127.0.0.1:{port}/gradio_api/file={tmp_path / '.env'}")
+        assert secret.status in (403, 404) and b"fake-secret" not in secret.body()
+    finally:
+        stop_all(demo.wadi_app)
+        demo.close()
