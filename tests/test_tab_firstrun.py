@@ -79,7 +79,7 @@ def test_tinyworld_is_preselected_and_resolves_the_same_in_form_and_job(app, tmp
     assert sent["model"]["base"] == str(TEACHER.resolve())
     assert sent["data"]["prompts"] == str(PROMPTS.resolve())
     assert sent["output"]["dir"] == str((tmp_path / "outputs" / "tinyworld").resolve())
-    assert job.title and app.job_row(job)[4] == sent["output"]["dir"]  # title and output columns
+    assert app.job_row(job)[1] == "WaDi tiny-world student" and app.job_row(job)[4] == sent["output"]["dir"]
     # The user's own preset means they have configured something: nothing is preselected any more.
     app.save_preset("distill", "mine", values)
     assert app.first_run_preset("distill") is None
@@ -160,7 +160,7 @@ def test_queued_jobs_are_listed_and_cancellable(app, tmp_path):
     queued = app.store.get(ids[1])
     assert queued.status == "queued" and ids[0] in queued.message
     row = app.job_row(queued)
-    assert row[1] == "second" and row[2] == "queued" and row[4].endswith("runs/second")
+    assert row[1] == "WaDi tiny-world student" and row[2] == "queued" and row[4].endswith("runs/second")
     assert "cancelled" in app.stop(ids[1])
     assert app.store.get(ids[1]).status == "cancelled"
 

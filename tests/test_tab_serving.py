@@ -119,3 +119,15 @@ def test_tab_refuses_outputs_and_tool_writes_into_assets(tmp_path):
     argv_values = [values.get(s.dest, True if s.dest == "force" else None) for s in specs]
     with pytest.raises(PathNotAllowed, match="read-only"):
         build_argv(specs, argv_values, settings.roots)  # a forced merge over the shipped teacher
+
+
+def test_help_says_which_roots_are_readable_and_writable():
+    import argparse
+
+    from wadi_lorad.trainer.tab.cli import add_arguments
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    text = " ".join(p.format_help().split())
+    assert "may read and write" in text and "assets/ folder is always readable and never writable" in text
+    assert "No file under them is served by URL" in text

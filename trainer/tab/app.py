@@ -198,7 +198,8 @@ class TabApp:
             out_dir = self.roots.resolve(k.get(cfg, k.out_dir_field), what=k.out_dir_field, write=True)
             job = self.runner.submit(kind, [], out_dir, devices or self.settings.default_devices,
                                      subcommand=k.subcommand, queue=queue, cwd=self.roots.base,
-                                     config_yaml=k.dump_yaml(cfg), title=str(out_dir.name))
+                                     config_yaml=k.dump_yaml(cfg),
+                                     title=str(getattr(getattr(cfg, "output", None), "title", "") or out_dir.name))
         except (ValueError, JobRefused, PathNotAllowed, OSError) as e:
             return f"Not started: {e}", None
         return self._submitted(job), job.id
