@@ -131,3 +131,37 @@ def test_help_says_which_roots_are_readable_and_writable():
     text = " ".join(p.format_help().split())
     assert "may read and write" in text and "assets/ folder is always readable and never writable" in text
     assert "No file under them is served by URL" in text
+
+
+def test_wadi_tab_command_serves_no_root_file(tmp_path):
+    """`wadi tab` itself (the CLI entry point, its launch options): a planted key is not served."""
+    import os
+    import subprocess
+    import sys
+
+    import httpx
+
+    root = tmp_path / "home"
+    (root / ".ssh").mkdir(parents=True)
+    key = root / ".ssh" / "id_rsa"
+    key.write_text("-----BEGIN OPENSSH PRIVATE KEY----- fake\n")
+    port = _free_port()
+    main = Path(__file__).resolve().parent.parent / "__main__.py"
+    env = {k: v for k, v in os.environ.items() if k != "GRADIO_TEMP_DIR"}
+    proc = subprocess.Popen([sys.executable, str(main), "tab", "--port", str(port), "--no-browser", "--root", str(root)],
+                            cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        end, up = time.time() + 120, False
+        while time.time() < end and not up and proc.poll() is None:
+            try:
+                up = httpx.get(f"http://127.0.0.1:{port}/", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        assert up, proc.stdout.read() if proc.poll() is not None else "no answer"
+        for p in (key, root / "outputs" / "tab" / "jobs" / "jobs.sqlite"):
+            r = httpx.get(f"http://127.0.0.1:{port}/gradio_api/file={p}", timeout=10)
+            assert r.status_code in (403, 404) and b"fake" not in r.content, (p, r.status_code)
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=30)[0]
+    assert f"read/write: {root}" in out and (not ASSETS.is_dir() or f"read-only: {ASSETS}" in out), out

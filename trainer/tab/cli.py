@@ -50,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from .runner import RunnerBusy
     from .security import bind_host
 
+    private_gradio_cache()
     kw = {"default_devices": args.devices} if args.devices else {}
     if args.comfy_lorad_dir:
         kw["comfy_lorad_dir"] = args.comfy_lorad_dir
@@ -67,6 +68,23 @@ def run(args: argparse.Namespace) -> int:
     demo.queue(default_concurrency_limit=4).launch(
         server_name=host, server_port=args.port, inbrowser=not args.no_browser, **launch_options(settings))
     return 0
+
+
+def private_gradio_cache() -> None:
+    """Give this app its own Gradio upload/cache folder (removed at exit) unless ``GRADIO_TEMP_DIR`` is set.
+
+    Gradio serves everything in that folder; the shared default (``/tmp/gradio``) would also
+    expose what other Gradio apps on this machine cached.
+    """
+    if os.environ.get("GRADIO_TEMP_DIR"):
+        return
+    import atexit
+    import shutil
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="wadi-tab-gradio-")
+    os.environ["GRADIO_TEMP_DIR"] = folder
+    atexit.register(shutil.rmtree, folder, True)
 
 
 def launch_options(settings) -> dict:
