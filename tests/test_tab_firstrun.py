@@ -117,7 +117,27 @@ def test_bad_paths_are_refused_at_submit_and_nothing_is_queued(app, tmp_path):
     assert app.start("distill", values, "cpu")[1]  # force: starting over is what was asked
 
 
-def test_images_folder_needs_a_readable_image(tmp_path):
+@needs_assets
+def test_resume_refuses_when_an_input_is_gone(app, tmp_path):
+    import shutil
+
+    shutil.copytree(TEACHER, tmp_path / "teacher")
+    values = app.load_preset("distill", "tinyworld")
+    values[[s.path for s in app.specs("distill")].index("model.base")] = "teacher"
+    msg, job_id = app.start("distill", values, "cpu")
+    assert job_id, msg
+    app.runner.grace_s = 0.0  # the stand-in job ignores the stop file
+    app.stop(job_id)
+    end = time.time() + 30
+    while app.store.get(job_id).active and time.time() < end:
+        app.runner.poll()
+        time.sleep(0.1)
+    shutil.rmtree(tmp_path / "teacher")
+    msg, new_id = app.resume(job_id, "cpu")
+    assert new_id is None and re.search("Not resumed: model.base: .*teacher does not exist", msg), msg
+
+
+def test_images_folder_needs_readable_images(tmp_path):
     folder = tmp_path / "imgs"
     with pytest.raises(ValueError, match="data.images: .* does not exist"):
         checks.images_folder(folder, "data.images")
@@ -125,13 +145,25 @@ def test_images_folder_needs_a_readable_image(tmp_path):
     (folder / "notes.txt").write_text("x")
     with pytest.raises(ValueError, match="holds no image"):
         checks.images_folder(folder, "data.images")
-    (folder / "broken.png").write_bytes(b"not a png")
-    with pytest.raises(ValueError, match="none of its 1 image files could be read"):
-        checks.images_folder(folder, "data.images")
-    with pytest.raises(ValueError, match="is a file"):
-        checks.images_folder(folder / "broken.png", "data.images")
     Image.new("RGB", (8, 8), (200, 10, 10)).save(folder / "ok.png")
-    checks.images_folder(folder, "data.images")  # one readable image is enough
+    checks.images_folder(folder, "data.images")  # one readable image
+    (folder / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="cannot read broken.png as an image"):
+        checks.images_folder(folder, "data.images")  # the trainer would stop at it
+    with pytest.raises(ValueError, match="is a file"):
+        checks.images_folder(folder / "ok.png", "data.images")
+    (folder / "broken.png").unlink()
+
+    class Data:  # the fine-tunes' data section: captions are checked by the trainer's own rule
+        captions, instance_prompt, jsonl_key = "files", "", "text"
+
+    class Cfg:
+        data = Data()
+
+    with pytest.raises(ValueError, match="data.images: .*ok.png: image without a caption"):
+        checks.images_folder(folder, "data.images", Cfg())
+    (folder / "ok.txt").write_text("a red square")
+    checks.images_folder(folder, "data.images", Cfg())
 
 
 def test_personalize_refuses_a_file_as_images_folder(app, tmp_path):

@@ -212,6 +212,11 @@ class TabApp:
             if old.active:
                 raise ValueError(f"job {job_id} is still {old.status}; stop it before resuming")
             cfg_text = self.runner.config_path(old).read_text(encoding="utf-8")
+            # The inputs must still be there (a moved model would fail the job seconds after the click).
+            cfg = k.load_yaml(self.runner.config_path(old))
+            cwd = Path(old.cwd or self.roots.base)
+            resolved = {p: cwd / v for p in k.path_fields if (v := k.get(cfg, p))}
+            check_paths(cfg, resolved, k.out_dir_field, force=False, resuming=True)
             job = self.runner.submit(old.kind, [f"--{k.resume_field}", "latest"], old.out_dir,
                                      devices or old.device, subcommand=k.subcommand, queue=queue,
                                      resume_of=old.id, cwd=old.cwd or self.roots.base, config_yaml=cfg_text,

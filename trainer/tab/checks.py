@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")  # as trainer/imagefolder.py reads them
-MAX_IMAGES_TRIED = 64
+MAX_IMAGES_TRIED = 10_000  # a verify() reads headers only: cheap even for thousands
 
 
 def model_folder(p: Path, field: str) -> None:
@@ -40,8 +40,9 @@ def prompts_file(p: Path, field: str, cfg: Any = None) -> None:
         raise ValueError(f"{field}: {e}") from None
 
 
-def images_folder(p: Path, field: str) -> None:
-    """A folder with at least one image that PIL can decode."""
+def images_folder(p: Path, field: str, cfg: Any = None) -> None:
+    """A folder whose images all decode (the trainer stops at the first that does not), at least one,
+    with captions as the trainer's own :func:`trainer.imagefolder.scan_folder` requires them."""
     from PIL import Image
 
     if not p.exists():
@@ -49,15 +50,26 @@ def images_folder(p: Path, field: str) -> None:
     if not p.is_dir():
         raise ValueError(f"{field}: {p} is a file; expected a folder of images")
     images = sorted(x for x in p.iterdir() if x.is_file() and x.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise ValueError(f"{field}: {p} holds no image (expected files ending in {', '.join(IMAGE_SUFFIXES)})")
+    broken = []
     for img in images[:MAX_IMAGES_TRIED]:
         try:
             with Image.open(img) as im:
                 im.verify()
-            return
         except Exception:  # PIL raises many types for a broken file
-            continue
-    what = f"none of its {len(images)} image files could be read" if images else "it holds no image"
-    raise ValueError(f"{field}: {p}: {what} (expected {', '.join(IMAGE_SUFFIXES)})")
+            broken.append(img.name)
+    if broken:
+        more = f" and {len(broken) - 3} more" if len(broken) > 3 else ""
+        raise ValueError(f"{field}: {p}: cannot read {', '.join(broken[:3])}{more} as an image")
+    data = getattr(cfg, "data", None)
+    if data is not None and hasattr(data, "captions"):
+        from ..imagefolder import ImageFolderError, scan_folder
+
+        try:
+            scan_folder(p, data.captions, getattr(data, "instance_prompt", ""), getattr(data, "jsonl_key", "text"))
+        except ImageFolderError as e:
+            raise ValueError(f"{field}: {e}") from None
 
 
 def lorad_file(p: Path, field: str) -> None:
@@ -90,7 +102,7 @@ def check_paths(cfg: Any, resolved: dict[str, Path], out_field: str, force: bool
     """Raise ValueError on the first path of ``resolved`` (``{field: absolute path}``) of the wrong kind."""
     for field, path in resolved.items():
         check = PATH_CHECKS.get(field)
-        if check is prompts_file:
+        if check in (prompts_file, images_folder):
             check(path, field, cfg)
         elif check is not None:
             check(path, field)
