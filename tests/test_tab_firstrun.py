@@ -220,3 +220,15 @@ def test_copy_to_comfy_models_lorad(tmp_path):
     assert "not running beside ComfyUI" in plain.copy_to_comfy("j1")
 
 
+
+
+def test_linked_recipe_is_listed_once_its_file_exists(tmp_path, monkeypatch):
+    from wadi_lorad.trainer.tab import kinds
+
+    recipe = tmp_path / "configs" / "tinyworld-quality.yaml"
+    monkeypatch.setitem(kinds.LINKED_PRESETS, "distill", {"tinyworld-quality": recipe})
+    assert "tinyworld-quality" not in kinds.preset_files("distill", tmp_path / "presets")
+    recipe.parent.mkdir()
+    recipe.write_text((BUILTIN_PRESETS / "distill" / "tinyworld.yaml").read_text())
+    files = kinds.preset_files("distill", tmp_path / "presets")
+    assert files["tinyworld-quality"] == recipe and "tinyworld" in files
