@@ -131,3 +131,16 @@ def test_a_kill_mid_checkpoint_leaves_the_previous_one_latest(tmp_path):
     subprocess.run([*run, "24", "ok", boot], check=True, cwd=tmp_path)
     assert not list(root.glob(".step-*")), list(root.iterdir())  # the torn temp folder is cleared
     assert [p.name for p in CK.list_checkpoints(root)] == ["step-00000008", "step-00000024"]
+
+
+def test_a_stop_during_setup_does_not_rewind_the_progress(tmp_path):
+    """A resumed job stopped while loading its model logs ``stopped`` at step 0; the run is still at step 8."""
+    recs = [{"event": "start", "step": 0, "max_steps": 80, "time": 1.0}]
+    recs += [{"event": "step", "step": s, "max_steps": 80, "time": 1.0 + s} for s in range(1, 9)]
+    recs += [{"event": "checkpoint", "step": 8, "path": "c"}, {"event": "stopped", "step": 8},
+             {"event": "stopped", "step": 0, "message": "stop requested; stopped at step 0"}]
+    _events(tmp_path, recs)
+    tail = EventTail(tmp_path)
+    tail.update()
+    assert tail.progress().text().startswith("step 8 / 80")
+    assert run_pace(tmp_path)[0] == 8 and run_pace(tmp_path)[2] == 8

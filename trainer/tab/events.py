@@ -110,7 +110,9 @@ class EventTail:
             for key in ("total_steps", "max_steps"):  # the distill trainer logs max_steps
                 if isinstance(rec.get(key), int):
                     p.total = rec[key]
-            if isinstance(rec.get("step"), int):
+            # A run stopped (or failed) during its set-up logs step 0 before it restored its checkpoint:
+            # only records of a running trainer move the step shown.
+            if isinstance(rec.get("step"), int) and ev not in ("stopped", "error"):
                 p.step = rec["step"]
             if ev == "sample" and rec.get("path"):
                 p.sample = str(rec["path"])
