@@ -15,22 +15,22 @@ from __future__ import annotations
 
 import sys
 
-import harness as H
+import harness
 import torch
 
-H.load_package()
-import models as M  # noqa: E402  (needs the package registered first)
+harness.load_package()
+import models  # noqa: E402  (needs the package registered first)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def parse(argv=None):
-    p = H.base_parser(__doc__.split("\n")[0])
-    p.add_argument("--unet", default="sd15-lite", choices=sorted(M.UNET_CONFIGS))
+    p = harness.base_parser(__doc__.split("\n")[0])
+    p.add_argument("--unet", default="sd15-lite", choices=sorted(models.UNET_CONFIGS))
     p.add_argument("--latent", type=int, default=16, help="latent side (16 = 128 px)")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--ranks", type=int, nargs="+", default=[64, 256])
-    p.add_argument("--candidates", nargs="+", default=list(M.CANDIDATES), choices=M.CANDIDATES)
+    p.add_argument("--candidates", nargs="+", default=list(models.CANDIDATES), choices=models.CANDIDATES)
     p.add_argument("--baseline", default="lora")
     p.add_argument("--preset", default="paper-student")
     p.add_argument("--device", default="cpu")
@@ -42,21 +42,21 @@ def parse(argv=None):
 
 
 def build(args, base, kind: str, rank: int, device: str):
-    unet = M.share_base_copy(base)
-    params = M.apply_candidate(unet, kind, rank, args.preset)
-    inputs = M.unet_inputs(unet, args.batch, args.latent, device=device)
+    unet = models.share_base_copy(base)
+    params = models.apply_candidate(unet, kind, rank, args.preset)
+    inputs = models.unet_inputs(unet, args.batch, args.latent, device=device)
     ac = DTYPES[args.autocast] if args.autocast else None
-    return M.train_step_fn(unet, params, inputs, ac), params
+    return models.train_step_fn(unet, params, inputs, ac), params
 
 
 def mem_child(args) -> None:
     kind, rank = args.mem_child.rsplit(":", 1)
-    M.preload()
-    H.child_start(args.device)
-    base = M.build_unet(args.unet, device=args.device, dtype=DTYPES[args.dtype])
+    models.preload()
+    harness.child_start(args.device)
+    base = models.build_unet(args.unet, device=args.device, dtype=DTYPES[args.dtype])
     step, _ = build(args, base, kind, int(rank), args.device)
     step()  # warm-up: lazy inits and allocator caches are not part of the step's peak
-    H.child_report(H.measure_peak(step, args.device))
+    harness.child_report(harness.measure_peak(step, args.device))
 
 
 def flop_table(args) -> list[dict]:
@@ -70,20 +70,20 @@ def flop_table(args) -> list[dict]:
     out = []
     for unet_kind, latent, batch in [(args.unet, args.latent, args.batch), ("sd15", 64, 16)]:
         with torch.device("meta"):
-            base = UNet2DConditionModel(**M.UNET_CONFIGS[unet_kind]).requires_grad_(False)
+            base = UNet2DConditionModel(**models.UNET_CONFIGS[unet_kind]).requires_grad_(False)
         for rank in args.ranks:
             for kind in args.candidates:
-                unet = M.share_base_copy(base)
+                unet = models.share_base_copy(base)
                 with torch.device("meta"):
-                    params = M.apply_candidate(unet, kind, rank, args.preset, randomize=False)
-                x, t, enc = (v.to("meta") for v in M.unet_inputs(unet, batch, latent))
+                    params = models.apply_candidate(unet, kind, rank, args.preset, randomize=False)
+                x, t, enc = (v.to("meta") for v in models.unet_inputs(unet, batch, latent))
 
                 def fb(unet=unet, x=x, t=t, enc=enc, params=params):
                     unet(x, t, encoder_hidden_states=enc).sample.float().square().mean().backward()
                     for p in params:
                         p.grad = None
 
-                gf = H.count_flops(fb) / 1e9
+                gf = harness.count_flops(fb) / 1e9
                 out.append(dict(unet=unet_kind, latent=latent, batch=batch, rank=rank, candidate=kind, gflops=gf))
     return out
 
@@ -103,42 +103,42 @@ def print_flops(rows: list[dict], baseline: str) -> None:
 
 def main(argv=None) -> int:
     args = parse(argv)
-    info = H.begin(args, mem_child)
+    info = harness.begin(args, mem_child)
     if info is None:  # a memory-measuring child
         return 0
     if args.flops_only:
         rows = flop_table(args)
         print_flops(rows, args.baseline)
-        H.write_json(args.json, {"machine": info, "args": vars(args), "flops": rows})
+        harness.write_json(args.json, {"machine": info, "args": vars(args), "flops": rows})
         return 0
-    load = H.wait_for_quiet(args.max_load, args.wait)
+    load = harness.wait_for_quiet(args.max_load, args.wait)
     print(f"UNet {args.unet}, latent {args.latent}x{args.latent}, batch {args.batch}, preset {args.preset}, "
           f"weights {args.dtype}, autocast {args.autocast or 'off'}; {args.repeats} interleaved rounds after {args.warmup} warm-up; "
           f"load avg at start {load:.2f}")
-    base = M.build_unet(args.unet, device=args.device, dtype=DTYPES[args.dtype])
+    base = models.build_unet(args.unet, device=args.device, dtype=DTYPES[args.dtype])
     results = {}
     for rank in args.ranks:
         print(f"\n== rank {rank} ==", flush=True)
         steps, counts = {}, {}
         for kind in args.candidates:
             steps[kind], params = build(args, base, kind, rank, args.device)
-            counts[kind] = M.trainable_count(params)
-        times = H.interleaved(steps, args.repeats, args.warmup, args.device)
+            counts[kind] = models.trainable_count(params)
+        times = harness.interleaved(steps, args.repeats, args.warmup, args.device)
         del steps
-        rows = H.paired_rows(times, args.baseline)
+        rows = harness.paired_rows(times, args.baseline)
         if not args.no_mem:
-            mem = H.memory_by_subprocess(sys.argv[0], [f"{k}:{rank}" for k in args.candidates], sys.argv[1:],
+            mem = harness.memory_by_subprocess(sys.argv[0], [f"{k}:{rank}" for k in args.candidates], sys.argv[1:],
                                          args.device)
-            H.add_memory(rows, {k.split(":")[0]: v for k, v in mem.items()}, args.baseline)
+            harness.add_memory(rows, {k.split(":")[0]: v for k, v in mem.items()}, args.baseline)
         for k in rows:
             rows[k].extra["trainable M"] = f"{counts[k] / 1e6:.2f}"
         table = [rows[k] for k in args.candidates]
-        print(H.fmt_table(table, args.baseline, extra_cols=["trainable M"]))
-        results[rank] = H.rows_json(table)
+        print(harness.fmt_table(table, args.baseline, extra_cols=["trainable M"]))
+        results[rank] = harness.rows_json(table)
     flops = flop_table(args) if args.flops else None
     if flops:
         print_flops(flops, args.baseline)
-    H.write_json(args.json, {"machine": info, "args": vars(args), "results": results, "flops": flops})
+    harness.write_json(args.json, {"machine": info, "args": vars(args), "results": results, "flops": flops})
     return 0
 
 

@@ -27,20 +27,20 @@ import os
 import sys
 import tempfile
 
-import harness as H
+import harness
 import torch
 
-H.load_package()
-import models as M  # noqa: E402
+harness.load_package()
+import models  # noqa: E402
 
 DT = {"fp16": torch.float16, "fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def parse(argv=None):
-    p = H.base_parser(__doc__.split("\n")[0])
+    p = harness.base_parser(__doc__.split("\n")[0])
     p.add_argument("--dtype", default="fp16", choices=sorted(DT))
     p.add_argument("--rank", type=int, default=256)
-    p.add_argument("--unet", default="sd15", choices=sorted(M.UNET_CONFIGS))
+    p.add_argument("--unet", default="sd15", choices=sorted(models.UNET_CONFIGS))
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-comfy", action="store_true", help="skip the ComfyUI candidates")
     p.add_argument("--file", action="store_true", help="also time reading the adapter files")
@@ -51,8 +51,8 @@ def target_shapes(unet_kind: str) -> dict[str, tuple[int, int]]:
     from diffusers import UNet2DConditionModel
 
     with torch.device("meta"):
-        unet = UNet2DConditionModel(**M.UNET_CONFIGS[unet_kind])
-    return {n: tuple(unet.get_submodule(n).weight.shape) for n in M.target_names(unet, "paper-student")}
+        unet = UNet2DConditionModel(**models.UNET_CONFIGS[unet_kind])
+    return {n: tuple(unet.get_submodule(n).weight.shape) for n in models.target_names(unet, "paper-student")}
 
 
 def make_weights(shapes, dtype, device, seed=0) -> dict[str, torch.Tensor]:
@@ -72,12 +72,12 @@ def make_adapters(shapes, rank, seed=1):
 
 # ----------------------------------------------------------------------------- candidates
 def apply_lorad(weights, lorad) -> None:
-    from wadi_lorad.lorad import functional as LF
+    from wadi_lorad.lorad import functional
 
     with torch.no_grad():
         for n, w in weights.items():
             a, b = lorad[n]
-            LF.rotate_(w, LF.angles(a.to(w.device), b.to(w.device)), name=n)
+            functional.rotate_(w, functional.angles(a.to(w.device), b.to(w.device)), name=n)
 
 
 def apply_lora(weights, lora) -> None:
@@ -135,7 +135,7 @@ def apply_comfy(weights, patches) -> None:
 def write_files(lorad, lora, tmp: str) -> tuple[str, str]:
     """A real ``.lorad.safetensors`` (``lorad.io.save_lorad``, fp32) and a LoRA safetensors file."""
     from safetensors.torch import save_file
-    from wadi_lorad.lorad import io as LIO
+    from wadi_lorad.lorad import io as lorad_io
     from wadi_lorad.lorad.metadata import build_metadata
 
     p_lora = os.path.join(tmp, "lora.safetensors")
@@ -143,21 +143,21 @@ def write_files(lorad, lora, tmp: str) -> tuple[str, str]:
               | {f"{n}.lora_down.weight": d.contiguous() for n, (_, d) in lora.items()}, p_lora)
     p_lorad = os.path.join(tmp, "student.lorad.safetensors")
     rank = next(iter(lorad.values()))[0].shape[1]
-    layers = LIO.layers_from_adapter_state("sd15", {n: {"A": a, "B": b} for n, (a, b) in lorad.items()})
+    layers = lorad_io.layers_from_adapter_state("sd15", {n: {"A": a, "B": b} for n, (a, b) in lorad.items()})
     md = build_metadata(arch="sd15", rank=rank, target_preset="paper-student", title="bench student",
                         one_step={"timestep": 999, "alpha_bar_T": 0.0047})
-    LIO.save_lorad(p_lorad, layers, md, force=True)
+    lorad_io.save_lorad(p_lorad, layers, md, force=True)
     return p_lorad, p_lora
 
 
 def file_candidates(p_lorad: str, p_lora: str):
     """Read + apply from the files: ``load_lorad`` (validation and hash check included) vs ``load_file``."""
     from safetensors.torch import load_file
-    from wadi_lorad.lorad import io as LIO
+    from wadi_lorad.lorad import io as lorad_io
 
     def lorad_file(w):
-        f = LIO.load_lorad(p_lorad)
-        state = LIO.adapter_state_from_layers("sd15", f.layers)
+        f = lorad_io.load_lorad(p_lorad)
+        state = lorad_io.adapter_state_from_layers("sd15", f.layers)
         apply_lorad(w, {n: (t["A"], t["B"]) for n, t in state.items()})
 
     def lora_file(w):
@@ -183,8 +183,8 @@ def build_candidates(args, shapes, lorad, lora, with_comfy: bool, files: tuple[s
 
 
 def mem_child(args) -> None:
-    M.preload()
-    H.child_start(args.device)
+    models.preload()
+    harness.child_start(args.device)
     shapes = target_shapes(args.unet)
     lorad, lora = make_adapters(shapes, args.rank)
     with_comfy = args.mem_child.startswith("comfy") and comfy_available() is None
@@ -194,12 +194,12 @@ def mem_child(args) -> None:
         w = make_weights(shapes, DT[args.dtype], args.device)
         fn = cands[args.mem_child]
         fn(w)
-        H.child_report(H.measure_peak(lambda: fn(w), args.device))
+        harness.child_report(harness.measure_peak(lambda: fn(w), args.device))
 
 
 def main(argv=None) -> int:
     args = parse(argv)
-    info = H.begin(args, mem_child)
+    info = harness.begin(args, mem_child)
     if info is None:  # a memory-measuring child
         return 0
     why = "--no-comfy" if args.no_comfy else comfy_available()
@@ -210,7 +210,7 @@ def main(argv=None) -> int:
     lorad, lora = make_adapters(shapes, args.rank)
     n_lorad = sum(a.numel() + b.numel() for a, b in lorad.values())
     n_lora = sum(u.numel() + d.numel() for u, d in lora.values())
-    load = H.wait_for_quiet(args.max_load, args.wait)
+    load = harness.wait_for_quiet(args.max_load, args.wait)
     print(f"{args.unet} paper-student: {len(shapes)} Linear weights, {n_w / 1e6:.1f}M values in {args.dtype}; "
           f"LoRaD r{args.rank} {n_lorad / 1e6:.2f}M params, LoRA r{args.rank} {n_lora / 1e6:.2f}M params; "
           f"load {load:.2f}")
@@ -219,28 +219,28 @@ def main(argv=None) -> int:
         cands = build_candidates(args, shapes, lorad, lora, why is None, files)
         weights = {k: make_weights(shapes, DT[args.dtype], args.device) for k in cands}
         steps = {k: (lambda k=k: cands[k](weights[k])) for k in cands}
-        times = H.interleaved(steps, args.repeats, args.warmup, args.device)
+        times = harness.interleaved(steps, args.repeats, args.warmup, args.device)
         weights.clear()
         sizes = {k: os.path.getsize(p) / 2**20 for k, p in zip(("lorad-file", "lora-file"), files or ())}
-    rows = H.paired_rows(times, "lora")
+    rows = harness.paired_rows(times, "lora")
     if not args.no_mem:
-        mem = H.memory_by_subprocess(sys.argv[0], list(cands), sys.argv[1:], args.device)
-        H.add_memory(rows, mem, "lora")
+        mem = harness.memory_by_subprocess(sys.argv[0], list(cands), sys.argv[1:], args.device)
+        harness.add_memory(rows, mem, "lora")
     if files:
         for k, v in sizes.items():
             rows[k].extra["file MiB"] = f"{v:.0f}"
             rows[k].extra[f"x {k.replace('lorad', 'lora')}"] = "-"
-        fr = H.Stat.of([a / b for a, b in zip(times["lorad-file"], times["lora-file"])])
+        fr = harness.Stat.of([a / b for a, b in zip(times["lorad-file"], times["lora-file"])])
         rows["lorad-file"].extra["x lora-file"] = f"{fr.median:.3f} ({fr.q1:.3f}-{fr.q3:.3f})"
     table = [rows[k] for k in cands]
-    print(H.fmt_table(table, "lora", extra_cols=["file MiB", "x lora-file"] if files else ()))
+    print(harness.fmt_table(table, "lora", extra_cols=["file MiB", "x lora-file"] if files else ()))
     # GEMM FLOPs per layer: LoRaD A@B = out*r*in (B has in/2 columns); LoRA up@down = 2*out*r*in.
     gf_lorad = sum(o * args.rank * i for o, i in shapes.values()) / 1e9
     print(f"GEMM GFLOP per apply: LoRaD {gf_lorad:.1f}, LoRA {2 * gf_lorad:.1f} (plus elementwise: LoRaD "
           f"cos+sin on {n_w / 2e6:.0f}M angles and a pairwise rotation; LoRA one add)")
-    result = {"machine": info, "args": vars(args), "results": H.rows_json(table),
+    result = {"machine": info, "args": vars(args), "results": harness.rows_json(table),
               "gflop": {"lorad": gf_lorad, "lora": 2 * gf_lorad}}
-    H.write_json(args.json, result)
+    harness.write_json(args.json, result)
     return 0
 
 

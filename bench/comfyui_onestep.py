@@ -22,7 +22,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
-import comfy_live as L  # noqa: E402
+import comfy_live  # noqa: E402
 import conftest  # noqa: E402,F401  registers wadi_lorad
 
 
@@ -89,30 +89,30 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--log", type=Path, help="copy the ComfyUI server log here")
     args = ap.parse_args()
-    why = L.comfy_importable()
+    why = comfy_live.comfy_importable()
     if why:
         print(why, file=sys.stderr)
         return 2
-    L.import_comfy()
+    comfy_live.import_comfy()
     if args.full:
-        L.UNET_CONFIG.clear()
-        L.UNET_CONFIG.update(FULL_CONFIG)
+        comfy_live.UNET_CONFIG.clear()
+        comfy_live.UNET_CONFIG.update(FULL_CONFIG)
         unet = full_unet()
     else:
-        unet = L.diffusers_unet()
-    clip, vae = L.clip_text(), L.sd_vae()
+        unet = comfy_live.diffusers_unet()
+    clip, vae = comfy_live.clip_text(), comfy_live.sd_vae()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         for d in ("models/checkpoints", "models/loras"):
             (root / d).mkdir(parents=True)
-        L.build_checkpoint(root / "models/checkpoints/bench.safetensors", unet, clip, vae)
-        L.write_lorad(root / "models/loras/bench.lorad.safetensors", L.student_layers(unet, clip), unet)
+        comfy_live.build_checkpoint(root / "models/checkpoints/bench.safetensors", unet, clip, vae)
+        comfy_live.write_lorad(root / "models/loras/bench.lorad.safetensors", comfy_live.student_layers(unet, clip), unet)
         (root / "models/lorad").mkdir()
         (root / "models/lorad/bench.lorad.safetensors").symlink_to(root / "models/loras/bench.lorad.safetensors")
         unet_params = sum(p.numel() for p in unet.parameters()) / 1e6
         del unet, clip, vae  # the server loads its own copy; keep this process small
         gc.collect()
-        srv = L.Server(root, HERE.parent)
+        srv = comfy_live.Server(root, HERE.parent)
         try:
             res = {}
             for decode in (True, False):

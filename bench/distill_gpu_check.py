@@ -38,7 +38,7 @@ def _bootstrap() -> None:
 
 def mixed_precision_runs(work: Path, smoke: bool) -> dict:
     from tiny_models import WORDS, build_tiny
-    from wadi_lorad.lorad import inject as LI
+    from wadi_lorad.lorad import inject
     from wadi_lorad.trainer.backbones import load_backbone
     from wadi_lorad.trainer.cmd_sample import load_student
     from wadi_lorad.trainer.config import DistillConfig, apply_overrides
@@ -71,7 +71,7 @@ def mixed_precision_runs(work: Path, smoke: bool) -> dict:
             ref = one_step(d.bb, m, cond, noise, d.settings.alpha_bar_T).float()
         bb2 = load_backbone(base, dtype=mp, text=False, vae=False).to(d.acc.device)
         load_student(bb2, res["student"])
-        LI.set_active(bb2.denoiser, "student")
+        inject.set_active(bb2.denoiser, "student")
         with d.acc.autocast():
             got = one_step(bb2, bb2.denoiser, cond, noise, d.settings.alpha_bar_T).float()
         out[mp] = {

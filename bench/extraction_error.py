@@ -28,9 +28,7 @@ sys.path.insert(0, str(ROOT))
 import _bootstrap  # noqa: E402
 
 _bootstrap.register()
-from wadi_lorad.lorad import extract as E  # noqa: E402
-from wadi_lorad.lorad import functional as LF  # noqa: E402
-from wadi_lorad.lorad import inject as I  # noqa: E402
+from wadi_lorad.lorad import extract, functional, inject  # noqa: E402
 
 
 def tiny_sd_unet(width: int = 64):
@@ -49,18 +47,18 @@ def synthetic_pair(rank: int, angle_std: float, noise: float, seed: int, width: 
     torch.manual_seed(seed)
     unet = tiny_sd_unet(width)
     base = {k: v.detach().clone() for k, v in unet.state_dict().items()}
-    I.inject(unet, "s", "paper-student", rank=rank, seed=seed)
+    inject.inject(unet, "s", "paper-student", rank=rank, seed=seed)
     g = torch.Generator().manual_seed(seed + 1)
     truth = {}
     with torch.no_grad():
-        for name, layer in I.lorad_layers(unet):
+        for name, layer in inject.lorad_layers(unet):
             ad = layer.lorad["s"]
             ad.A.normal_(generator=g)
             # scale A so this layer's angles have std ~angle_std
-            ad.A.mul_(angle_std / float(LF.angles(ad.A, ad.B, wrap=False).std()))
-            truth[name] = LF.angles(ad.A, ad.B).double()
-    I.set_active(unet, "s")
-    I.merge(unet, keep_original=False)
+            ad.A.mul_(angle_std / float(functional.angles(ad.A, ad.B, wrap=False).std()))
+            truth[name] = functional.angles(ad.A, ad.B).double()
+    inject.set_active(unet, "s")
+    inject.merge(unet, keep_original=False)
     merged = {k: v.detach().clone() for k, v in unet.state_dict().items() if ".lorad." not in k}
     for name in truth:
         w = merged[name + ".weight"]
@@ -92,8 +90,8 @@ def main() -> None:
           f"{'fp16' if a.fp16 else 'fp32'} weights")
     dense_err = 0.0
     for name, theta in truth.items():
-        d, _ = E.pair_angles(base[name + ".weight"], merged[name + ".weight"])
-        dense_err = max(dense_err, float(E.angular_error(d, theta).max()))
+        d, _ = extract.pair_angles(base[name + ".weight"], merged[name + ".weight"])
+        dense_err = max(dense_err, float(extract.angular_error(d, theta).max()))
     print(f"max angle error of the recovered dense angles (atan2): {dense_err:.3e} rad")
     print("columns: weight error = |stored reconstruction - merged| / |merged| (max, mean over layers); "
           "θ err = max |wrap(stored - recovered dense)|; θ vs truth = max |wrap(stored - true angles)|; "
@@ -103,20 +101,20 @@ def main() -> None:
     for rank in (4, 8, 16):
         for tol in (a.tol, math.inf):
             t0 = time.perf_counter()
-            res = E.extract_state(base, merged, rank=rank, tol=tol)
+            res = extract.extract_state(base, merged, rank=rank, tol=tol)
             dt = time.perf_counter() - t0
             s = res.summary()
             assert set(res.layers) == set(truth), "extraction missed or added layers"
             vs_truth = max(
-                float(E.angular_error(
-                    t["theta"].double() if "theta" in t else LF.angles(t["A"].double(), t["B"].double()), truth[n]
+                float(extract.angular_error(
+                    t["theta"].double() if "theta" in t else functional.angles(t["A"].double(), t["B"].double()), truth[n]
                 ).max())
                 for n, t in res.layers.items()
             )
             print(f"{rank:>4} {tol:>6.0e} {s['max_weight_err']:>10.3e} {s['mean_weight_err']:>10.3e} "
                   f"{s['max_theta_err']:>10.3e} {vs_truth:>10.3e} {s['max_rotation_residual']:>10.3e} "
                   f"{s['dense_fallback']:>3}/{len(truth):<3}{dt:>5.1f}")
-    others = E.extract_state(base, merged, rank=8).others
+    others = extract.extract_state(base, merged, rank=8).others
     print(f"non-rotational tensors reported: {len(others)} (none changed by construction)")
 
 

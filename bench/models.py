@@ -6,7 +6,7 @@ the same rank over one frozen base:
 * ``lorad``       - ours: :func:`lorad.inject.inject`, fused recompute-in-backward op;
 * ``lorad-naive`` - ours with plain autograd through the rotation (``set_naive``);
 * ``hook``        - the official code's mechanism, rewritten from its description
-                    (wadi-facts 1.2): parameters on the Linear plus a forward hook
+                    (the released code): parameters on the Linear plus a forward hook
                     that rebuilds W_rot and calls ``F.linear`` again, so every
                     adapted Linear is computed twice;
 * ``lora`` / ``dora`` - PEFT LoRA / DoRA (alpha = r, dropout 0).
@@ -188,17 +188,17 @@ def apply_candidate(
 
     Every candidate adapts exactly the layers that LoRaD's preset selects.
     """
-    from wadi_lorad.lorad import inject as LI
+    from wadi_lorad.lorad import inject
 
     names = target_names(unet, preset)
     if kind in ("lorad", "lorad-naive"):
-        LI.inject(unet, adapter, preset, rank=rank, seed=seed)
-        LI.set_active(unet, adapter)
+        inject.inject(unet, adapter, preset, rank=rank, seed=seed)
+        inject.set_active(unet, adapter)
         if kind == "lorad-naive":
-            LI.set_naive(unet, True)
-        params = LI.adapter_parameters(unet, adapter)
+            inject.set_naive(unet, True)
+        params = inject.adapter_parameters(unet, adapter)
         if randomize:
-            _randomize([la.lorad[adapter].A for _, la in LI.lorad_layers(unet) if adapter in la.lorad], 1e-3, seed)
+            _randomize([la.lorad[adapter].A for _, la in inject.lorad_layers(unet) if adapter in la.lorad], 1e-3, seed)
     elif kind == "hook":
         params = add_hook_adapters(unet, names, rank)
         if randomize:

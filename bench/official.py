@@ -1,4 +1,4 @@
-"""An official-style WaDi training loop, rewritten from its description (wadi-facts 1.2-1.3, 2.2).
+"""An official-style WaDi training loop, rewritten from the description of the released code (hooks, loss).
 
 What makes it "official-style" (and what the bench compares against):
 
@@ -21,7 +21,7 @@ import copy
 import math
 from dataclasses import dataclass
 
-import models as M
+import models
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -65,20 +65,20 @@ class OfficialLoop:
                  gradient_checkpointing: bool = False) -> None:
         # ``copies=False`` lets the three models share the frozen tensors (time only: the
         # arithmetic is the same; the memory children always use real copies).
-        dup = copy.deepcopy if copies else M.share_base_copy
+        dup = copy.deepcopy if copies else models.share_base_copy
         self.teacher = dup(base)
         self.student = dup(base)
         self.fake = dup(base)
         for m in (self.teacher, self.student, self.fake):
             m.requires_grad_(False)
-        s_names = M.target_names(self.student, "paper-student")
-        f_names = M.target_names(self.fake, "paper-fake")
-        self.p_student = M.add_hook_adapters(self.student, s_names, student_rank)
-        self.p_fake = M.add_hook_adapters(self.fake, f_names, fake_rank)
+        s_names = models.target_names(self.student, "paper-student")
+        f_names = models.target_names(self.fake, "paper-fake")
+        self.p_student = models.add_hook_adapters(self.student, s_names, student_rank)
+        self.p_fake = models.add_hook_adapters(self.fake, f_names, fake_rank)
         for p in self.p_student + self.p_fake:
             p.requires_grad_(True)
-        M._randomize(self.p_student[0::2], 1e-3, 0)  # theta_a off zero: never time on zeros
-        M._randomize(self.p_fake[0::2], 1e-3, 1)
+        models._randomize(self.p_student[0::2], 1e-3, 0)  # theta_a off zero: never time on zeros
+        models._randomize(self.p_fake[0::2], 1e-3, 1)
         if gradient_checkpointing:
             self.student.enable_gradient_checkpointing()
             self.fake.enable_gradient_checkpointing()

@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import sys
 
-import harness as H
+import harness
 import torch
 
-H.load_package()
-import models as M  # noqa: E402
+harness.load_package()
+import models  # noqa: E402
 
 SD_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512),
               down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
@@ -36,7 +36,7 @@ SD_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channe
 
 
 def parse(argv=None):
-    p = H.base_parser(__doc__.split("\n")[0])
+    p = harness.base_parser(__doc__.split("\n")[0])
     p.add_argument("--models", nargs="+", default=["tiny", "sd15-lite"], help="tiny | sd15-lite | sd15")
     p.add_argument("--latent", type=int, default=32, help="latent side for the SD-width UNets (tiny: its own)")
     p.add_argument("--batch", type=int, default=1)
@@ -53,9 +53,9 @@ def parse(argv=None):
 def load_models(kind: str, device: str):
     from diffusers import AutoencoderKL
 
-    unet = M.build_unet(kind, device=device)
+    unet = models.build_unet(kind, device=device)
     if kind == "tiny":
-        vae = AutoencoderKL.from_pretrained(M.TINY_TEACHER / "vae")
+        vae = AutoencoderKL.from_pretrained(models.TINY_TEACHER / "vae")
     else:
         torch.manual_seed(0)
         vae = AutoencoderKL(**SD_VAE)
@@ -63,28 +63,28 @@ def load_models(kind: str, device: str):
 
 
 def add_student(unet, args) -> None:
-    from wadi_lorad.lorad import inject as LI
+    from wadi_lorad.lorad import inject
 
     if args.student:
-        from wadi_lorad.lorad import io as LIO
+        from wadi_lorad.lorad import io as lorad_io
 
-        loaded = LIO.load_lorad(args.student)
+        loaded = lorad_io.load_lorad(args.student)
         state = getattr(loaded, "state", loaded)
-        LI.load_adapter_state(unet, "student", state)
+        inject.load_adapter_state(unet, "student", state)
     else:
-        LI.inject(unet, "student", "paper-student", rank=args.rank)
-        M._randomize([la.lorad["student"].A for _, la in LI.lorad_layers(unet)], 1e-2, 0)
-    LI.set_active(unet, "student")
+        inject.inject(unet, "student", "paper-student", rank=args.rank)
+        models._randomize([la.lorad["student"].A for _, la in inject.lorad_layers(unet)], 1e-2, 0)
+    inject.set_active(unet, "student")
 
 
 def build_merged(base, args):
     """A copy of ``base`` whose student layers hold their own rotated (merged) weights."""
-    from wadi_lorad.lorad import inject as LI
+    from wadi_lorad.lorad import inject
 
-    merged = M.share_base_copy(base)
+    merged = models.share_base_copy(base)
     add_student(merged, args)
-    rotated = {n: layer.rotated_weight() for n, layer in LI.lorad_layers(merged)}
-    LI.remove(merged)
+    rotated = {n: layer.rotated_weight() for n, layer in inject.lorad_layers(merged)}
+    inject.remove(merged)
     for n, w in rotated.items():
         merged.get_submodule(n).weight = torch.nn.Parameter(w, requires_grad=False)
     return merged
@@ -151,34 +151,34 @@ def run_model(args, kind: str) -> list[dict] | None:
     cond = torch.randn(args.batch, 77, dim, generator=g).to(args.device)
     uncond = torch.randn(args.batch, 77, dim, generator=g).to(args.device)
     merged = build_merged(base, args)
-    live = M.share_base_copy(base)
+    live = models.share_base_copy(base)
     add_student(live, args)
     cands = candidates(args, base, vae, merged, live, noise, cond, uncond)
-    load = H.wait_for_quiet(args.max_load, args.wait)
+    load = harness.wait_for_quiet(args.max_load, args.wait)
     print(f"\n== {kind}: latent {side}x{side}, batch {args.batch}, student r{args.rank}"
           f"{' from ' + args.student if args.student else ' (random)'}, teacher {args.teacher_steps} steps "
           f"CFG {args.cfg}, load {load:.2f} ==", flush=True)
-    times = H.interleaved(cands, args.repeats, args.warmup, args.device)
-    rows = H.paired_rows(times, "floor")
+    times = harness.interleaved(cands, args.repeats, args.warmup, args.device)
+    rows = harness.paired_rows(times, "floor")
     table = [rows[k] for k in cands]
-    print(H.fmt_table(table, "floor"))
+    print(harness.fmt_table(table, "floor"))
     if "teacher-25cfg" in rows:
         for k in ("onestep-merged", "onestep-live"):
             sp = [a / b for a, b in zip(times["teacher-25cfg"], times[k])]
             print(f"speedup of {k} over the teacher's {args.teacher_steps}-step CFG: "
-                  f"median {H.Stat.of(sp).median:.1f}x (range {min(sp):.1f}-{max(sp):.1f})")
-    return H.rows_json(table)
+                  f"median {harness.Stat.of(sp).median:.1f}x (range {min(sp):.1f}-{max(sp):.1f})")
+    return harness.rows_json(table)
 
 
 def main(argv=None) -> int:
     args = parse(argv)
-    info = H.begin(args)
+    info = harness.begin(args)
     results = {}
     for kind in args.models:
         table = run_model(args, kind)
         if table is not None:
             results[kind] = table
-    H.write_json(args.json, {"machine": info, "args": vars(args), "results": results})
+    harness.write_json(args.json, {"machine": info, "args": vars(args), "results": results})
     return 0
 
 

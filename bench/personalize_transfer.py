@@ -27,15 +27,15 @@ import sys
 import time
 from pathlib import Path
 
-import harness as H
+import harness
 import torch
 
-H.load_package()
+harness.load_package()
 from wadi_lorad.trainer.config import apply_overrides  # noqa: E402
 from wadi_lorad.trainer.personalize import PersonalizeConfig  # noqa: E402
 from wadi_lorad.trainer.personalize_train import Personalizer  # noqa: E402
 from wadi_lorad.trainer.sampling import save_grid  # noqa: E402
-from wadi_lorad.trainer.tinyworld import metrics as M  # noqa: E402
+from wadi_lorad.trainer.tinyworld import metrics  # noqa: E402
 from wadi_lorad.trainer.tinyworld.adapter_eval import AdapterBench  # noqa: E402
 from wadi_lorad.trainer.tinyworld.concepts import concept_prompts, concept_scores, write_concept_folder  # noqa: E402
 
@@ -62,7 +62,7 @@ def parse(argv=None) -> argparse.Namespace:
 
 def train(a: argparse.Namespace, data: Path, seed: int, on_student: bool) -> Path:
     tag = f"{'student' if on_student else 'teacher'}-seed{seed}"
-    pairs = [("model.base", str(M.DEFAULT_TEACHER)), ("data.images", str(data)),
+    pairs = [("model.base", str(metrics.DEFAULT_TEACHER)), ("data.images", str(data)),
              ("data.instance_prompt", "a sks shape"), ("data.class_prompt", "a shape"),
              ("prior.enabled", "true"), ("prior.num_images", "32"), ("prior.class_dir", str(Path(a.out) / "class")),
              ("adapter.rank", str(a.rank)), ("adapter.seed", str(seed)), ("train.seed", str(seed)),
@@ -85,7 +85,7 @@ def score(b: AdapterBench, active: tuple[str, ...], eval_seeds: list[int], conce
     for s in eval_seeds:
         r = {f"concept_{k}": v for k, v in concept_scores(b.images(concept, active, s, steps, guidance), concept).items()}
         if standard:
-            m = M.evaluate_images(b.images(std, active, s, steps, guidance), std)
+            m = metrics.evaluate_images(b.images(std, active, s, steps, guidance), std)
             r.update({"alignment": m["alignment"], "fd": m["fd"]})
         rows.append(r)
     return {k: statistics.fmean(r[k] for r in rows) for k in rows[0]}
@@ -102,16 +102,16 @@ def main(argv=None) -> int:
     b = AdapterBench(a.student)
     for (on, s), f in files.items():
         b.add_adapter(f"{'S' if on else 'T'}{s}", f)
-    concept, std = concept_prompts(a.n_concept), M.fixed_eval_prompts(a.n_eval)
+    concept, std = concept_prompts(a.n_concept), metrics.fixed_eval_prompts(a.n_eval)
     res: dict[str, dict] = {}
-    res["student alone (1 step)"] = H.mean_std([score(b, ("student",), eval_seeds, concept, std)])
-    res["student + teacher-trained adapter, stacked (1 step)"] = H.mean_std(
+    res["student alone (1 step)"] = harness.mean_std([score(b, ("student",), eval_seeds, concept, std)])
+    res["student + teacher-trained adapter, stacked (1 step)"] = harness.mean_std(
         [score(b, ("student", f"T{s}"), eval_seeds, concept, std) for s in seeds])
-    res["student + student-trained adapter (1 step)"] = H.mean_std(
+    res["student + student-trained adapter (1 step)"] = harness.mean_std(
         [score(b, ("student", f"S{s}"), eval_seeds, concept, std) for s in seeds])
-    res["teacher alone (25-step DDIM, CFG 3)"] = H.mean_std(
+    res["teacher alone (25-step DDIM, CFG 3)"] = harness.mean_std(
         [score(b, (), eval_seeds, concept, std, 25, 3.0, standard=False)])
-    res["teacher + teacher-trained adapter (25-step DDIM, CFG 3)"] = H.mean_std(
+    res["teacher + teacher-trained adapter (25-step DDIM, CFG 3)"] = harness.mean_std(
         [score(b, (f"T{s}",), eval_seeds, concept, std, 25, 3.0, standard=False) for s in seeds])
     print(f"\n{'setting':58s} {'concept':>15s} {'prompt':>15s} {'alignment':>15s} {'FD':>13s}")
     def cell(r: dict, k: str, d: int = 3) -> str:
@@ -121,7 +121,7 @@ def main(argv=None) -> int:
         print(f"{name:58s} {cell(r, 'concept_concept'):>15s} {cell(r, 'concept_prompt'):>15s} "
               f"{cell(r, 'alignment'):>15s} {cell(r, 'fd', 0):>13s}")
     record = {"settings": vars(a), "seeds": seeds, "eval_seeds": eval_seeds, "results": res,
-              "machine": H.machine_info()}
+              "machine": harness.machine_info()}
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps(record, indent=2))

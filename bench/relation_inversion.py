@@ -25,10 +25,10 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import harness as H
+import harness
 import torch
 
-H.load_package()
+harness.load_package()
 from safetensors.torch import save_file  # noqa: E402
 from wadi_lorad.trainer.config import apply_overrides  # noqa: E402
 from wadi_lorad.trainer.relation import RelationConfig  # noqa: E402
@@ -102,16 +102,16 @@ def main(argv=None) -> int:
     tokens[("random", 0)] = b.add_embedding(random_token(b, Path(a.out) / "random.safetensors"), "random0")
     res: dict[str, dict] = {}
     for one_step, how in ((True, "student 1-step"), (False, "teacher 25-step CFG 3")):
-        res[f"<R> learned from 'left of' exemplars | {how}"] = H.mean_std(
+        res[f"<R> learned from 'left of' exemplars | {how}"] = harness.mean_std(
             [evaluate(b, tokens[("horizontal", s)], eval_seeds, a.n, one_step) for s in seeds])
         for label, word in (("'and' (the initializer)", "and"), ("random token", tokens[("random", 0)]),
                             ("the words 'left of'", "left of")):
-            res[f"{label} | {how}"] = H.mean_std([evaluate(b, word, eval_seeds, a.n, one_step)])
+            res[f"{label} | {how}"] = harness.mean_std([evaluate(b, word, eval_seeds, a.n, one_step)])
         # The 'above' token in its own layout (stacked), beside the words and the initializer there.
-        res[f"<A> learned from 'above' exemplars [stacked] | {how}"] = H.mean_std(
+        res[f"<A> learned from 'above' exemplars [stacked] | {how}"] = harness.mean_std(
             [evaluate(b, tokens[("vertical", s)], eval_seeds, a.n, one_step, "vertical") for s in seeds])
         for label, word in (("'and' (the initializer) [stacked]", "and"), ("the words 'above' [stacked]", "above")):
-            res[f"{label} | {how}"] = H.mean_std([evaluate(b, word, eval_seeds, a.n, one_step, "vertical")])
+            res[f"{label} | {how}"] = harness.mean_std([evaluate(b, word, eval_seeds, a.n, one_step, "vertical")])
     print("\naxis = two objects in the relation's layout (side by side; [stacked]: one above the other); "
           "order|decided = X first among the images where X and Y can be told apart (0.5 = chance)")
     print(f"{'prompt relation | generator':66s} {'axis':>15s} {'X first':>15s} {'order|decided':>15s} {'exact':>15s}")
@@ -119,7 +119,7 @@ def main(argv=None) -> int:
         print(f"{name:66s} " + " ".join(f"{r[k]:.3f} ± {r[k + '_std']:.3f}".rjust(15) for k in KEYS))
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(json.dumps({"settings": vars(a), "results": res, "machine": H.machine_info()},
+        Path(a.json).write_text(json.dumps({"settings": vars(a), "results": res, "machine": harness.machine_info()},
                                            indent=2))
     if a.figure:
         ps = [p.text for p in relation_prompts(8, seed=1)]

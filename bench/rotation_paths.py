@@ -30,18 +30,18 @@ import contextlib
 import math
 import sys
 
-import harness as H
+import harness
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-H.load_package()
-from wadi_lorad.lorad import functional as LF  # noqa: E402
+harness.load_package()
+from wadi_lorad.lorad import functional  # noqa: E402
 from wadi_lorad.lorad.autograd import AngleTerm, naive_forward, rotated_forward  # noqa: E402
 
 
 def parse(argv=None):
-    p = H.base_parser(__doc__.split("\n")[0])
+    p = harness.base_parser(__doc__.split("\n")[0])
     p.add_argument("--shapes", nargs="+", default=["1280x1280", "10240x1280"], help="out x in of the weight")
     p.add_argument("--rank", type=int, default=256)
     p.add_argument("--tokens", type=int, nargs="+", default=[256, 4096], help="N rows of x for the layer bench")
@@ -67,12 +67,12 @@ def prev_rotate_pairs(w32: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 @contextlib.contextmanager
 def previous_library():
     """Run the library (rotate, the fused op, the naive op) with the previous implementations."""
-    saved = LF.wrap_angles, LF.rotate_pairs
-    LF.wrap_angles, LF.rotate_pairs = prev_wrap, prev_rotate_pairs
+    saved = functional.wrap_angles, functional.rotate_pairs
+    functional.wrap_angles, functional.rotate_pairs = prev_wrap, prev_rotate_pairs
     try:
         yield
     finally:
-        LF.wrap_angles, LF.rotate_pairs = saved
+        functional.wrap_angles, functional.rotate_pairs = saved
 
 
 def as_previous(fn):
@@ -86,16 +86,16 @@ def as_previous(fn):
 # ----------------------------------------------------------------------------- rotation variants
 def rot_library(w: Tensor, a: Tensor, b: Tensor) -> Tensor:
     """The whole weight build: theta = wrap(A @ B), cos, sin, rotation."""
-    return LF.rotate(w, LF.angles(a, b))
+    return functional.rotate(w, functional.angles(a, b))
 
 
 def with_theta(rot):
-    return lambda w, a, b: rot(w, LF.angles(a, b))
+    return lambda w, a, b: rot(w, functional.angles(a, b))
 
 
 def rot_complex(w: Tensor, theta: Tensor) -> Tensor:
     """(a + ib) * (cos + i sin) = (a cos - b sin) + i (a sin + b cos): the LoRaD pair rotation."""
-    wc = torch.view_as_complex(LF.up(w).reshape(w.shape[0], -1, 2).contiguous())
+    wc = torch.view_as_complex(functional.up(w).reshape(w.shape[0], -1, 2).contiguous())
     e = torch.polar(torch.ones_like(theta), theta)
     return torch.view_as_real(wc * e).reshape(w.shape).to(w.dtype)
 
@@ -106,7 +106,7 @@ def make_rot_buffer(shape):
 
     def rot_buffer(w: Tensor, theta: Tensor) -> Tensor:
         c, s = torch.cos(theta), torch.sin(theta)
-        p = LF.up(w).reshape(w.shape[0], -1, 2)
+        p = functional.up(w).reshape(w.shape[0], -1, 2)
         a, b = p[..., 0], p[..., 1]
         o = buf.view(w.shape[0], -1, 2)
         torch.mul(c, a, out=tmp)
@@ -134,12 +134,12 @@ class _ComplexFused(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w, a, b):
         ctx.save_for_backward(x, w, a, b)
-        return F.linear(x, rot_complex(w, LF.angles(a, b)))
+        return F.linear(x, rot_complex(w, functional.angles(a, b)))
 
     @staticmethod
     def backward(ctx, g):
         x, w, a, b = ctx.saved_tensors
-        theta = LF.angles(a, b)
+        theta = functional.angles(a, b)
         e = torch.polar(torch.ones_like(theta), theta)
         wc = torch.view_as_complex(w.reshape(w.shape[0], -1, 2).contiguous()) * e
         w_rot = torch.view_as_real(wc).reshape(w.shape)
@@ -155,23 +155,23 @@ class _SaveTheta(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, w, a, b):
-        theta = LF.angles(a, b)
+        theta = functional.angles(a, b)
         ctx.save_for_backward(x, w, a, b, theta)
-        return F.linear(x, LF.rotate_pairs(w, torch.cos(theta), torch.sin(theta)))
+        return F.linear(x, functional.rotate_pairs(w, torch.cos(theta), torch.sin(theta)))
 
     @staticmethod
     def backward(ctx, g):
         x, w, a, b, theta = ctx.saved_tensors
-        w_rot = LF.rotate_pairs(w, torch.cos(theta), torch.sin(theta))
+        w_rot = functional.rotate_pairs(w, torch.cos(theta), torch.sin(theta))
         gx = g @ w_rot
         gw = g.reshape(-1, g.shape[-1]).t() @ x.reshape(-1, x.shape[-1])
-        d_theta = LF.angle_grad(w_rot, gw)
+        d_theta = functional.angle_grad(w_rot, gw)
         return gx, None, d_theta @ b.t(), a.t() @ d_theta
 
 
 def two_gemm(x, w, a, b):
     """y = (C*W) x + (S*W) (J x) with J x = (-x_odd, x_even) per pair: no W_rot, two GEMMs."""
-    theta = LF.angles(a, b)
+    theta = functional.angles(a, b)
     c = torch.cos(theta).repeat_interleave(2, dim=1)
     s = torch.sin(theta).repeat_interleave(2, dim=1)
     xp = x.reshape(*x.shape[:-1], -1, 2)
@@ -214,13 +214,13 @@ def bench_rotation(args, o: int, i: int, w, a, b) -> list[dict]:
     diffs = {k: float((f(w, a, b) - ref).abs().max()) for k, f in rc.items()}  # also the compile warm-up
     print(f"\n== weight build, W {o}x{i}, r {args.rank}: wrap(A@B), cos, sin, rotation; |diff| vs previous ==",
           flush=True)
-    times = H.interleaved({k: (lambda f=f: f(w, a, b)) for k, f in rc.items()}, args.repeats * 4, args.warmup,
+    times = harness.interleaved({k: (lambda f=f: f(w, a, b)) for k, f in rc.items()}, args.repeats * 4, args.warmup,
                           args.device, progress=False)
-    rows = H.paired_rows(times, "library")
+    rows = harness.paired_rows(times, "library")
     for k in rows:
         rows[k].extra["max |diff|"] = f"{diffs[k]:.1e}"
-    print(H.fmt_table([rows[k] for k in rc], "library", extra_cols=["max |diff|"]))
-    return H.rows_json([rows[k] for k in rc])
+    print(harness.fmt_table([rows[k] for k in rc], "library", extra_cols=["max |diff|"]))
+    return harness.rows_json([rows[k] for k in rc])
 
 
 def bench_layer(args, o: int, i: int, n: int, w, a, b, g) -> list[dict]:
@@ -248,24 +248,24 @@ def bench_layer(args, o: int, i: int, n: int, w, a, b, g) -> list[dict]:
         rel = [float((p - q).abs().max() / q.abs().max()) for p, q in zip(gr, g0)]
         diffs[k] = max(float((y - y0).abs().max()), *rel)
     print(f"\n== Linear {o}x{i}, r {args.rank}, N {n} tokens: forward+backward ==", flush=True)
-    times = H.interleaved({k: (lambda f=f: run(f)) for k, f in cands.items()}, args.repeats, args.warmup,
+    times = harness.interleaved({k: (lambda f=f: run(f)) for k, f in cands.items()}, args.repeats, args.warmup,
                           args.device, progress=False)
-    rows = H.paired_rows(times, "fused")
+    rows = harness.paired_rows(times, "fused")
     col = "max diff (y abs, grads rel)"
     for k in rows:
         rows[k].extra[col] = f"{diffs[k]:.1e}"
-    print(H.fmt_table([rows[k] for k in cands], "fused", extra_cols=[col]))
+    print(harness.fmt_table([rows[k] for k in cands], "fused", extra_cols=[col]))
     r = args.rank
     print(f"GEMM GFLOP: 3 x 2*N*o*i = {6 * n * o * i / 1e9:.2f} (fwd, grad x, weight grad); theta = A@B "
           f"{o * r * i / 1e9:.2f} per evaluation (fused: 2, naive: 1); dA + dB {2 * o * r * i / 1e9:.2f}; "
           f"two-gemm adds {2 * n * o * i / 1e9:.2f} per forward; LoRA: 2*2*N*o*i + 6*N*r*(o+i) = "
           f"{(4 * n * o * i + 6 * n * r * (o + i)) / 1e9:.2f}")
-    return H.rows_json([rows[k] for k in cands])
+    return harness.rows_json([rows[k] for k in cands])
 
 
 def main(argv=None) -> int:
     args = parse(argv)
-    info = H.begin(args)
+    info = harness.begin(args)
     out = {"machine": info, "args": vars(args), "rotation": {}, "layer": {}}
     g = torch.Generator().manual_seed(0)
     for spec in args.shapes:
@@ -276,7 +276,7 @@ def main(argv=None) -> int:
         out["rotation"][spec] = bench_rotation(args, o, i, w, a, b)
         for n in args.tokens:
             out["layer"][f"{spec}/N{n}"] = bench_layer(args, o, i, n, w, a, b, g)
-    H.write_json(args.json, out)
+    harness.write_json(args.json, out)
     return 0
 
 

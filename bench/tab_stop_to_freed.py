@@ -29,9 +29,9 @@ sys.path.insert(0, str(ROOT))
 import _bootstrap  # noqa: E402
 
 _bootstrap.register()
-from wadi_lorad.trainer.tab import procs  # noqa: E402
-from wadi_lorad.trainer.tab.runner import JobRunner  # noqa: E402
-from wadi_lorad.trainer.tab.store import JobStore  # noqa: E402
+from wadi_lorad.trainer.jobs import procs  # noqa: E402
+from wadi_lorad.trainer.jobs.runner import JobRunner  # noqa: E402
+from wadi_lorad.trainer.jobs.store import JobStore  # noqa: E402
 
 TRAINER = r'''
 import os, signal, sys, time

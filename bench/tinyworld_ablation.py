@@ -31,18 +31,17 @@ import sys
 import time
 from pathlib import Path
 
-import harness as H
+import harness
 import torch
 
-H.load_package()
-from wadi_lorad.lorad import analysis as LA  # noqa: E402
+harness.load_package()
+from wadi_lorad.lorad import analysis as lorad_analysis  # noqa: E402
 from wadi_lorad.lorad.extract import extract_state  # noqa: E402
 from wadi_lorad.lorad.fsutil import atomic_write_text  # noqa: E402
 from wadi_lorad.lorad.presets import PRESETS  # noqa: E402
 from wadi_lorad.trainer.backbones import load_backbone  # noqa: E402
 from wadi_lorad.trainer.demo import DemoSettings, demo_config  # noqa: E402
-from wadi_lorad.trainer.tinyworld import domain  # noqa: E402
-from wadi_lorad.trainer.tinyworld import metrics as M  # noqa: E402
+from wadi_lorad.trainer.tinyworld import domain, metrics  # noqa: E402
 
 # "kind" or "kind@lr" (plain: the demo's student lr 3e-3).  Each student kind runs at two or three
 # learning rates, and the table's verdict uses each kind's best: one lr for all would favour whichever
@@ -96,13 +95,13 @@ def run_child(a: argparse.Namespace, kind: str) -> None:
     if lr:
         s.overrides.append(("optim.student_lr", lr))
     prompts_file = out / "prompts.txt"
-    eval_prompts = M.fixed_eval_prompts(s.eval_prompts)
+    eval_prompts = metrics.fixed_eval_prompts(s.eval_prompts)
     d = Distiller(demo_config(s, prompts_file), extra_prompts=eval_prompts)
     d.run()
     seeds = [int(x) for x in a.eval_seeds.split(",")]
     per: dict[str, list[dict]] = {}
     for seed in seeds:
-        noise = M.eval_noise(len(eval_prompts), seed, d.latent)
+        noise = metrics.eval_noise(len(eval_prompts), seed, d.latent)
         if kind == "lorad":  # the teacher rows, once, from the same noise
             imgs = generate_three(d, d.extra_cond, noise, s.teacher_steps, s.teacher_cfg, desc=f"seed {seed}")
         else:
@@ -110,27 +109,27 @@ def run_child(a: argparse.Namespace, kind: str) -> None:
                 imgs = {"wadi_1step": student_images(d.bb, m, d.extra_cond, noise, d.settings.alpha_bar_T,
                                                      d.settings.timestep)}
         for name, im in imgs.items():
-            per.setdefault(name, []).append(M.evaluate_images(im, eval_prompts))
-    merged = {k: v.detach().cpu().float() for k, v in merged_denoiser(d).state_dict().items()}
+            per.setdefault(name, []).append(metrics.evaluate_images(im, eval_prompts))
+    merged = {k: v.detach().cpu().float() for k, v in merged_denoiser(d.views).state_dict().items()}
     from safetensors.torch import save_file
 
     save_file(merged, str(out / kind / "merged_unet.safetensors"))
     rusage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
     res = {"kind": kind, "lr": d.cfg.optim.student_lr, "steps": d.step, "batch": d.cfg.train.batch_size,
            "trainable_params": d.views.student.num_params(), "step_time_s": d.train_time_s / max(1, d.step),
-           "peak_rss_mib": rusage, "scores": {k: M.summarize(v) for k, v in per.items()}, "per_seed": per}
+           "peak_rss_mib": rusage, "scores": {k: metrics.summarize(v) for k, v in per.items()}, "per_seed": per}
     atomic_write_text(out / kind / "result.json", json.dumps(res, indent=2))
 
 
 def extraction_rows(a: argparse.Namespace, teacher_sd: dict, full_sd: dict) -> dict[str, dict]:
     """LoRaD angles extracted from the full-FT student at each rank, scored one-step."""
-    from wadi_lorad.lorad import inject as LI
+    from wadi_lorad.lorad import inject
     from wadi_lorad.lorad.presets import family_of
     from wadi_lorad.trainer.cmd_sample import one_step_params
 
-    bb = load_backbone(M.DEFAULT_TEACHER)
+    bb = load_backbone(metrics.DEFAULT_TEACHER)
     t = PRESETS["paper-student"][family_of(bb.denoiser)]
-    prompts = M.fixed_eval_prompts(256)
+    prompts = metrics.fixed_eval_prompts(256)
     cond_all = bb.encode_prompts(prompts, "cpu")
     T, ab_T = one_step_params(None, bb, None, None)  # the schedule's abar at T = 999, as the demo student
     rows = {}
@@ -138,17 +137,17 @@ def extraction_rows(a: argparse.Namespace, teacher_sd: dict, full_sd: dict) -> d
         res = extract_state(teacher_sd, full_sd, rank=r or None, tol=float("inf"), include=list(t.include),
                             exclude=list(t.exclude))
         name = f"rank{r}" if r else "dense"
-        LI.load_adapter_state(bb.denoiser, name, res.layers)
+        inject.load_adapter_state(bb.denoiser, name, res.layers)
         summ = res.summary()
         per = []
-        with LI.active_adapters(bb.denoiser, (name,)):
+        with inject.active_adapters(bb.denoiser, (name,)):
             for seed in [int(x) for x in a.eval_seeds.split(",")]:
-                noise = M.eval_noise(len(prompts), seed, bb.latent_shape(0))
+                noise = metrics.eval_noise(len(prompts), seed, bb.latent_shape(0))
                 imgs = student_images(bb, bb.denoiser, cond_all, noise, ab_T, T)
-                per.append(M.evaluate_images(imgs, prompts))
+                per.append(metrics.evaluate_images(imgs, prompts))
         n = sum(v.numel() for layer in res.layers.values() for v in layer.values())
         rows[name] = {"params": n, "factored": summ["factored"], "dense_fallback": summ["dense_fallback"],
-                      "scores": M.summarize(per)}
+                      "scores": metrics.summarize(per)}
         print(f"extracted {name}: {n:,} values, {summ['factored']} factored / {summ['dense_fallback']} dense, "
               f"alignment {rows[name]['scores']['alignment_mean']:.3f}, FD {rows[name]['scores']['fd_mean']:.0f}",
               flush=True)
@@ -178,20 +177,20 @@ def main(argv=None) -> int:
     results = {k: json.loads((out / k / "result.json").read_text()) for k in kinds}
     from safetensors.torch import load_file
 
-    teacher_sd = {k: v.float() for k, v in load_backbone(M.DEFAULT_TEACHER).denoiser.state_dict().items()}
+    teacher_sd = {k: v.float() for k, v in load_backbone(metrics.DEFAULT_TEACHER).denoiser.state_dict().items()}
     merged = {k: load_file(str(out / k / "merged_unet.safetensors")) for k in kinds}
     fulls = [k for k in kinds if k.startswith("full")]
     full = min(fulls, key=lambda k: results[k]["scores"]["wadi_1step"]["fd_mean"]) if fulls else ""
     analysis = {}
     for k in kinds:
-        r = LA.analyze(merged[k], teacher_sd, keep_curves=False)
+        r = lorad_analysis.analyze(merged[k], teacher_sd, keep_curves=False)
         s = r.summary()
         lin = [x for x in r.layers if len(x.shape) == 2]
         analysis[k] = {"norm_change_mean": sum(x.norm_mean for x in lin) / len(lin),
                        "dir_change_mean": sum(x.dir_mean for x in lin) / len(lin), "summary": s}
         if a.figure and k in ("lorad", full):
             fig = Path(a.figure)
-            LA.plot_norm_direction(r, fig.with_name(f"{fig.stem}_{k.replace('@', '_lr')}{fig.suffix}"),
+            lorad_analysis.plot_norm_direction(r, fig.with_name(f"{fig.stem}_{k.replace('@', '_lr')}{fig.suffix}"),
                                    title=f"tiny world: WaDi {k} student vs teacher")
     extraction = extraction_rows(a, teacher_sd, merged[full]) if full else {}
     teacher = results[kinds[0]]["scores"] if kinds[0] == "lorad" else {}
@@ -218,7 +217,7 @@ def main(argv=None) -> int:
               f"{cell(row['scores'], 'fd', 0):>12s} {row['params']:>11,d}")
     print(f"(extraction source: {full})")
     record = {"settings": {k: v for k, v in vars(a).items() if k != "child"}, "results": results,
-              "analysis": analysis, "extraction": extraction, "extraction_source": full, "machine": H.machine_info()}
+              "analysis": analysis, "extraction": extraction, "extraction_source": full, "machine": harness.machine_info()}
     for r in record["results"].values():
         r.pop("per_seed", None)
     if a.json:

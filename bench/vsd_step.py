@@ -16,19 +16,19 @@ from __future__ import annotations
 
 import sys
 
-import harness as H
+import harness
 import torch
 
-H.load_package()
-import models as M  # noqa: E402
-import official as O  # noqa: E402
+harness.load_package()
+import models  # noqa: E402
+import official  # noqa: E402
 
 CANDS = ("ours", "ours-lora", "official")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def parse(argv=None):
-    p = H.base_parser(__doc__.split("\n")[0])
+    p = harness.base_parser(__doc__.split("\n")[0])
     p.add_argument("--models", nargs="+", default=["tiny", "sd15-lite"], help="tiny | sd15-lite | sd15")
     p.add_argument("--candidates", nargs="+", default=["ours", "official"], choices=CANDS,
                    help="ours-lora = our trainer with a PEFT LoRA student (fake stays LoRaD), the ablation setting")
@@ -60,37 +60,37 @@ class Ours:
 
     def __init__(self, base, args, student_kind: str = "lorad") -> None:
         from wadi_lorad.lorad.onestep import alpha_bar_at, scaled_linear_alphas_cumprod
-        from wadi_lorad.trainer import adapters as TA
-        from wadi_lorad.trainer import backbones as TB
-        from wadi_lorad.trainer import step as TS
+        from wadi_lorad.trainer import adapters, backbones
+        from wadi_lorad.trainer import step as trainer_step
         from wadi_lorad.trainer.config import AdapterConfig
 
-        self.TS, self.TB = TS, TB
-        self.unet = M.share_base_copy(base)
+        self.trainer_step, self.backbones = trainer_step, backbones  # imported here: trainer/ may be absent
+        self.unet = models.share_base_copy(base)
         ac = scaled_linear_alphas_cumprod()
-        self.bb = TB.Backbone(folder=M.ROOT, kind="sd", index={}, denoiser=self.unet, vae=None, text=[],
-                              scheduler_config={}, alphas_cumprod=ac, prediction_type="epsilon")
+        self.bb = backbones.Backbone(folder=models.ROOT, kind="sd", index={}, denoiser=self.unet, vae=None, text=[],
+                                     scheduler_config={}, alphas_cumprod=ac, prediction_type="epsilon")
         cfg = AdapterConfig(kind=student_kind, student_rank=args.student_rank, fake_rank=args.fake_rank)
-        self.views = TA.build_views(self.unet, cfg)
+        self.views = adapters.build_views(self.unet, cfg)
         # Off zero (never time on zeros): LoRaD A, LoRA B start at 0.
-        M._randomize([p for n, p in self.views.student.params.items() if n.endswith(".A") or "lora_B" in n], 1e-3, 0)
-        M._randomize([p for n, p in self.views.fake.params.items() if n.endswith(".A")], 1e-3, 1)
+        models._randomize([p for n, p in self.views.student.params.items() if n.endswith(".A") or "lora_B" in n], 1e-3, 0)
+        models._randomize([p for n, p in self.views.fake.params.items() if n.endswith(".A")], 1e-3, 1)
         if args.gradient_checkpointing:
             self.bb.enable_gradient_checkpointing(self.unet)
-        self.settings = TS.StepSettings(timestep=999, alpha_bar_T=alpha_bar_at(ac, 999), guidance=args.guidance,
-                                        fake_guidance=args.guidance, t_range=(20, 980), fake_t_range=(0, 999),
-                                        null_prob=0.1)
+        self.settings = trainer_step.StepSettings(timestep=999, alpha_bar_T=alpha_bar_at(ac, 999),
+                                                  guidance=args.guidance, fake_guidance=args.guidance,
+                                                  t_range=(20, 980), fake_t_range=(0, 999), null_prob=0.1)
         self.opt_s = torch.optim.AdamW(self.views.student.parameters(), lr=1e-4, weight_decay=0.0)
         self.opt_f = torch.optim.AdamW(self.views.fake.parameters(), lr=1e-2, weight_decay=0.0)
         dev = args.device
         ac_dtype = DTYPES.get(args.autocast) if args.autocast else None
         self.autocast = (lambda: torch.autocast(dev, dtype=ac_dtype)) if ac_dtype else None
 
-    def step(self, d: O.Draw, cond, null) -> None:
-        TS, TB = self.TS, self.TB
-        batch = TS.Batch(d.prompt_idx, d.z, d.t, d.noise, d.t_fake, d.noise_fake, d.drop)
+    def step(self, d: official.Draw, cond, null) -> None:
+        trainer_step, backbones = self.trainer_step, self.backbones
+        batch = trainer_step.Batch(d.prompt_idx, d.z, d.t, d.noise, d.t_fake, d.noise_fake, d.drop)
         kw = {"autocast": self.autocast} if self.autocast else {}
-        TS.micro_step(self.bb, self.views, batch, TB.TextCond(cond), TB.TextCond(null), self.settings, **kw)
+        trainer_step.micro_step(self.bb, self.views, batch, backbones.TextCond(cond), backbones.TextCond(null),
+                                self.settings, **kw)
         for params, opt in ((self.views.student.parameters(), self.opt_s), (self.views.fake.parameters(), self.opt_f)):
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
@@ -109,7 +109,7 @@ def make(kind: str, base, args, copies: bool):
     if kind == "ours-lora":
         return Ours(base, args, student_kind="lora")
     ac = DTYPES.get(args.autocast) if args.autocast else None
-    return O.OfficialLoop(base, args.student_rank, args.fake_rank, copies=copies, guidance=args.guidance,
+    return official.OfficialLoop(base, args.student_rank, args.fake_rank, copies=copies, guidance=args.guidance,
                           alpha_bar_T=0.0047, autocast=ac, gradient_checkpointing=args.gradient_checkpointing)
 
 
@@ -117,37 +117,37 @@ def inputs(args, base):
     side = latent_side(args, base)
     lat = (int(base.config.in_channels), side, side)
     gen = torch.Generator().manual_seed(0)
-    d = O.draw(gen, args.batch, lat)
+    d = official.draw(gen, args.batch, lat)
     dim = int(base.config.cross_attention_dim)
     cond = torch.randn(args.batch, 77, dim, generator=gen)
     null = torch.randn(1, 77, dim, generator=gen)
     mv = lambda t: t.to(args.device)  # noqa: E731
-    d = O.Draw(*(mv(getattr(d, f)) for f in O.Draw.__dataclass_fields__))
+    d = official.Draw(*(mv(getattr(d, f)) for f in official.Draw.__dataclass_fields__))
     return d, mv(cond), mv(null)
 
 
 def mem_child(args) -> None:
     model, kind = args.mem_child.split(":")
     args.model = model
-    M.preload()
-    H.child_start(args.device)
-    base = M.build_unet(model, dtype=_dtype(args.dtype), device=args.device)
+    models.preload()
+    harness.child_start(args.device)
+    base = models.build_unet(model, dtype=_dtype(args.dtype), device=args.device)
     d, cond, null = inputs(args, base)
     runner = make(kind, base, args, copies=True)
     del base  # the official loop holds its own three copies; ours holds the base via its views
     runner.step(d, cond, null)  # warm-up (optimizer state is created here)
-    H.child_report(H.measure_peak(lambda: runner.step(d, cond, null), args.device))
+    harness.child_report(harness.measure_peak(lambda: runner.step(d, cond, null), args.device))
 
 
 def run_model(args, model: str) -> list[dict] | None:
     try:
-        base = M.build_unet(model, dtype=_dtype(args.dtype), device=args.device)
+        base = models.build_unet(model, dtype=_dtype(args.dtype), device=args.device)
     except FileNotFoundError as e:
         print(f"\n== {model}: skipped ({e}) ==")
         return None
     copies = args.copies == "real" or (args.copies == "auto" and model == "tiny")
     side = latent_side(args, base)
-    load = H.wait_for_quiet(args.max_load, args.wait)
+    load = harness.wait_for_quiet(args.max_load, args.wait)
     print(f"\n== {model}: latent {side}x{side}, batch {args.batch}, student r{args.student_rank} / fake "
           f"r{args.fake_rank}, CFG {args.guidance}, official copies {'real' if copies else 'shared'}, "
           f"load {load:.2f} ==", flush=True)
@@ -158,22 +158,22 @@ def run_model(args, model: str) -> list[dict] | None:
     runners = {k: make(k, base, args, copies) for k in args.candidates}
     del base
     steps = {k: (lambda r=r: r.step(d, cond, null)) for k, r in runners.items()}
-    times = H.interleaved(steps, args.repeats, args.warmup, args.device)
+    times = harness.interleaved(steps, args.repeats, args.warmup, args.device)
     steps.clear()
     runners.clear()
-    rows = H.paired_rows(times, "official")
+    rows = harness.paired_rows(times, "official")
     if not args.no_mem:
-        mem = H.memory_by_subprocess(sys.argv[0], [f"{model}:{k}" for k in args.candidates], sys.argv[1:],
+        mem = harness.memory_by_subprocess(sys.argv[0], [f"{model}:{k}" for k in args.candidates], sys.argv[1:],
                                      args.device)
-        H.add_memory(rows, {k.split(":")[1]: v for k, v in mem.items()}, "official")
+        harness.add_memory(rows, {k.split(":")[1]: v for k, v in mem.items()}, "official")
     table = [rows[k] for k in args.candidates]
-    print(H.fmt_table(table, "official"))
-    return H.rows_json(table)
+    print(harness.fmt_table(table, "official"))
+    return harness.rows_json(table)
 
 
 def main(argv=None) -> int:
     args = parse(argv)
-    info = H.begin(args, mem_child)
+    info = harness.begin(args, mem_child)
     if info is None:  # a memory-measuring child
         return 0
     results = {}
@@ -182,7 +182,7 @@ def main(argv=None) -> int:
         table = run_model(args, model)
         if table is not None:
             results[model] = table
-    H.write_json(args.json, {"machine": info, "args": vars(args), "results": results})
+    harness.write_json(args.json, {"machine": info, "args": vars(args), "results": results})
     return 0
 
 

@@ -18,7 +18,7 @@ from .inject import (
     set_active,
     unmerge,
 )
-from .layer import LoRaDAdapter, LoRaDLayer
+from .layer import LoRaDAngles, LoRaDLayer
 from .presets import PRESETS, Targets
 
 __all__ = [
@@ -36,7 +36,7 @@ __all__ = [
     "load_adapter_state",
     "count_parameters",
     "LoRaDLayer",
-    "LoRaDAdapter",
+    "LoRaDAngles",
     "PRESETS",
     "Targets",
 ]

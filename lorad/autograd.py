@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import functional as LF
+from . import functional
 
-__all__ = ["AngleTerm", "ConvArgs", "rotated_forward", "naive_forward", "effective_angles"]
+__all__ = ["AngleTerm", "ConvArgs", "numeric_padding", "rotated_forward", "naive_forward", "effective_angles"]
 
 
 @dataclass(frozen=True)
@@ -41,22 +41,47 @@ class AngleTerm:
     b: Tensor | None = None
 
     def theta(self) -> Tensor:
-        return LF.angles(self.a, self.b) if self.b is not None else LF.wrap_angles(LF.up(self.a))
+        return functional.angles(self.a, self.b) if self.b is not None else functional.wrap_angles(functional.up(self.a))
 
 
 @dataclass(frozen=True)
 class ConvArgs:
-    """Static arguments of a Conv2d call."""
+    """Static arguments of a Conv2d call.
+
+    ``padding`` is numeric: the fused backward calls ``torch.nn.grad.conv2d_input/_weight``,
+    which accept no ``"same"``/``"valid"`` (see :func:`numeric_padding` for converting them).
+    """
 
     stride: tuple[int, int] = (1, 1)
-    padding: tuple[int, int] | str = (0, 0)
+    padding: tuple[int, int] = (0, 0)
     dilation: tuple[int, int] = (1, 1)
     groups: int = 1
+
+    def __post_init__(self) -> None:
+        if isinstance(self.padding, str):
+            raise ValueError(f"ConvArgs: padding={self.padding!r} is not supported (the LoRaD backward needs "
+                             "numeric padding, e.g. (1, 1)); convert it with numeric_padding()")
+
+
+def numeric_padding(padding: tuple[int, int] | str, kernel_size: tuple[int, int], stride: tuple[int, int],
+                    dilation: tuple[int, int], where: str = "Conv2d") -> tuple[int, int]:
+    """A Conv2d's padding as numbers: ``"valid"`` is 0; ``"same"`` is exact only where it pads both
+    sides equally (stride 1 and an even ``dilation * (kernel - 1)``), which every SD-family conv does."""
+    if not isinstance(padding, str):
+        return tuple(int(p) for p in padding)
+    if padding == "valid":
+        return (0, 0)
+    total = [d * (k - 1) for k, d in zip(kernel_size, dilation)]
+    if padding == "same" and all(s == 1 for s in stride) and all(t % 2 == 0 for t in total):
+        return (total[0] // 2, total[1] // 2)
+    raise ValueError(f"{where}: padding={padding!r} with kernel {tuple(kernel_size)}, stride {tuple(stride)}, "
+                     f"dilation {tuple(dilation)} pads the sides unequally, which LoRaD's Conv2d does not support "
+                     "(expected numeric padding or 'same' with an odd effective kernel)")
 
 
 def effective_angles(terms: Sequence[AngleTerm]) -> Tensor | None:
     """Sum of ``strength * theta`` over the terms (None when all strengths are 0)."""
-    return LF.combine_angles([(t.strength, t.theta()) for t in terms])
+    return functional.combine_angles([(t.strength, t.theta()) for t in terms])
 
 
 def _op(x: Tensor, w: Tensor, bias: Tensor | None, conv: ConvArgs | None) -> Tensor:
@@ -82,10 +107,10 @@ def _no_autocast(device_type: str) -> contextlib.AbstractContextManager:
 
 def _rotated32(weight: Tensor, terms: Sequence[AngleTerm]) -> Tensor:
     theta = effective_angles(terms)
-    w32 = LF.up(weight).contiguous()
+    w32 = functional.up(weight).contiguous()
     if theta is None:
         return w32
-    return LF.rotate_pairs(w32, torch.cos(theta), torch.sin(theta))
+    return functional.rotate_pairs(w32, torch.cos(theta), torch.sin(theta))
 
 
 class _RotatedOp(torch.autograd.Function):
@@ -126,19 +151,19 @@ class _RotatedOp(torch.autograd.Function):
             if conv is None:
                 g2 = grad_out.reshape(-1, grad_out.shape[-1])
                 x2 = x.reshape(-1, x.shape[-1])
-                g_wrot = LF.up(g2.t() @ x2)
+                g_wrot = functional.up(g2.t() @ x2)
             else:
                 g_wrot = torch.nn.grad.conv2d_weight(
                     x, w_rot.shape, grad_out, conv.stride, conv.padding, conv.dilation, conv.groups
                 )
-                g_wrot = LF.up(g_wrot)
+                g_wrot = functional.up(g_wrot)
             grads_t = _term_grads(terms, tensors, w_rot32, g_wrot, ctx.needs_input_grad[5:]) if need_terms else [
                 None
             ] * len(tensors)
             if ctx.needs_input_grad[1]:
                 # W' = R W  =>  dL/dW = R^T dL/dW' = rotation by -theta of the gradient.
                 theta = effective_angles(terms)
-                g = g_wrot if theta is None else LF.rotate_pairs(g_wrot, torch.cos(theta), -torch.sin(theta))
+                g = g_wrot if theta is None else functional.rotate_pairs(g_wrot, torch.cos(theta), -torch.sin(theta))
                 grad_w = g.to(weight.dtype)
         else:
             grads_t = [None] * len(tensors)
@@ -160,15 +185,15 @@ def _terms(spec: tuple[tuple[float, bool], ...], tensors: Sequence[Tensor]) -> l
 
 
 def _term_grads(terms, tensors, w_rot32, g_wrot, needs) -> list[Tensor | None]:
-    d_theta = LF.angle_grad(w_rot32, g_wrot)  # (out, pairs), d loss / d total angle
+    d_theta = functional.angle_grad(w_rot32, g_wrot)  # (out, pairs), d loss / d total angle
     grads: list[Tensor | None] = []
     i = 0
     for t in terms:
         ds = d_theta * t.strength if t.strength != 1 else d_theta
         if t.b is not None:
             # theta = wrap(A @ B); wrap has derivative 1 almost everywhere.
-            ga = (ds @ LF.up(t.b).t()).to(t.a.dtype) if needs[i] else None
-            gb = (LF.up(t.a).t() @ ds).to(t.b.dtype) if needs[i + 1] else None
+            ga = (ds @ functional.up(t.b).t()).to(t.a.dtype) if needs[i] else None
+            gb = (functional.up(t.a).t() @ ds).to(t.b.dtype) if needs[i + 1] else None
             grads += [ga, gb]
             i += 2
         else:
@@ -207,10 +232,10 @@ def naive_forward(
 ) -> Tensor:
     """Reference path: plain autograd through the rotation (keeps cos/sin/W' for backward)."""
     theta = effective_angles(terms)
-    w = LF.up(weight)
+    w = functional.up(weight)
     if theta is not None:
         w32 = w.contiguous()
-        w = LF.rotate_pairs(w32, torch.cos(theta), torch.sin(theta))
+        w = functional.rotate_pairs(w32, torch.cos(theta), torch.sin(theta))
     dtype = _compute_dtype(x, weight)
     with _no_autocast(x.device.type):
         b = bias.to(dtype) if bias is not None else None

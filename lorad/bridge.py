@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from . import keymap as KM
+from . import keymap
 from .archs import get_arch
 from .inject import adapter_state, load_adapter_state
 from .io import (
@@ -45,8 +45,8 @@ def model_layout(arch: str, model: nn.Module, component: str | None = None) -> d
     config = getattr(model, "config", None)
     if not isinstance(config, Mapping):
         return None
-    layout = KM.layout_of(config, spec.family)
-    return None if layout == KM.default_layout(spec) else layout
+    layout = keymap.layout_of(config, spec.family)
+    return None if layout == keymap.default_layout(spec) else layout
 
 
 def weight_shapes_of(
@@ -59,8 +59,8 @@ def weight_shapes_of(
         if not name or not isinstance(w, Tensor) or w.dim() < 2:
             continue
         try:
-            shapes[KM.to_file_key(arch, name, component, layout)] = tuple(w.shape)
-        except KM.KeyMapError:
+            shapes[keymap.to_file_key(arch, name, component, layout)] = tuple(w.shape)
+        except keymap.KeyMapError:
             continue
     return shapes
 
@@ -121,14 +121,14 @@ def load_adapter(
     f = src if isinstance(src, LoRaDFile) else load_lorad(src)
     spec = get_arch(f.arch)
     component = component or spec.denoiser
-    prefix = KM.file_prefix(spec, component)  # unknown component for this arch: KeyMapError
+    prefix = keymap.file_prefix(spec, component)  # unknown component for this arch: KeyMapError
     layout = model_layout(spec.id, model, component)
-    own = {k: t for k, t in f.layers.items() if KM.component_of(spec, k) == component}
+    own = {k: t for k, t in f.layers.items() if keymap.component_of(spec, k) == component}
     if not own:
         raise LoRaDFileError(f.path, None, f"no layers for component {component!r}", f"keys starting with {prefix!r}")
     sub = LoRaDFile(f.path, own, f.metadata, f.storage_dtype)
     matched = validate_layers(sub, weight_shapes_of(spec.id, model, component, layout), allow_partial=allow_partial)
     state = adapter_state_from_layers(spec.id, {k: own[k] for k in matched}, component, layout)
     if component != spec.denoiser:
-        state = {KM.text_name_in(model, n): t for n, t in state.items()}
+        state = {keymap.text_name_in(model, n): t for n, t in state.items()}
     return load_adapter_state(model, adapter, state, strict=True)

@@ -309,7 +309,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from . import analysis as AN
+    from . import analysis
     from .checkpoint import load_state_dict, save_safetensors, write_diffusers_folder
 
     if not 0 < args.frac <= 1:
@@ -324,7 +324,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         swap_paths = [outdir / f"norm_swapped{suffix}", outdir / f"direction_swapped{suffix}"]
     _refuse_existing(targets + swap_paths, args.force)
     te = load_state_dict(args.teacher, args.component)
-    res = AN.analyze(st.state, te.state, include=args.include, frac=args.frac, progress=_progress(args, "analyze"))
+    res = analysis.analyze(st.state, te.state, include=args.include, frac=args.frac, progress=_progress(args, "analyze"))
     if not res.layers:
         from .statekeys import ldm_prefix
 
@@ -334,13 +334,13 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         raise CLIError(f"{args.student} / {args.teacher}: no weight matrices with matching keys and shapes "
                        f"to compare{hint}")
     summ = res.summary()
-    AN.write_csv(res, outdir / names["csv"])
+    analysis.write_csv(res, outdir / names["csv"])
     atomic_write_text(outdir / names["summary"], json.dumps(_json_safe(
         {"student": str(args.student), "teacher": str(args.teacher), **summ, "skipped": res.skipped}), indent=2) + "\n")
     title = args.title or f"{Path(args.student).name} vs {Path(args.teacher).name}"
-    AN.plot_norm_direction(res, outdir / names["fig_a"], title=title)
-    AN.plot_svd_energy(res, outdir / names["fig_b"], title=f"{title}: direction residual SVD energy")
-    for path, fn in zip(swap_paths, (AN.norm_swapped, AN.direction_swapped)):
+    analysis.plot_norm_direction(res, outdir / names["fig_a"], title=title)
+    analysis.plot_svd_energy(res, outdir / names["fig_b"], title=f"{title}: direction residual SVD energy")
+    for path, fn in zip(swap_paths, (analysis.norm_swapped, analysis.direction_swapped)):
         swapped = fn(st.state, te.state, include=args.include)
         if st.config is not None:
             write_diffusers_folder(swapped, path, st.config, force=args.force)

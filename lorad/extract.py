@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor
 
-from . import functional as LF
+from . import functional
 
 __all__ = [
     "LayerExtraction",
@@ -143,8 +143,8 @@ def pair_angles(base: Tensor, merged: Tensor, zero_rel: float = 1e-6) -> tuple[T
     no defined angle; it gets 0 (whatever the merged pair is shows up in the residual).
     """
     if base.shape != merged.shape:
-        raise LF.LoRaDShapeError(f"base {tuple(base.shape)} and merged {tuple(merged.shape)} shapes differ")
-    LF.check_pairable(base.shape)
+        raise functional.LoRaDShapeError(f"base {tuple(base.shape)} and merged {tuple(merged.shape)} shapes differ")
+    functional.check_pairable(base.shape)
     p, q = _pairs64(base), _pairs64(merged)
     a, b = p[..., 0], p[..., 1]
     a2, b2 = q[..., 0], q[..., 1]
@@ -153,12 +153,12 @@ def pair_angles(base: Tensor, merged: Tensor, zero_rel: float = 1e-6) -> tuple[T
     zero = pn <= zero_rel * pn.max() if pn.numel() else pn.bool()
     theta = torch.where(zero, torch.zeros_like(theta), theta)
     # atan2 gives (-pi, pi]; store the library's canonical [-pi, pi) (same rotation).
-    return LF.wrap_angles(theta), zero
+    return functional.wrap_angles(theta), zero
 
 
 def angular_error(approx: Tensor, theta: Tensor) -> Tensor:
     """Elementwise angular distance ``|wrap(approx - theta)|`` (angles equal modulo 2pi)."""
-    return LF.wrap_angles(approx - theta).abs()
+    return functional.wrap_angles(approx - theta).abs()
 
 
 # -- factorisation ----------------------------------------------------------------------
@@ -243,7 +243,7 @@ def factorize(
 
 
 def _rotate64(base: Tensor, theta: Tensor) -> Tensor:
-    return LF.rotate(base.detach().to(torch.float64), theta.to(torch.float64))
+    return functional.rotate(base.detach().to(torch.float64), theta.to(torch.float64))
 
 
 def _rel(diff: Tensor, ref: Tensor) -> float:
@@ -304,10 +304,10 @@ def extract_layer(
         "stored": "dense", "rank": None, "theta_err_rel": 0.0, "theta_err_max": 0.0, "factor_weight_err": 0.0,
         "weight_err": common["rotation_residual"], "energy_kept": 1.0,
     }
-    if rank is None or LF.prefer_dense(out_f, pairs, rank):
+    if rank is None or functional.prefer_dense(out_f, pairs, rank):
         return {"theta": theta.float()}, LayerExtraction(**dense_rep, **common)
     a, b, info = factorize(theta, rank, unwrap=unwrap)
-    approx = LF.angles(a.double(), b.double())
+    approx = functional.angles(a.double(), b.double())
     fact_rot = _rotate64(w0, approx)
     factor_err = _rel(fact_rot - dense_rot, w1)
     if factor_err > tol:
@@ -403,7 +403,7 @@ def extract_state(
         ):
             others.append(_diff(key, kind, w0, w1, note="not targeted"))
             continue
-        if candidate and LF.pair_width(w0.shape) % 2:
+        if candidate and functional.pair_width(w0.shape) % 2:
             others.append(_diff(key, kind, w0, w1, note="odd row width: cannot be a LoRaD rotation"))
             continue
         if not candidate:

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from . import functional as LF
+from . import functional
 from .layer import LoRaDLayer
 from .presets import Targets, resolve_targets
 
@@ -81,7 +81,7 @@ def inject(
         raise ValueError(f"adapter {adapter!r}: no layer of {type(model).__name__} matches {t}")
     # Validate everything before touching the model (nothing half-applied).
     for name, m in chosen:
-        LF.check_pairable(m.weight.shape, name)
+        functional.check_pairable(m.weight.shape, name)
         if isinstance(m, LoRaDLayer) and adapter in m.lorad:
             raise ValueError(f"{name}: adapter {adapter!r} already exists")
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
@@ -97,7 +97,7 @@ def inject(
         if layer is not m:
             _set_submodule(model, name, layer)
         out_f = layer.weight.shape[0]
-        use_dense = dense is True or (dense == "auto" and LF.prefer_dense(out_f, layer.pairs, rank))
+        use_dense = dense is True or (dense == "auto" and functional.prefer_dense(out_f, layer.pairs, rank))
         ad = layer.add_adapter(adapter, None if use_dense else rank, dense=use_dense, generator=gen)
         if layer.weight.device.type != "meta" and ad.A is not None:
             ad.to(layer.weight.device)
@@ -235,7 +235,7 @@ def load_adapter_state(
         if weight is None or weight.dim() < 2:
             problems.append(f"{name}: not a Linear/Conv2d layer")
             continue
-        pairs = LF.pair_width(weight.shape) // 2
+        pairs = functional.pair_width(weight.shape) // 2
         out_f = weight.shape[0]
         if "theta" in t:
             if tuple(t["theta"].shape) != (out_f, pairs):

@@ -16,15 +16,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import functional as LF
-from .autograd import AngleTerm, ConvArgs, naive_forward, rotated_forward
+from . import functional
+from .autograd import AngleTerm, ConvArgs, naive_forward, numeric_padding, rotated_forward
 
-__all__ = ["LoRaDAdapter", "LoRaDLayer", "SUPPORTED_TYPES"]
+__all__ = ["LoRaDAngles", "LoRaDLayer", "SUPPORTED_TYPES"]
 
 SUPPORTED_TYPES = (nn.Linear, nn.Conv2d)
 
 
-class LoRaDAdapter(nn.Module):
+class LoRaDAngles(nn.Module):
     """Angles of one adapter on one layer: factors ``A (out, r)``, ``B (r, pairs)`` or dense ``theta``."""
 
     def __init__(
@@ -46,7 +46,7 @@ class LoRaDAdapter(nn.Module):
             if rank is None:
                 raise ValueError("a factored LoRaD adapter needs a rank")
             self.rank = int(rank)
-            a, b = LF.init_factors(out_features, pairs, self.rank, generator=generator, device=device)
+            a, b = functional.init_factors(out_features, pairs, self.rank, generator=generator, device=device)
             self.A, self.B = nn.Parameter(a), nn.Parameter(b)
             self.theta = None
 
@@ -80,14 +80,15 @@ class LoRaDLayer(nn.Module):
             raise TypeError(f"{name or 'module'}: LoRaD supports {SUPPORTED_TYPES}, got {type(base).__name__}")
         self.layer_name = name
         self.base_type = type(base)
-        self.pairs = LF.check_pairable(base.weight.shape, name or type(base).__name__)
+        self.pairs = functional.check_pairable(base.weight.shape, name or type(base).__name__)
         # Share the frozen parameters (no copy) so state-dict keys ``weight``/``bias`` stay put.
         self.weight = base.weight
         self.bias = base.bias
         if isinstance(base, nn.Conv2d):
             if base.padding_mode != "zeros":
                 raise ValueError(f"{name}: LoRaD Conv2d supports padding_mode='zeros' only")
-            self.conv: ConvArgs | None = ConvArgs(base.stride, base.padding, base.dilation, base.groups)
+            padding = numeric_padding(base.padding, base.kernel_size, base.stride, base.dilation, name or "Conv2d")
+            self.conv: ConvArgs | None = ConvArgs(base.stride, padding, base.dilation, base.groups)
             for attr in ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups"):
                 setattr(self, attr, getattr(base, attr))
         else:
@@ -106,10 +107,10 @@ class LoRaDLayer(nn.Module):
         rank: int | None,
         dense: bool = False,
         generator: torch.Generator | None = None,
-    ) -> LoRaDAdapter:
+    ) -> LoRaDAngles:
         if name in self.lorad:
             raise ValueError(f"{self.layer_name}: adapter {name!r} already exists")
-        ad = LoRaDAdapter(self.weight.shape[0], self.pairs, rank, dense, generator, device=self.weight.device)
+        ad = LoRaDAngles(self.weight.shape[0], self.pairs, rank, dense, generator, device=self.weight.device)
         if self.weight.device.type == "meta":
             ad = ad.to("meta")
         self.lorad[name] = ad
@@ -159,8 +160,8 @@ class LoRaDLayer(nn.Module):
     def rotated_weight(self, names: Sequence[str] | None = None) -> Tensor:
         """The weight the forward would use (detached), in the base dtype."""
         with torch.no_grad():
-            theta = LF.combine_angles([(t.strength, t.theta()) for t in self.terms(names)])
-            return self.weight.detach().clone() if theta is None else LF.rotate(self.weight, theta)
+            theta = functional.combine_angles([(t.strength, t.theta()) for t in self.terms(names)])
+            return self.weight.detach().clone() if theta is None else functional.rotate(self.weight, theta)
 
     # -- merge --------------------------------------------------------------------
     @torch.no_grad()
@@ -188,9 +189,9 @@ class LoRaDLayer(nn.Module):
         if self._unmerged_weight is not None:
             self.weight.data.copy_(self._unmerged_weight)
         else:
-            theta = LF.combine_angles([(s, self.lorad[n].angles()) for n, s in self.merged])
+            theta = functional.combine_angles([(s, self.lorad[n].angles()) for n, s in self.merged])
             if theta is not None:
-                LF.rotate_(self.weight.data, theta, -1.0, self.layer_name)
+                functional.rotate_(self.weight.data, theta, -1.0, self.layer_name)
         self._unmerged_weight = None
         self.merged = []
 

@@ -17,6 +17,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path, PurePath, PureWindowsPath
 from typing import Any
 
 from .archs import get_arch
@@ -46,6 +47,7 @@ __all__ = [
     "parse_version",
     "build_metadata",
     "stringify",
+    "shareable",
 ]
 
 FORMAT_VERSION = "1.0"
@@ -153,6 +155,21 @@ def _one_step(one_step: OneStep | Mapping[str, Any] | None) -> OneStep | None:
                    str(one_step.get("prediction_type", "epsilon")))
 
 
+def shareable(value: Any) -> Any:
+    """A file travels without its author's folders: a path (``Path``, or a string with a folder part that is
+    not a URL) becomes its last component, e.g. ``/home/me/models/sd15`` -> ``sd15``; hashes identify it."""
+    if isinstance(value, PurePath):
+        return value.name
+    if isinstance(value, str) and _PATH.match(value) and "://" not in value:
+        return PureWindowsPath(value).name if "\\" in value else Path(value).name
+    return value
+
+
+# Absolute (/x, ~/x, C:\x, \\server), explicitly relative (./x, ../x), or a separator without spaces (runs/a.txt);
+# prompt texts with a slash ("a cat / a dog") have spaces and stay as they are.
+_PATH = re.compile(r"^(?:[/~]|[A-Za-z]:[\\/]|\\\\|\.\.?[\\/])|^[^\s]*[\\/][^\s]*$")
+
+
 def build_metadata(
     *,
     arch: str,
@@ -202,7 +219,7 @@ def build_metadata(
     for name, value in (provenance or {}).items():
         if not _NAME.match(str(name)):
             raise ValueError(f"provenance name {name!r} must be letters, digits, '_', '.', '-'")
-        md[PROVENANCE_PREFIX + str(name)] = stringify(value)
+        md[PROVENANCE_PREFIX + str(name)] = stringify(shareable(value))
     for name, value in extra.items():
         if value is None:
             continue

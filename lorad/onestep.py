@@ -25,10 +25,7 @@ __all__ = [
     "scaled_linear_alphas_cumprod",
     "alpha_bar_at",
     "sigma_of",
-    "timestep_of_sigma",
     "predict_x0",
-    "predict_x0_from_v",
-    "eps_from_v",
     "add_noise",
     "multistep_timesteps",
     "EpsFn",
@@ -64,25 +61,9 @@ def sigma_of(alpha_bar: float) -> float:
     return math.sqrt((1.0 - alpha_bar) / alpha_bar)
 
 
-def timestep_of_sigma(alphas_cumprod: Tensor, sigma: float) -> int:
-    """Nearest training timestep to ``sigma`` in log space (how ComfyUI picks t)."""
-    log_sigmas = torch.log(((1 - alphas_cumprod.double()) / alphas_cumprod.double()) ** 0.5)
-    return int(torch.argmin((log_sigmas - math.log(sigma)).abs()))
-
-
 def predict_x0(z: Tensor, eps: Tensor, alpha_bar: float) -> Tensor:
     """``(z - sqrt(1 - abar) * eps) / sqrt(abar)``, computed in ``z``'s dtype."""
     return (z - math.sqrt(1.0 - alpha_bar) * eps) / math.sqrt(alpha_bar)
-
-
-def predict_x0_from_v(z: Tensor, v: Tensor, alpha_bar: float) -> Tensor:
-    """x0 for a v-prediction model: ``sqrt(abar) z - sqrt(1 - abar) v``."""
-    return math.sqrt(alpha_bar) * z - math.sqrt(1.0 - alpha_bar) * v
-
-
-def eps_from_v(z: Tensor, v: Tensor, alpha_bar: float) -> Tensor:
-    """eps for a v-prediction model: ``sqrt(1 - abar) z + sqrt(abar) v``."""
-    return math.sqrt(1.0 - alpha_bar) * z + math.sqrt(alpha_bar) * v
 
 
 def add_noise(x0: Tensor, noise: Tensor, alpha_bar: float) -> Tensor:
@@ -99,6 +80,22 @@ def multistep_timesteps(steps: int, first: int = DEFAULT_TIMESTEP, num_train_tim
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     return [first - int(i * num_train_timesteps / steps) for i in range(steps)]
+
+
+# Steps 2-4 re-noise with fresh noise: image j's re-noise before step i+1 (i = 1, 2, ...) is drawn from a CPU
+# generator seeded ``seeds[j] + RENOISE_SEED_STRIDE * i``.  One rule for `wadi sample` and the WaDi Sampler node,
+# so the same seed gives the same few-step image in both; the stride keeps it apart from the next image's seed.
+RENOISE_SEED_STRIDE = 10_000
+
+
+def renoise_noise(seeds: Sequence[int], shape: Sequence[int], steps: int, dtype: torch.dtype = torch.float32
+                  ) -> list[Tensor]:
+    """The ``steps - 1`` re-noise tensors (batch ``len(seeds)`` x ``shape``) that :func:`generate` takes."""
+    return [
+        torch.stack([torch.randn(*shape, generator=torch.Generator().manual_seed(int(s) + RENOISE_SEED_STRIDE * i),
+                                 dtype=dtype) for s in seeds])
+        for i in range(1, steps)
+    ]
 
 
 # eps_fn(x_t, t) -> eps prediction; the caller binds conditioning, CFG and the model.

@@ -1,6 +1,6 @@
 """Named target sets: which layers of a backbone get LoRaD.
 
-The paper's sets (see ``docs/`` and wadi-facts §1.2):
+The paper's sets (see docs/lorad-format.md), as its released code selects them:
 
 * ``paper-student`` - SD UNets (1.5, 2.x, XL): every Linear whose path contains
   ``down_blocks``/``mid_block``/``up_blocks`` except ``conv_shortcut``.  PixArt:
@@ -9,6 +9,8 @@ The paper's sets (see ``docs/`` and wadi-facts §1.2):
 * ``paper-fake`` - SD: the same minus ``proj_in``/``proj_out``/``time_emb_proj``.
   PixArt: Linear layers inside ``transformer_blocks``.
 * ``all-linear`` - every Linear.
+* ``blocks-linear-conv`` / ``all-linear-conv`` - beyond the paper: the student set plus the
+  blocks' Conv2d layers / every Linear and Conv2d (conv_in, conv_out and the time embedding too).
 
 A user preset is a :class:`Targets` made of regular expressions matched against
 full module names (``re.search``).
@@ -52,12 +54,19 @@ _SD_FAKE = Targets(
 _DIT_STUDENT = Targets(exclude=(r"(^|\.)adaln_single\.",), description="DiT: every Linear except adaln_single")
 _DIT_FAKE = Targets(include=(r"(^|\.)transformer_blocks\.",), description="DiT: Linear inside transformer_blocks")
 _ALL = Targets(description="every Linear")
+# Beyond the paper (which adapts Linear layers only): convolutions too.  In SD1.5 the block Linears
+# hold most of the UNet's weights; in small UNets (the tiny world's) the convolutions dominate.
+_SD_STUDENT_CONV = Targets(include=(_SD_BLOCKS,), exclude=(r"conv_shortcut",), types=(nn.Linear, nn.Conv2d),
+                           description="SD: Linear and Conv2d in down/mid/up blocks")
+_ALL_CONV = Targets(types=(nn.Linear, nn.Conv2d), description="every Linear and Conv2d")
 
 # preset name -> family -> targets
 PRESETS: dict[str, dict[str, Targets]] = {
     "paper-student": {"unet": _SD_STUDENT, "dit": _DIT_STUDENT},
     "paper-fake": {"unet": _SD_FAKE, "dit": _DIT_FAKE},
     "all-linear": {"unet": _ALL, "dit": _ALL},
+    "blocks-linear-conv": {"unet": _SD_STUDENT_CONV, "dit": _ALL_CONV},
+    "all-linear-conv": {"unet": _ALL_CONV, "dit": _ALL_CONV},
 }
 
 

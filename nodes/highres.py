@@ -44,14 +44,16 @@ class WaDiScaleCrafter(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="WaDiScaleCrafter",
-            display_name="WaDi ScaleCrafter (direct high-res)",
+            display_name="WaDi ScaleCrafter",
             category=CATEGORY,
             description="Training-free high resolution (the paper's way): dilate the deeper 3x3 convolutions by "
             "target/training side ratio while t >= above_t, so a one-step student renders e.g. 1024px without repeats.",
             inputs=[
-                io.Model.Input("model"),
-                io.Int.Input("width", default=1024, min=64, max=8192, step=8),
-                io.Int.Input("height", default=1024, min=64, max=8192, step=8),
+                io.Model.Input("model", tooltip="the model to render at high resolution (e.g. the WaDi student)"),
+                io.Int.Input("width", default=1024, min=64, max=8192, step=8,
+                             tooltip="target image width in pixels (the same as the Empty Latent Image's)"),
+                io.Int.Input("height", default=1024, min=64, max=8192, step=8,
+                             tooltip="target image height in pixels (the same as the Empty Latent Image's)"),
                 io.Int.Input("train_resolution", default=512, min=64, max=4096, step=8,
                              tooltip="side the model was trained at (SD1.5: 512, SD2.1: 768, SDXL: 1024)"),
                 io.Float.Input("above_t", default=700.0, min=0.0, max=1000.0, step=1.0,
@@ -59,7 +61,8 @@ class WaDiScaleCrafter(io.ComfyNode):
                 io.Int.Input("min_level", default=1, min=0, max=3,
                              tooltip="leave the outer (full-resolution) levels below this undilated"),
             ],
-            outputs=[io.Model.Output(display_name="MODEL")],
+            outputs=[io.Model.Output(display_name="MODEL", tooltip="the model with re-dilated convolutions: "
+                                     "connect to the sampler")],
         )
 
     @classmethod

@@ -20,8 +20,10 @@ class WaDiLoRaDInfo(io.ComfyNode):
             display_name="LoRaD Info",
             category=CATEGORY,
             description="Show a .lorad file's metadata: rank, base architecture, one-step parameters, provenance.",
-            inputs=[io.Combo.Input("lorad_name", options=patching.list_files())],
-            outputs=[io.String.Output(display_name="info")],
+            inputs=[io.Combo.Input("lorad_name", options=patching.list_files(),
+                                   tooltip="a .lorad.safetensors from models/lorad (or *.lorad.safetensors in "
+                                   "models/loras)")],
+            outputs=[io.String.Output(display_name="info", tooltip="the file's metadata as text")],
             is_output_node=True,
         )
 

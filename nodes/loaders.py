@@ -9,6 +9,9 @@ from . import patching
 from .lorad_file import OneStep, summary_text
 from .v3 import CATEGORY, OneStepType, io
 
+LORAD_TIP = "a .lorad.safetensors from models/lorad, or one named *.lorad.safetensors under models/loras"
+ONESTEP_TIP = "the file's one-step settings (timestep, alpha_bar_T, prediction type): connect to the WaDi Sampler"
+
 
 def _strength(id_: str, tip: str) -> io.Float.Input:
     return io.Float.Input(id_, default=1.0, min=-10.0, max=10.0, step=0.01, tooltip=tip)
@@ -24,17 +27,17 @@ class WaDiLoadLoRaD(io.ComfyNode):
             description="Rotate the model's (and CLIP's) weights by strength * theta from a .lorad.safetensors. "
             "Checks every key and shape first; a file for another model is refused and nothing is applied.",
             inputs=[
-                io.Model.Input("model"),
-                io.Combo.Input("lorad_name", options=patching.list_files(),
-                               tooltip="models/lorad, plus *.lorad.safetensors under models/loras"),
+                io.Model.Input("model", tooltip="the model to rotate (a base checkpoint, or one already patched)"),
+                io.Combo.Input("lorad_name", options=patching.list_files(), tooltip=LORAD_TIP),
                 _strength("strength_model", "rotation strength on the diffusion model (0 = base)"),
                 _strength("strength_clip", "rotation strength on the text encoder (if the file has one)"),
-                io.Clip.Input("clip", optional=True),
+                io.Clip.Input("clip", optional=True,
+                              tooltip="optional: the text encoder, rotated too where the file has text-encoder layers"),
             ],
             outputs=[
-                io.Model.Output(display_name="MODEL"),
-                io.Clip.Output(display_name="CLIP"),
-                OneStepType.Output(display_name="ONESTEP"),
+                io.Model.Output(display_name="MODEL", tooltip="the model rotated by the file"),
+                io.Clip.Output(display_name="CLIP", tooltip="the text encoder, rotated where the file has its layers"),
+                OneStepType.Output(display_name="ONESTEP", tooltip=ONESTEP_TIP),
             ],
         )
 
@@ -56,15 +59,16 @@ class WaDiCheckpointLoader(io.ComfyNode):
             description="Base checkpoint + WaDi student (.lorad) -> MODEL, CLIP, VAE and the one-step settings "
             "from the file's metadata (connect ONESTEP to the WaDi Sampler).",
             inputs=[
-                io.Combo.Input("ckpt_name", options=folder_paths.get_filename_list("checkpoints")),
-                io.Combo.Input("lorad_name", options=patching.list_files()),
+                io.Combo.Input("ckpt_name", options=folder_paths.get_filename_list("checkpoints"),
+                               tooltip="the base checkpoint the student was distilled from (models/checkpoints)"),
+                io.Combo.Input("lorad_name", options=patching.list_files(), tooltip="the WaDi student: " + LORAD_TIP),
                 _strength("strength", "rotation strength (1 = the distilled student, 0 = base)"),
             ],
             outputs=[
-                io.Model.Output(display_name="MODEL"),
-                io.Clip.Output(display_name="CLIP"),
-                io.Vae.Output(display_name="VAE"),
-                OneStepType.Output(display_name="ONESTEP"),
+                io.Model.Output(display_name="MODEL", tooltip="the base model rotated by the student"),
+                io.Clip.Output(display_name="CLIP", tooltip="the text encoder (rotated where the file has its layers)"),
+                io.Vae.Output(display_name="VAE", tooltip="the checkpoint's VAE"),
+                OneStepType.Output(display_name="ONESTEP", tooltip=ONESTEP_TIP),
             ],
         )
 

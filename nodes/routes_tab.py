@@ -23,14 +23,43 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from ..trainer.tab.events import EventTail
-from ..trainer.tab.runner import PACK_MAIN, PACK_ROOT, JobRunner
-from ..trainer.tab.store import JobStore
+from ..trainer.jobs.runner import PACK_MAIN, PACK_ROOT, JobRunner
+from ..trainer.jobs.store import JobStore
+from ..trainer.jobs.tail import EventTail
 
 log = logging.getLogger("wadi")
 
 DEFAULT_PORT = int(os.environ.get("WADI_TAB_PORT", "7861"))
 HOST = "127.0.0.1"
+# What the trainer app imports that ComfyUI does not ship (the pack's `trainer`/`tab` extras).
+TRAINER_MODULES = ("gradio", "diffusers", "accelerate", "peft", "matplotlib")
+SETUP_COMMAND = f'bash "{PACK_ROOT / "scripts" / "setup.sh"}"'
+
+
+class TrainerMissing(RuntimeError):
+    """The trainer's interpreter lacks its packages; the message says the one command that adds them."""
+
+
+def trainer_python() -> str:
+    """Where the trainer runs: ``WADI_TRAINER_PYTHON``, else the pack's own ``.venv`` (made by
+    ``scripts/setup.sh``), else this interpreter.  Not ComfyUI's by design: gradio and peft pin
+    packages ComfyUI also uses, so they get an environment of their own."""
+    if os.environ.get("WADI_TRAINER_PYTHON"):
+        return os.environ["WADI_TRAINER_PYTHON"]
+    for own in (PACK_ROOT / ".venv" / "bin" / "python", PACK_ROOT / ".venv" / "Scripts" / "python.exe"):
+        if own.is_file():
+            return str(own)
+    return sys.executable
+
+
+def missing_modules(python: str) -> list[str]:
+    """The trainer's modules that ``python`` cannot find (looked up, not imported: gradio takes seconds)."""
+    probe = "import importlib.util as u, sys; print(' '.join(m for m in sys.argv[1:] if u.find_spec(m) is None))"
+    try:
+        done = subprocess.run([python, "-c", probe, *TRAINER_MODULES], capture_output=True, text=True, timeout=60)
+    except OSError:
+        return list(TRAINER_MODULES)
+    return done.stdout.split() if done.returncode == 0 else list(TRAINER_MODULES)
 
 
 def comfy_folders() -> dict[str, Path]:
@@ -46,14 +75,14 @@ def comfy_folders() -> dict[str, Path]:
 class TabService:
     """What the routes do, without aiohttp (so it is testable and reusable)."""
 
-    def __init__(self, base: Path | None = None, port: int = DEFAULT_PORT, python: str = sys.executable):
+    def __init__(self, base: Path | None = None, port: int = DEFAULT_PORT, python: str | None = None):
         folders = comfy_folders()
         self.base = Path(base) if base else folders["output"] / "wadi"
         # The pack's assets/ (shipped tiny world) is readable; the pack's code folders are not a root.
         self.roots = [self.base, folders["models"], PACK_ROOT / "assets"]
         self.lorad_dir = folders["models"] / "lorad"  # ComfyUI's folder for .lorad files (nodes/patching.py)
         self.jobs_dir = self.base / "jobs"
-        self.port, self.python = port, python
+        self.port, self.python = port, python or trainer_python()
         self._proc: subprocess.Popen | None = None
         self._lock = threading.Lock()
 
@@ -86,6 +115,12 @@ class TabService:
         with self._lock:
             if self.app_up() or (self._proc is not None and self._proc.poll() is None):
                 return self.status()
+            missing = missing_modules(self.python)
+            if missing:
+                raise TrainerMissing(
+                    f"The trainer needs {', '.join(missing)}, which {self.python} does not have. It runs in its own "
+                    f"environment so that ComfyUI's packages stay as they are; make it once with one command in a "
+                    f"terminal: {SETUP_COMMAND} (then press Start again)")
             self.base.mkdir(parents=True, exist_ok=True)
             with open(self.base / "tab.log", "ab") as logf:
                 # Same session as ComfyUI: Ctrl-C there ends the app too; jobs have their own
@@ -145,6 +180,8 @@ def add_routes(routes: Any, web: Any, svc: TabService) -> None:
     async def wadi_tab_start(request):
         try:
             return web.json_response(svc.start_app())
+        except TrainerMissing as e:
+            return web.json_response({"error": str(e)}, status=409)
         except OSError as e:
             return web.json_response({"error": f"cannot start the trainer app: {e}"}, status=500)
 

@@ -18,7 +18,7 @@ import comfy.samplers
 import comfy.utils
 import torch
 
-from ..lorad.onestep import generate
+from ..lorad.onestep import generate, renoise_noise
 from .lorad_file import OneStep
 from .onestep_plan import (
     MAX_STEPS,
@@ -101,8 +101,8 @@ def wadi_sample(model, positive, negative, latent: dict, seed: int, steps: int, 
 
     latent_image = comfy.sample.fix_empty_latent_channels(pinned, latent["samples"])
     noise = comfy.sample.prepare_noise(latent_image, seed, latent.get("batch_index"))
-    gen = torch.Generator().manual_seed(seed + 1)  # fresh noise for re-noising (steps > 1), CPU like ComfyUI's
-    renoise = [torch.randn(noise.shape, generator=gen, dtype=noise.dtype) for _ in ts[1:]]
+    # fresh noise for steps 2-4: image j of the batch as `wadi sample --seed <seed + j>` would draw it
+    renoise = renoise_noise([seed + j for j in range(noise.shape[0])], noise.shape[1:], len(ts), noise.dtype)
     sigma_of_t = {t: s for t, _ab, s in table}
     pbar = comfy.utils.ProgressBar(len(ts))
 
@@ -137,27 +137,29 @@ class WaDiSampler(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="WaDiSampler",
-            display_name="WaDi Sampler (one-step)",
+            display_name="WaDi Sampler",
             category=CATEGORY,
             description="One UNet evaluation at the student's timestep (1-4 steps with re-noising). "
             "denoise < 1 starts exactly at t = denoise * T (img2img / hires refine), with no rounding.",
             inputs=[
-                io.Model.Input("model"),
-                io.Conditioning.Input("positive"),
-                io.Latent.Input("latent_image"),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True),
+                io.Model.Input("model", tooltip="the student (WaDi Checkpoint Loader or Load LoRaD)"),
+                io.Conditioning.Input("positive", tooltip="the prompt"),
+                io.Latent.Input("latent_image", tooltip="an empty latent (sets the size), or the latent to refine "
+                                "when denoise < 1"),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="the noise; steps 2-4 re-noise from seed + 10000 * step (as `wadi sample`)"),
                 io.Int.Input("steps", default=1, min=1, max=MAX_STEPS, tooltip="1 = the distilled one step"),
                 io.Float.Input("cfg", default=1.0, min=1.0, max=30.0, step=0.1, round=0.01,
                                tooltip="1 = off (as distilled); > 1 needs a negative"),
                 io.Float.Input("denoise", default=1.0, min=0.01, max=1.0, step=0.01,
                                tooltip="< 1: start at t = denoise * T from the input latent"),
-                io.Conditioning.Input("negative", optional=True),
+                io.Conditioning.Input("negative", optional=True, tooltip="used only with cfg > 1"),
                 OneStepType.Input("onestep", optional=True, tooltip="from Load LoRaD / WaDi Checkpoint Loader"),
                 io.String.Input("timesteps", default="", optional=True,
                                 tooltip="optional: your own 1-4 timesteps, e.g. '999, 749' (overrides steps and the "
                                 "denoise spacing; with denoise < 1 the first one is where the input latent is noised to)"),
             ],
-            outputs=[io.Latent.Output(display_name="LATENT")],
+            outputs=[io.Latent.Output(display_name="LATENT", tooltip="the denoised latent (x0): connect to VAE Decode")],
         )
 
     @classmethod

@@ -3,7 +3,7 @@ diffusers twin (the reference path), .lorad files, and a headless ComfyUI server
 
 The checkpoint: a 2-level UNet (model_channels 320, context_dim 768: ComfyUI detects
 SD15), the full CLIP-L text encoder and the SD VAE, random init from a fixed seed
-(comfyui-facts.md section 3/8).  UNet keys are renamed diffusers -> ldm with
+(ComfyUI's model detection reads these shapes).  UNet keys are renamed diffusers -> ldm with
 ComfyUI's own ``comfy.utils.unet_to_diffusers`` map (ComfyUI is present in these tests).
 """
 
@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -71,6 +72,8 @@ def import_comfy():
     import comfy.cli_args
 
     comfy.cli_args.args.cpu = True  # before model_management: no CUDA probing
+    if not comfy.cli_args.args.base_directory:  # models/, output/ in a scratch folder: the ComfyUI tree stays as it is
+        comfy.cli_args.args.base_directory = tempfile.mkdtemp(prefix="wadi-comfy-base-")
     import comfy.lora  # noqa: F401
     import comfy.model_management  # noqa: F401
     import comfy.sd  # noqa: F401
@@ -180,14 +183,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+FOLDERS = ("custom_nodes", "output", "input", "user", "temp", "models/checkpoints", "models/loras", "models/lorad",
+           "models/controlnet", "models/embeddings", "models/vae")
+
+
 class Server:
     """ComfyUI from COMFYUI_DIR with ``--base-directory root`` (own models/output/custom_nodes; pack linked in)."""
 
-    def __init__(self, root: Path, pack: Path, extra_args: tuple[str, ...] = ()):
+    def __init__(self, root: Path, pack: Path, extra_args: tuple[str, ...] = (), folders: tuple[str, ...] = FOLDERS):
         self.root = root
         self.port = free_port()
-        for d in ("custom_nodes", "output", "input", "user", "temp", "models/checkpoints", "models/loras",
-                  "models/lorad", "models/controlnet", "models/embeddings", "models/vae"):
+        for d in ("custom_nodes", *folders):
             (root / d).mkdir(parents=True, exist_ok=True)
         link = root / "custom_nodes" / "ComfyUI-WaDi"
         if not link.exists():
@@ -335,7 +341,7 @@ def rotate_reference_(layers: dict, unet, clip, strength: float = 1.0) -> None:
 
 
 def reference_latent(unet, clip, prompt: str, seed: int, shape, timesteps=(999,), alpha_bar_first=None,
-                     start_latent=None, renoise_seed: int | None = None) -> torch.Tensor:
+                     start_latent=None) -> torch.Tensor:
     """The diffusers path (``wadi sample``): ``lorad.onestep.generate`` with the diffusers UNet.
 
     Same noise as ComfyUI (CPU ``torch.randn`` from the seed); returns ComfyUI's latent
@@ -345,9 +351,9 @@ def reference_latent(unet, clip, prompt: str, seed: int, shape, timesteps=(999,)
 
     noise = torch.randn(shape, generator=torch.manual_seed(seed), device="cpu")
     renoise = None
-    if len(timesteps) > 1:  # the WaDi Sampler's re-noising: CPU randn from seed + 1, one tensor per later step
-        gen = torch.Generator().manual_seed(seed + 1 if renoise_seed is None else renoise_seed)
-        renoise = [torch.randn(shape, generator=gen) for _ in timesteps[1:]]
+    if len(timesteps) > 1:  # `wadi sample`'s re-noising, written out: CPU randn from seed + 10000 * i before step i+1
+        renoise = [torch.randn(shape, generator=torch.Generator().manual_seed(seed + 10_000 * i))
+                   for i in range(1, len(timesteps))]
     ctx = encode(clip, prompt)
     with torch.no_grad():
         x0 = generate(

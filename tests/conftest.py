@@ -6,6 +6,8 @@ import importlib.util
 import os
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -15,3 +17,19 @@ _spec = importlib.util.spec_from_file_location("_wadi_bootstrap", ROOT / "_boots
 _boot = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_boot)
 _boot.register()
+
+
+# Where a real ComfyUI is required (scripts/comfyui-tests.sh, i.e. `make test-comfyui`, and CI: .ci/run sets
+# WADI_REQUIRE_COMFYUI=1, and any CI=true counts unless WADI_REQUIRE_COMFYUI=0), a ComfyUI test that skips has not
+# tested anything: report it as a failure with the skip's reason.
+REQUIRE_COMFYUI = os.environ.get("WADI_REQUIRE_COMFYUI", "1" if os.environ.get("CI") == "true" else "0") == "1"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if REQUIRE_COMFYUI and report.skipped and item.get_closest_marker("comfyui") is not None:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped, but WADI_REQUIRE_COMFYUI=1 requires every ComfyUI test to run (CI): {reason}"

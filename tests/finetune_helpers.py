@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from wadi_lorad.lorad import inject as LI
+from wadi_lorad.lorad import inject
 from wadi_lorad.trainer.config import apply_overrides
 from wadi_lorad.trainer.personalize import PersonalizeConfig
 from wadi_lorad.trainer.relation import RelationConfig
@@ -36,10 +36,10 @@ def write_random_student(base: Path, path: Path, seed: int = 3) -> Path:
     from wadi_lorad.trainer.export import arch_name
 
     bb = load_backbone(base, text=False)
-    LI.inject(bb.denoiser, "student", "paper-student", rank=4, seed=seed)
+    inject.inject(bb.denoiser, "student", "paper-student", rank=4, seed=seed)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for _, layer in LI.lorad_layers(bb.denoiser):  # A is zero at init: give the student real angles
+        for _, layer in inject.lorad_layers(bb.denoiser):  # A is zero at init: give the student real angles
             a = layer.lorad["student"].A
             a.copy_(torch.randn(a.shape, generator=g) * 0.3)
     one = {"timestep": 999, "alpha_bar_T": float(bb.alphas_cumprod[999]), "prediction_type": "epsilon"}

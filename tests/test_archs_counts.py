@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from wadi_lorad.lorad import functional as LF
+from wadi_lorad.lorad import functional
 from wadi_lorad.lorad.archs import ARCHS, UnknownArchError, build_meta, get_arch, load_config
 from wadi_lorad.lorad.inject import count_parameters, inject, lorad_layers
 
@@ -43,7 +43,7 @@ def test_paper_trainable_parameter_counts(arch, preset, rank, layers, exact, pap
     assert len(names) == len(set(names)) == layers
     n = count_parameters(model, "student")
     # Independent formula: r * (out + in/2) summed over the adapted Linear layers.
-    formula = sum(LF.factor_params(layer.weight.shape[0], layer.weight.shape[1] // 2, rank)
+    formula = sum(functional.factor_params(layer.weight.shape[0], layer.weight.shape[1] // 2, rank)
                   for _, layer in lorad_layers(model))
     assert n == formula == exact
     assert f"{n / 1e6:.2f}" == paper

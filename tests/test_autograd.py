@@ -139,3 +139,37 @@ def test_meta_device_forward_backward_shapes(naive):
     assert y.shape == (2, 5, 6) and y.device.type == "meta"
     y.sum().backward()
     assert a.grad.shape == a.shape and b.grad.shape == b.shape and x.grad.shape == x.shape
+
+
+def test_string_padding_is_refused_by_the_op_and_converted_by_the_layer():
+    from torch import nn
+    from wadi_lorad.lorad.layer import LoRaDLayer
+
+    # The fused backward cannot take "same" (torch.nn.grad.conv2d_input needs numbers): a clear error.
+    with pytest.raises(ValueError, match="padding='same'.*numeric"):
+        ConvArgs((1, 1), "same", (1, 1), 1)
+    # A Conv2d with padding="same" (odd kernel, stride 1) becomes the equal numeric padding, and the
+    # adapted layer's output and gradients match the plain conv with the same rotation (naive path).
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 6, 3, padding="same", dilation=2)
+    outs, grads = [], []
+    for naive in (False, True):
+        layer = LoRaDLayer(conv, "c")
+        ad = layer.add_adapter("s", rank=2, generator=_gen(5))
+        with torch.no_grad():  # a non-zero rotation (B may start at zero)
+            ad.A.copy_(torch.randn(ad.A.shape, generator=_gen(7)))
+            ad.B.copy_(torch.randn(ad.B.shape, generator=_gen(8)))
+        layer.active = ("s",)
+        layer.naive = naive
+        x = torch.randn(2, 4, 7, 7, generator=_gen(6), requires_grad=True)
+        y = layer(x)
+        y.square().sum().backward()
+        outs.append(y.detach())
+        grads.append(x.grad)
+    assert layer.conv.padding == (2, 2) and outs[0].shape == (2, 6, 7, 7)
+    assert torch.equal(outs[0], outs[1])
+    assert (grads[0] - grads[1]).abs().max() <= 2e-5 * grads[1].abs().max()
+    assert not torch.allclose(outs[0], conv(x.detach()), atol=1e-3)  # the rotation did something
+    # "same" that pads unequally (even kernel) is refused naming the layer, before anything is changed.
+    with pytest.raises(ValueError, match="even_k: padding='same'.*unequally"):
+        LoRaDLayer(nn.Conv2d(4, 6, 2, padding="same"), "even_k")

@@ -107,6 +107,7 @@ def test_register_is_idempotent():
     assert "lorad" not in {c.name for c in weight_adapter.adapter_maps.values()}  # not in the Train LoRA node
 
 
+@pytest.mark.comfyui
 @pytest.mark.skipif(comfy_env.MODE != "real", reason="needs a real ComfyUI (COMFYUI_DIR) for comfy.lora.calculate_weight")
 def test_through_comfy_calculate_weight_with_lora_stacked_before():
     """ComfyUI's own patch loop: a LoRA diff first, then the LoRaD rotation, on a fused offset."""

@@ -97,6 +97,29 @@ def test_node_schemas():
     assert s["WaDiLoRaDInfo"].is_output_node
 
 
+def test_every_input_and_output_has_a_tooltip():
+    missing = [f"{nid}.{i.id}" for nid, x in _schemas().items() for i in x.inputs if not i.tooltip]
+    missing += [f"{nid} output {o.display_name}" for nid, x in _schemas().items() for o in x.outputs if not o.tooltip]
+    assert missing == []
+
+
+def test_error_types_get_readable_names(tmp_path, monkeypatch):
+    """Loaded the way ComfyUI does (module name = absolute path), our exception types are renamed by package."""
+    folder = tmp_path / "custom_nodes" / "ComfyUI-WaDi"
+    folder.parent.mkdir()
+    folder.symlink_to(ROOT, target_is_directory=True)
+    mod = load_like_comfyui(folder)
+    asyncio.run(mod.comfy_entrypoint())
+    prefix = mod.__name__
+    lorad_file = sys.modules[prefix + ".nodes.lorad_file"]
+    assert lorad_file.LoRaDReadError.__module__ == "wadi_lorad.nodes.lorad_file"
+    assert sys.modules[prefix + ".lorad.io"].LoRaDFileError.__module__ == "wadi_lorad.lorad.io"
+    from wadi_lorad.nodes import lorad_file as ours
+
+    assert ours.LoRaDReadError.__module__ == "wadi_lorad.nodes.lorad_file"  # the package's own copy untouched
+
+
+@pytest.mark.comfyui
 @pytest.mark.skipif(MODE != "real", reason="needs a real comfy_api (COMFYUI_DIR) to build V1 info")
 def test_schemas_pass_comfy_validation():
     from wadi_lorad.nodes import pack
@@ -121,6 +144,21 @@ def test_pyproject_registry_block():
 
     data = tomllib.loads((ROOT / "pyproject.toml").read_text())
     comfy = data["tool"]["comfy"]
-    assert comfy["PublisherId"] and comfy["DisplayName"] and comfy["web"] == "web"
+    assert comfy["PublisherId"] and comfy["DisplayName"] and "web" not in comfy  # WEB_DIRECTORY serves web/; both = every extension twice
     assert comfy["requires-comfyui"] == ">=0.3.47"  # the V3 loader (comfy_entrypoint) arrived in 0.3.47
     assert data["project"]["urls"]["Repository"] and "comfyui" not in data["project"]["name"].lower()
+
+
+def test_docs_node_table_names_the_real_sockets():
+    """docs/comfyui.md's node table: display name, input ids ((optional) ones in parentheses) and output names."""
+    import re
+
+    text = (ROOT / "docs" / "comfyui.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| \*\*(.+?)\*\* \| (.+?) -> (.+?) \|", text, re.M)
+    by_name = {x.display_name: x for x in _schemas().values()}
+    assert {r[0] for r in rows} == set(by_name)
+    for name, ins, outs in rows:
+        schema = by_name[name]
+        documented = [re.sub(r" \(.*\)$", "", i.strip()) for i in ins.split(", ")]
+        assert sorted(documented) == sorted(f"({i.id})" if i.optional else i.id for i in schema.inputs), name
+        assert [o.strip() for o in outs.split(", ")] == [o.display_name for o in schema.outputs], name

@@ -35,7 +35,7 @@ def test_schedule_recomputed_in_float64_from_comfy_sigmas():
     sigmas32 = ((1 - ac) / ac).sqrt().float()  # what ComfyUI's ModelSamplingDiscrete stores
     got = P.schedule_alphas_cumprod(sigmas32, 0.00085, 0.012)
     assert got.dtype == torch.float64 and torch.equal(got, ac)
-    assert abs(float(got[999]) - 0.0046601) < 5e-8  # comfyui-facts: true abar_999, not 0.0047
+    assert abs(float(got[999]) - 0.0046601) < 5e-8  # the true abar_999 of SD's schedule, not the rounded 0.0047
     other = P.schedule_alphas_cumprod(sigmas32 * 1.01, 0.00085, 0.012)  # not that schedule: fall back
     assert torch.allclose(other, 1 / (1 + (sigmas32.double() * 1.01) ** 2))
 

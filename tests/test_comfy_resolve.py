@@ -25,7 +25,7 @@ from wadi_lorad.nodes.resolve import (
 )
 
 DATA = json.load(gzip.open(Path(__file__).parent / "data" / "comfy_keymaps.json.gz", "rt"))["archs"]
-# Student layer counts from wadi-facts.md (every Linear in the UNet blocks; PixArt: all but adaln_single).
+# Student layer counts of the paper's preset (every Linear in the UNet blocks; PixArt: all but adaln_single).
 EXPECTED_LAYERS = {"sd15": 182, "sd21": 214, "pixart": 283}
 
 
@@ -107,6 +107,7 @@ def test_architecture_names():
         check_arch("stable-diffusion-v1", "Flux", "f.lorad")
 
 
+@pytest.mark.comfyui
 @pytest.mark.skipif(comfy_env.comfy_for_tests() != "real", reason="COMFYUI_DIR not importable: committed key maps only")
 def test_committed_key_maps_equal_live_comfyui():
     import importlib.util

@@ -186,7 +186,7 @@ def test_stock_loraloader_equals_load_lorad(server):
 
 
 @pytest.mark.parametrize("name,expect", [
-    ("corrupt.lorad.safetensors", "safetensors header is not valid JSON"),
+    ("corrupt.lorad.safetensors", "not a valid safetensors file"),
     ("sdxl.lorad.safetensors", "made for 'sdxl'"),
     ("mismatched.lorad.safetensors", "diffusion_model.input_blocks.1.1.proj_in"),
 ])

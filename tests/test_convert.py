@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 from torch import nn
-from wadi_lorad.lorad import io as LIO
+from wadi_lorad.lorad import io as lorad_io
 from wadi_lorad.lorad.archs import build_meta
 from wadi_lorad.lorad.convert import convert_official, describe, official_adapter_state
 from wadi_lorad.lorad.inject import load_adapter_state, lorad_layers
@@ -65,16 +65,16 @@ def test_convert_official_matches_official_formula(tmp_path, container):
     src = tmp_path / "official.pt"
     torch.save(obj, src)
     dst = convert_official(src, tmp_path / "wadi.lorad.safetensors")
-    f = LIO.load_lorad(dst)
+    f = lorad_io.load_lorad(dst)
     assert f.arch == "sd15" and f.rank == 8
     assert f.one_step.alpha_bar_T == 0.0047 and f.one_step.timestep == 999
     assert f.metadata["lorad.provenance.arch_inferred"] == "true"
     assert f.metadata["lorad.target_preset"] == "custom"  # five layers are not a paper preset
-    assert set(f.layers) == set(LIO.layers_from_adapter_state("sd15", {n: {} for n in SD15_LAYERS}))
+    assert set(f.layers) == set(lorad_io.layers_from_adapter_state("sd15", {n: {} for n in SD15_LAYERS}))
 
     model = skeleton(SD15_LAYERS)
     base = {n: model.get_submodule(n).weight.detach().clone() for n in SD15_LAYERS}
-    loaded = load_adapter_state(model, "student", LIO.adapter_state_from_layers("sd15", f.layers))
+    loaded = load_adapter_state(model, "student", lorad_io.adapter_state_from_layers("sd15", f.layers))
     assert sorted(loaded) == sorted(SD15_LAYERS)
     flat = official_state(SD15_LAYERS, rank=8)
     worst = 0.0
@@ -91,9 +91,9 @@ def test_transposed_or_swapped_factors_do_not_convert(tmp_path):
     sd[f"{name}.theta_a"], sd[f"{name}.theta_b"] = sd[f"{name}.theta_b"].T.clone(), sd[f"{name}.theta_a"].T.clone()
     src = tmp_path / "swapped.pt"
     torch.save(sd, src)
-    with pytest.raises(LIO.LoRaDFileError, match="match none of the known architectures"):
+    with pytest.raises(lorad_io.LoRaDFileError, match="match none of the known architectures"):
         convert_official(src, tmp_path / "x.lorad.safetensors")
-    with pytest.raises(LIO.LoRaDFileError, match="not a Linear of sd15"):
+    with pytest.raises(lorad_io.LoRaDFileError, match="not a Linear of sd15"):
         convert_official(src, tmp_path / "x.lorad.safetensors", arch="sd15")
     assert not (tmp_path / "x.lorad.safetensors").exists()
 
@@ -110,7 +110,7 @@ def test_full_pixart_student_is_inferred_with_its_preset(tmp_path):
     arch, state, stripped = official_adapter_state(tmp_path / "pixart.bin")
     assert arch == "pixart-alpha" and stripped == "" and len(state) == len(shapes) == 286
     dst = convert_official(tmp_path / "pixart.bin", tmp_path / "p.lorad.safetensors", dtype=torch.float16)
-    f = LIO.load_lorad(dst)
+    f = lorad_io.load_lorad(dst)
     assert f.metadata["lorad.target_preset"] == "all-linear"
     assert f.metadata["modelspec.architecture"] == "pixart-alpha/lorad"
     assert "transformer.adaln_single.linear" in f.layers
@@ -124,18 +124,18 @@ def test_convert_refuses_overwrite_and_bad_sources(tmp_path):
     with pytest.raises(FileExistsError, match="force"):
         convert_official(tmp_path / "s.pt", dst)
     assert convert_official(tmp_path / "s.pt", dst, force=True, title="again") == dst
-    assert LIO.load_lorad(dst).metadata["modelspec.title"] == "again"
+    assert lorad_io.load_lorad(dst).metadata["modelspec.title"] == "again"
 
     sd = official_state(SD15_LAYERS, rank=2)
     del sd["mid_block.attentions.0.transformer_blocks.0.attn2.to_v.theta_b"]
     torch.save(sd, tmp_path / "half.pt")
-    with pytest.raises(LIO.LoRaDFileError, match=r"attn2.to_v.theta_a: has no partner"):
+    with pytest.raises(lorad_io.LoRaDFileError, match=r"attn2.to_v.theta_a: has no partner"):
         convert_official(tmp_path / "half.pt", tmp_path / "h.lorad.safetensors")
     torch.save({"w": torch.zeros(2)}, tmp_path / "none.pt")
-    with pytest.raises(LIO.LoRaDFileError, match="no '<module>.theta_a'"):
+    with pytest.raises(lorad_io.LoRaDFileError, match="no '<module>.theta_a'"):
         convert_official(tmp_path / "none.pt", tmp_path / "n.lorad.safetensors")
     (tmp_path / "bad.pt").write_bytes(b"not a pickle")
-    with pytest.raises(LIO.LoRaDFileError, match="bad.pt: cannot read"):
+    with pytest.raises(lorad_io.LoRaDFileError, match="bad.pt: cannot read"):
         convert_official(tmp_path / "bad.pt", tmp_path / "b.lorad.safetensors")
 
 
@@ -145,5 +145,5 @@ def test_weights_only_refuses_arbitrary_pickles(tmp_path):
             return (print, ("pwned",))
 
     torch.save({"x.theta_a": Evil()}, tmp_path / "evil.pt")
-    with pytest.raises(LIO.LoRaDFileError, match="cannot read"):
+    with pytest.raises(lorad_io.LoRaDFileError, match="cannot read"):
         convert_official(tmp_path / "evil.pt", tmp_path / "e.lorad.safetensors")

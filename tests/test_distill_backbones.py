@@ -10,7 +10,7 @@ import pytest
 import torch
 from distill_helpers import small_cfg, tiny_bases_fixture, write_prompts  # noqa: F401  (fixture)
 from safetensors.torch import load_file
-from wadi_lorad.lorad import inject as LI
+from wadi_lorad.lorad import inject
 from wadi_lorad.lorad.io import load_lorad
 from wadi_lorad.trainer.backbones import BaseModelError, check_one_step_alpha_bar, inspect_folder, load_backbone
 from wadi_lorad.trainer.cmd_sample import load_student
@@ -43,7 +43,7 @@ def test_each_backbone_runs_a_distillation_step(tiny_bases, tmp_path, kind):
         ref = one_step(d.bb, m, cond, noise, d.settings.alpha_bar_T)
     bb2 = load_backbone(tiny_bases(kind), text=False, vae=False)
     load_student(bb2, path)
-    LI.set_active(bb2.denoiser, "student")
+    inject.set_active(bb2.denoiser, "student")
     assert torch.equal(one_step(bb2, bb2.denoiser, cond, noise, d.settings.alpha_bar_T), ref)
 
 

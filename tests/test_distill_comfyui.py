@@ -18,7 +18,7 @@ import pytest
 import torch
 from tiny_models import build_tiny
 from wadi_lorad.lorad.archs import load_config
-from wadi_lorad.trainer.singlefile import single_file_state
+from wadi_lorad.trainer.singlefile import comfyui_refusal, single_file_state
 
 COMFY = os.environ.get("COMFYUI_DIR")
 PY = os.environ.get("COMFYUI_PYTHON", sys.executable)
@@ -65,6 +65,7 @@ def test_single_file_checkpoint_loads_in_comfyui(tmp_path):
     AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
                   block_out_channels=(128, 256, 512, 512), layers_per_block=2, sample_size=512).save_pretrained(
         base / "vae")
+    assert comfyui_refusal(unet.config) is None  # the trainer's rule agrees: this UNet ComfyUI detects (below)
     sd = {k: v.half() for k, v in single_file_state(unet, base, "sd15").items()}
     ckpt, ref = tmp_path / "ckpt.safetensors", tmp_path / "ref.pt"
     save_file(sd, str(ckpt))

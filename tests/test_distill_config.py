@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 
 import pytest
@@ -130,11 +131,17 @@ def test_adam_8bit_falls_back_with_a_note_without_cuda():
     opt = make_optimizer(p, 1e-3, OptimConfig(adam_8bit=True), torch.device("cpu"), notes.append)
     assert type(opt) is torch.optim.AdamW and opt.defaults["betas"] == (0.9, 0.999)
     assert notes and "adam_8bit needs CUDA" in notes[0]
-    cfg = OptimConfig(lr_scheduler="linear", warmup_steps=2)
-    sched = make_lr_schedule(torch.optim.SGD(p, lr=1.0), cfg, total_steps=6)
-    lrs = []
-    for _ in range(6):
-        lrs.append(sched.get_last_lr()[0])
-        sched.optimizer.step()
-        sched.step()
-    assert lrs == [0.5, 1.0, 1.0, 0.75, 0.5, 0.25]
+    # Warm-up from 0 over 2 steps, then each schedule's formula over the 4 remaining steps.
+    frac = [0.0, 0.25, 0.5, 0.75]
+    expected = {"linear": [1 - f for f in frac], "cosine": [0.5 * (1 + math.cos(math.pi * f)) for f in frac],
+                "constant": [1.0] * 4}
+    for name, rest in expected.items():
+        sched = make_lr_schedule(torch.optim.SGD(p, lr=1.0), OptimConfig(lr_scheduler=name, warmup_steps=2), 6)
+        lrs = []
+        for _ in range(6):
+            lrs.append(sched.get_last_lr()[0])
+            sched.optimizer.step()
+            sched.step()
+        assert lrs == pytest.approx([0.0, 0.5, *rest], abs=1e-12), name
+    no_warmup = make_lr_schedule(torch.optim.SGD(p, lr=1.0), OptimConfig(lr_scheduler="linear"), 4)
+    assert no_warmup.get_last_lr() == [1.0]

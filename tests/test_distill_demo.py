@@ -65,6 +65,30 @@ def test_demo_writes_every_output(tiny_bases, tmp_path, monkeypatch, capsys):
     assert kinds[0] == "start" and kinds[-1] == "done" and "checkpoint" in kinds and "sample" in kinds
 
 
+def test_demo_fourth_row_is_the_shipped_quality_student(tiny_bases, tmp_path, monkeypatch):
+    """The quality row loads a .lorad onto its own teacher copy: given the demo's own student it must
+    reproduce the demo's WaDi row from the same noise (independent path: file -> fresh base)."""
+    monkeypatch.setattr(D, "_tinyworld", _stub_world)
+    base = tiny_bases("sd")
+    over = [("adapter.student_rank", "4"), ("adapter.fake_rank", "2"), ("train.batch_size", "2")]
+    first = D.DemoSettings(out=tmp_path / "a", base=base, steps=2, num_prompts=20, eval_prompts=6,
+                           eval_seeds=(0,), teacher_steps=2, overrides=over)
+    D.run_demo(first)
+    student = tmp_path / "a" / "student.lorad.safetensors"
+    monkeypatch.setattr(D, "TEACHER", base)  # the quality row is shown for the shipped teacher only
+    again = D.DemoSettings(out=tmp_path / "b", base=base, steps=2, num_prompts=20, eval_prompts=6, eval_seeds=(0,),
+                           teacher_steps=2, overrides=over, quality_student=student)
+    m = D.run_demo(again)
+    assert list(m["methods"])[-1] == "wadi_1step_quality" and len(m["methods"]) == 4
+    got, want = m["methods"]["wadi_1step_quality"], D.run_demo(first)["methods"]["wadi_1step"]
+    assert got["alignment_mean"] == pytest.approx(want["alignment_mean"], abs=2e-3)
+    assert got["fd_mean"] == pytest.approx(want["fd_mean"], abs=2e-3)
+    assert m["files"]["quality_student"] == str(student)
+    # another base: the row is left out (the student was distilled from the shipped teacher)
+    monkeypatch.setattr(D, "TEACHER", tmp_path / "elsewhere")
+    assert len(D.run_demo(again)["methods"]) == 3
+
+
 @pytest.mark.slow
 def test_real_demo_on_the_shipped_teacher(tmp_path):
     teacher = Path(D.TEACHER)

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from wadi_lorad.lorad import functional as LF
+from wadi_lorad.lorad import functional
 
 
 def official_rotate(w: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -41,7 +41,7 @@ def test_equals_official_formula(gen):
     w = torch.randn(96, 160, generator=gen)
     a = torch.randn(96, 8, generator=gen)
     b = torch.randn(8, 80, generator=gen)  # large angles: wrapping matters
-    ours = LF.rotate(w, LF.angles(a, b))
+    ours = functional.rotate(w, functional.angles(a, b))
     ref = official_rotate(w, a, b)
     assert (ours - ref).abs().max() <= 1e-6 * max(1.0, float(w.abs().max()))
 
@@ -50,27 +50,27 @@ def test_matches_scalar_loop_on_non_square(gen):
     # 5 x 12: a transposed or half-split pairing would produce different numbers (or fail the shape check).
     w = torch.randn(5, 12, dtype=torch.float64, generator=gen)
     theta = torch.rand(5, 6, dtype=torch.float64, generator=gen) * 6 - 3
-    assert torch.allclose(LF.rotate(w, theta), loop_rotate(w, theta), atol=1e-12)
+    assert torch.allclose(functional.rotate(w, theta), loop_rotate(w, theta), atol=1e-12)
 
 
 def test_rotation_sign_and_pairing():
     # theta = +pi/2 maps the pair (1, 0) to (0, 1) and (0, 1) to (-1, 0): counter-clockwise.
     w = torch.tensor([[1.0, 0.0, 0.0, 1.0]])
     theta = torch.full((1, 2), math.pi / 2)
-    out = LF.rotate(w, theta)
+    out = functional.rotate(w, theta)
     assert torch.allclose(out, torch.tensor([[0.0, 1.0, -1.0, 0.0]]), atol=1e-7)
     # Only the paired neighbour mixes in: columns (0,1) never see columns (2,3).
     w = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
     theta = torch.tensor([[math.pi / 2, 0.0]])
-    assert torch.allclose(LF.rotate(w, theta), torch.tensor([[-2.0, 1.0, 3.0, 4.0]]), atol=1e-6)
+    assert torch.allclose(functional.rotate(w, theta), torch.tensor([[-2.0, 1.0, 3.0, 4.0]]), atol=1e-6)
 
 
 def test_row_norms_preserved(gen):
     w = torch.randn(64, 128, generator=gen)
     theta = torch.randn(64, 64, generator=gen) * 3
-    assert torch.allclose(LF.row_norms(LF.rotate(w, theta)), LF.row_norms(w), rtol=1e-6)
+    assert torch.allclose(functional.row_norms(functional.rotate(w, theta)), functional.row_norms(w), rtol=1e-6)
     # ... but directions change.
-    cos = torch.nn.functional.cosine_similarity(LF.rotate(w, theta), w, dim=1)
+    cos = torch.nn.functional.cosine_similarity(functional.rotate(w, theta), w, dim=1)
     assert float(cos.mean()) < 0.9
 
 
@@ -78,14 +78,14 @@ def test_identity_and_zero_strength_bit_exact(gen):
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
         w = torch.randn(16, 32, generator=gen).to(dtype)
         theta = torch.randn(16, 16, generator=gen)
-        assert torch.equal(LF.rotate(w, theta, strength=0.0), w)
-        assert torch.equal(LF.rotate(w, torch.zeros(16, 16)), w)
+        assert torch.equal(functional.rotate(w, theta, strength=0.0), w)
+        assert torch.equal(functional.rotate(w, torch.zeros(16, 16)), w)
 
 
 def test_inverse(gen):
     w = torch.randn(32, 48, generator=gen)
     theta = torch.randn(32, 24, generator=gen) * 2
-    back = LF.rotate(LF.rotate(w, theta, 0.7), theta, -0.7)
+    back = functional.rotate(functional.rotate(w, theta, 0.7), theta, -0.7)
     assert (back - w).abs().max() < 1e-5
 
 
@@ -93,72 +93,72 @@ def test_composition_adds_angles(gen):
     w = torch.randn(32, 48, generator=gen)
     t1 = torch.randn(32, 24, generator=gen)
     t2 = torch.randn(32, 24, generator=gen)
-    seq = LF.rotate(LF.rotate(w, t1, 0.5), t2, 1.5)
-    combined = LF.combine_angles([(0.5, t1), (1.5, t2)])
-    assert torch.allclose(seq, LF.rotate(w, combined), atol=1e-5)
+    seq = functional.rotate(functional.rotate(w, t1, 0.5), t2, 1.5)
+    combined = functional.combine_angles([(0.5, t1), (1.5, t2)])
+    assert torch.allclose(seq, functional.rotate(w, combined), atol=1e-5)
 
 
 def test_strength_scales_angle(gen):
     w = torch.randn(8, 10, generator=gen)
     theta = torch.randn(8, 5, generator=gen)
-    assert torch.allclose(LF.rotate(w, theta, 0.3), LF.rotate(w, 0.3 * theta), atol=1e-7)
+    assert torch.allclose(functional.rotate(w, theta, 0.3), functional.rotate(w, 0.3 * theta), atol=1e-7)
 
 
 def test_wrap_range_and_periodicity(gen):
     x = torch.randn(1000, generator=gen, dtype=torch.float64) * 50
-    wrapped = LF.wrap_angles(x)
+    wrapped = functional.wrap_angles(x)
     assert float(wrapped.min()) >= -math.pi and float(wrapped.max()) < math.pi
     assert torch.allclose(torch.cos(wrapped), torch.cos(x), atol=1e-9)
     assert torch.allclose(torch.sin(wrapped), torch.sin(x), atol=1e-9)
-    assert float(LF.wrap_angles(torch.tensor(math.pi, dtype=torch.float64))) == pytest.approx(-math.pi)
+    assert float(functional.wrap_angles(torch.tensor(math.pi, dtype=torch.float64))) == pytest.approx(-math.pi)
 
 
 def test_conv_pairs_along_flattened_input(gen):
     w = torch.randn(6, 3, 3, 2, generator=gen)  # in*kh*kw = 18 -> 9 pairs
     theta = torch.randn(6, 9, generator=gen)
-    out = LF.rotate(w, theta)
+    out = functional.rotate(w, theta)
     assert out.shape == w.shape
     ref = loop_rotate(w.reshape(6, 18).double(), theta.double()).reshape(w.shape)
     assert torch.allclose(out.double(), ref, atol=1e-6)
-    assert torch.allclose(LF.row_norms(out), LF.row_norms(w), rtol=1e-6)
+    assert torch.allclose(functional.row_norms(out), functional.row_norms(w), rtol=1e-6)
 
 
 def test_odd_width_names_layer():
-    with pytest.raises(LF.LoRaDShapeError, match="down_blocks.0.proj.*odd"):
-        LF.check_pairable((4, 7), "down_blocks.0.proj")
-    with pytest.raises(LF.LoRaDShapeError, match="conv_in"):
-        LF.check_pairable((4, 3, 3, 3), "conv_in")  # 27 is odd
-    with pytest.raises(LF.LoRaDShapeError, match="expected"):
-        LF.rotate(torch.zeros(4, 8), torch.zeros(8, 2), name="x")
+    with pytest.raises(functional.LoRaDShapeError, match="down_blocks.0.proj.*odd"):
+        functional.check_pairable((4, 7), "down_blocks.0.proj")
+    with pytest.raises(functional.LoRaDShapeError, match="conv_in"):
+        functional.check_pairable((4, 3, 3, 3), "conv_in")  # 27 is odd
+    with pytest.raises(functional.LoRaDShapeError, match="expected"):
+        functional.rotate(torch.zeros(4, 8), torch.zeros(8, 2), name="x")
 
 
 def test_half_precision_rotated_in_fp32(gen):
     theta = torch.randn(16, 32, generator=gen)
     for dtype in (torch.float16, torch.bfloat16):
         w = torch.randn(16, 64, generator=gen).to(dtype)
-        out = LF.rotate(w, theta)
+        out = functional.rotate(w, theta)
         assert out.dtype == dtype
-        assert torch.equal(out, LF.rotate(w.float(), theta).to(dtype))
+        assert torch.equal(out, functional.rotate(w.float(), theta).to(dtype))
 
 
 def test_delta_and_angle_grad(gen):
     w = torch.randn(8, 12, dtype=torch.float64, generator=gen)
     theta = torch.randn(8, 6, dtype=torch.float64, generator=gen, requires_grad=True)
     g = torch.randn(8, 12, dtype=torch.float64, generator=gen)
-    rotated = LF.rotate(w, theta)
+    rotated = functional.rotate(w, theta)
     (rotated * g).sum().backward()
-    assert torch.allclose(LF.angle_grad(rotated.detach(), g), theta.grad, atol=1e-12)
-    assert torch.allclose(LF.delta(w, theta.detach()), LF.rotate(w, theta.detach()) - w)
+    assert torch.allclose(functional.angle_grad(rotated.detach(), g), theta.grad, atol=1e-12)
+    assert torch.allclose(functional.delta(w, theta.detach()), functional.rotate(w, theta.detach()) - w)
 
 
 def test_init_factors_paper_init(gen):
-    a, b = LF.init_factors(320, 640, 16, generator=gen)
+    a, b = functional.init_factors(320, 640, 16, generator=gen)
     assert a.shape == (320, 16) and b.shape == (16, 640)
     assert torch.count_nonzero(a) == 0
     bound = math.sqrt(6 / (16 + 640))
     assert float(b.abs().max()) <= bound and float(b.abs().max()) > 0.9 * bound
-    assert LF.factor_params(320, 640, 16) == 16 * (320 + 640)
-    assert LF.prefer_dense(8, 4, 16) and not LF.prefer_dense(320, 640, 16)
+    assert functional.factor_params(320, 640, 16) == 16 * (320 + 640)
+    assert functional.prefer_dense(8, 4, 16) and not functional.prefer_dense(320, 640, 16)
 
 
 def test_fast_paths_bit_identical_to_reference_formulas():
@@ -170,20 +170,20 @@ def test_fast_paths_bit_identical_to_reference_formulas():
         theta = torch.randn(48, 32, generator=g) * scale
         theta[0, :4] = torch.tensor([math.pi, -math.pi, math.pi - 1e-7, -math.pi + 1e-7])
         ref_wrap = torch.remainder(theta + math.pi, 2 * math.pi) - math.pi
-        assert torch.equal(LF.wrap_angles(theta), ref_wrap)
+        assert torch.equal(functional.wrap_angles(theta), ref_wrap)
         c, s = torch.cos(ref_wrap), torch.sin(ref_wrap)
         a, b = w[:, 0::2], w[:, 1::2]
         ref = torch.empty_like(w)
         ref[:, 0::2] = c * a - s * b
         ref[:, 1::2] = s * a + c * b
-        assert torch.equal(LF.rotate_pairs(w, c, s), ref)
-        assert torch.equal(LF.rotate(w, ref_wrap), ref)
+        assert torch.equal(functional.rotate_pairs(w, c, s), ref)
+        assert torch.equal(functional.rotate(w, ref_wrap), ref)
 
 
 def test_wrap_fast_path_keeps_nan_and_inf_like_remainder():
     theta = torch.tensor([0.1, float("nan"), -0.2, float("inf")])
     ref = torch.remainder(theta + math.pi, 2 * math.pi) - math.pi
-    torch.testing.assert_close(LF.wrap_angles(theta), ref, rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(functional.wrap_angles(theta), ref, rtol=0, atol=0, equal_nan=True)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
@@ -191,7 +191,7 @@ def test_rotate_inplace_same_bits_as_rotate(dtype):
     g = torch.Generator().manual_seed(5)
     w = (torch.randn(12, 20, generator=g) * 0.1).to(dtype)
     theta = torch.randn(12, 10, generator=g)
-    expected = LF.rotate(w, theta, 0.7)
+    expected = functional.rotate(w, theta, 0.7)
     out = w.clone()
-    assert LF.rotate_(out, theta, 0.7) is out
+    assert functional.rotate_(out, theta, 0.7) is out
     assert torch.equal(out, expected)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from wadi_lorad.lorad import keymap as KM
+from wadi_lorad.lorad import keymap
 from wadi_lorad.lorad.archs import build_meta
 from wadi_lorad.lorad.presets import PRESETS, match_modules
 
@@ -16,7 +16,7 @@ def test_ldm_rules_survive_diffusers_converter(arch):
 
     model = build_meta(arch)
     sd = model.state_dict()
-    km = KM.unet_keymap(arch)
+    km = keymap.unet_keymap(arch)
     ldm = {"model.diffusion_model." + km.ldm(k): v for k, v in sd.items()}
     assert len(ldm) == len(sd)  # injective
     back = convert_ldm_unet_checkpoint(ldm, dict(model.config))
@@ -38,13 +38,13 @@ def test_ldm_rules_from_a_shrunk_config_survive_the_converter():
             up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "CrossAttnUpBlock2D"), attention_head_dim=8,
         )
     sd = model.state_dict()
-    km = KM.unet_keymap(dict(model.config))
+    km = keymap.unet_keymap(dict(model.config))
     back = convert_ldm_unet_checkpoint({"model.diffusion_model." + km.ldm(k): v for k, v in sd.items()},
                                        dict(model.config))
     assert set(back) == set(sd) and all(back[k] is sd[k] for k in sd)
     # Not the SD1.5 table: there input_blocks.2 is a resnet, here it is the first downsampler.
     assert km.ldm("down_blocks.0.downsamplers.0.conv") == "input_blocks.2.0.op"
-    assert KM.unet_keymap("sd15").ldm("down_blocks.0.downsamplers.0.conv") == "input_blocks.3.0.op"
+    assert keymap.unet_keymap("sd15").ldm("down_blocks.0.downsamplers.0.conv") == "input_blocks.3.0.op"
 
 
 @pytest.mark.parametrize(
@@ -68,8 +68,8 @@ def test_ldm_rules_from_a_shrunk_config_survive_the_converter():
     ],
 )
 def test_known_spellings(arch, name, key):
-    assert KM.to_file_key(arch, name) == key
-    assert KM.to_module_name(arch, key) == ("transformer" if arch.startswith("pixart") else "unet", name)
+    assert keymap.to_file_key(arch, name) == key
+    assert keymap.to_module_name(arch, key) == ("transformer" if arch.startswith("pixart") else "unet", name)
 
 
 @pytest.mark.parametrize("arch", ["sd15", "sd21", "sd21-base", "sdxl", "pixart-alpha"])
@@ -78,13 +78,13 @@ def test_every_target_layer_round_trips_to_a_unique_key(arch, preset):
     model = build_meta(arch)
     fam = "dit" if arch.startswith("pixart") else "unet"
     names = [n for n, _ in match_modules(model, PRESETS[preset][fam])]
-    keys = [KM.to_file_key(arch, n) for n in names]
+    keys = [keymap.to_file_key(arch, n) for n in names]
     assert len(set(keys)) == len(names) > 100
-    assert [KM.to_module_name(arch, k) for k in keys] == [(KM.get_arch(arch).denoiser, n) for n in names]
+    assert [keymap.to_module_name(arch, k) for k in keys] == [(keymap.get_arch(arch).denoiser, n) for n in names]
     # ComfyUI's generic spelling: the model key is the file key + ".weight" (UNet) or a fused slice (PixArt).
     sd = model.state_dict()
     for n, k in zip(names, keys):
-        target, offset = KM.comfy_target(arch, k)
+        target, offset = keymap.comfy_target(arch, k)
         if fam == "unet":
             assert target == k + ".weight" and offset is None
         else:
@@ -97,13 +97,13 @@ def test_every_target_layer_round_trips_to_a_unique_key(arch, preset):
 def test_text_encoder_keys(arch, component, clip):
     model = build_meta(arch, component)
     names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
-    keys = [KM.to_file_key(arch, n, component) for n in names]
+    keys = [keymap.to_file_key(arch, n, component) for n in names]
     assert len(set(keys)) == len(names)
     assert keys[0] == f"text_encoders.{clip}.transformer.text_model.encoder.layers.0.self_attn.k_proj"
     # Module names come back in the wrapped spelling (transformers 4, ComfyUI), whatever this model uses.
-    assert all(KM.to_module_name(arch, k) == (component, KM._text_canonical(n)) for k, n in zip(keys, names))
-    assert all(KM.text_name_in(model, KM.to_module_name(arch, k)[1]) == n for k, n in zip(keys, names))
-    assert KM.comfy_target(arch, keys[0])[0] == f"{clip}.transformer.text_model.encoder.layers.0.self_attn.k_proj.weight"
+    assert all(keymap.to_module_name(arch, k) == (component, keymap._text_canonical(n)) for k, n in zip(keys, names))
+    assert all(keymap.text_name_in(model, keymap.to_module_name(arch, k)[1]) == n for k, n in zip(keys, names))
+    assert keymap.comfy_target(arch, keys[0])[0] == f"{clip}.transformer.text_model.encoder.layers.0.self_attn.k_proj.weight"
 
 
 def test_pixart_native_fusion_round_trip():
@@ -113,7 +113,7 @@ def test_pixart_native_fusion_round_trip():
     hidden = 1152
     native: dict[str, list] = {}
     for k, v in sd.items():
-        nk, off = KM.pixart_native(k, hidden)
+        nk, off = keymap.pixart_native(k, hidden)
         native.setdefault(nk, []).append((off, k, v.shape))
     for nk, parts in native.items():
         if parts[0][0] is None:
@@ -128,8 +128,8 @@ def test_pixart_native_fusion_round_trip():
     assert sum(len(p) for p in native.values()) == len(sd)
     fused = [nk for nk in native if native[nk][0][0] is not None]
     assert len(fused) == 28 * 2 * 2  # qkv and kv_linear, weight and bias, per block
-    assert KM.pixart_native("adaln_single.linear.weight") == ("t_block.1.weight", None)
-    assert KM.pixart_native("proj_out.weight") == ("final_layer.linear.weight", None)
+    assert keymap.pixart_native("adaln_single.linear.weight") == ("t_block.1.weight", None)
+    assert keymap.pixart_native("proj_out.weight") == ("final_layer.linear.weight", None)
 
 
 @pytest.mark.parametrize(
@@ -143,17 +143,17 @@ def test_pixart_native_fusion_round_trip():
     ],
 )
 def test_unknown_names_are_errors(arch, bad):
-    with pytest.raises(KM.KeyMapError, match="not|unknown"):
-        KM.to_file_key(arch, bad)
+    with pytest.raises(keymap.KeyMapError, match="not|unknown"):
+        keymap.to_file_key(arch, bad)
 
 
 def test_unknown_file_keys_are_errors():
-    with pytest.raises(KM.KeyMapError, match="no known prefix"):
-        KM.to_module_name("sd15", "unet.down_blocks.0.attentions.0.proj_in")
-    with pytest.raises(KM.KeyMapError):
-        KM.to_module_name("sd15", "diffusion_model.input_blocks.99.1.proj_in")
-    with pytest.raises(KM.KeyMapError, match="text_encoder_2"):
-        KM.file_prefix("sd15", "text_encoder_2")
+    with pytest.raises(keymap.KeyMapError, match="no known prefix"):
+        keymap.to_module_name("sd15", "unet.down_blocks.0.attentions.0.proj_in")
+    with pytest.raises(keymap.KeyMapError):
+        keymap.to_module_name("sd15", "diffusion_model.input_blocks.99.1.proj_in")
+    with pytest.raises(keymap.KeyMapError, match="text_encoder_2"):
+        keymap.file_prefix("sd15", "text_encoder_2")
 
 
 def test_comfy_weight_shapes_for_fused_pixart_and_unet():
@@ -161,17 +161,17 @@ def test_comfy_weight_shapes_for_fused_pixart_and_unet():
     model = build_meta("pixart-alpha")
     native: dict[str, list[int]] = {}
     for k, v in model.state_dict().items():  # native shapes, fused by our rules
-        nk, off = KM.pixart_native(k)
+        nk, off = keymap.pixart_native(k)
         shape = native.setdefault("diffusion_model." + nk, [0, *v.shape[1:]])
         shape[0] += v.shape[0] if off else 0
         if off is None:
             native["diffusion_model." + nk] = list(v.shape)
     keys = ["transformer.transformer_blocks.3.attn1.to_v", "transformer.transformer_blocks.3.attn2.to_k",
             "transformer.proj_out", "transformer.transformer_blocks.99.attn1.to_q"]
-    shapes = KM.comfy_weight_shapes("pixart-alpha", keys, {k: tuple(v) for k, v in native.items()})
+    shapes = keymap.comfy_weight_shapes("pixart-alpha", keys, {k: tuple(v) for k, v in native.items()})
     assert native["diffusion_model.blocks.3.attn.qkv.weight"] == [3456, 1152]
     assert shapes == {keys[0]: (1152, 1152), keys[1]: (1152, 1152), keys[2]: (32, 1152)}
     unet = build_meta("sd15")
-    ldm = {"diffusion_model." + KM.unet_keymap("sd15").ldm(k): tuple(v.shape) for k, v in unet.state_dict().items()}
+    ldm = {"diffusion_model." + keymap.unet_keymap("sd15").ldm(k): tuple(v.shape) for k, v in unet.state_dict().items()}
     key = "diffusion_model.input_blocks.4.1.proj_in"
-    assert KM.comfy_weight_shapes("sd15", [key], ldm) == {key: (640, 640, 1, 1)}
+    assert keymap.comfy_weight_shapes("sd15", [key], ldm) == {key: (640, 640, 1, 1)}

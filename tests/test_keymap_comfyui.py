@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 
 import pytest
-from wadi_lorad.lorad import keymap as KM
+from wadi_lorad.lorad import keymap
 from wadi_lorad.lorad.archs import build_meta, load_config
 from wadi_lorad.lorad.io import SUFFIXES
 from wadi_lorad.lorad.presets import PRESETS, match_modules
@@ -69,13 +69,13 @@ def test_unet_keys_equal_comfyui_unet_to_diffusers(arch):
     comfy_map = ns["unet_to_diffusers"](_comfy_unet_config(load_config(arch)))
     model = build_meta(arch)
     sd = model.state_dict()
-    km = KM.unet_keymap(arch)
+    km = keymap.unet_keymap(arch)
     checked = [k for k in comfy_map if k in sd]
     assert len(checked) > 0.9 * len(sd)
     assert all(km.ldm(k) == comfy_map[k] for k in checked)
     # Every paper-student layer is covered by ComfyUI's table and lands on our file key.
     for name, _ in match_modules(model, PRESETS["paper-student"]["unet"]):
-        assert "diffusion_model." + comfy_map[name + ".weight"] == KM.to_file_key(arch, name) + ".weight"
+        assert "diffusion_model." + comfy_map[name + ".weight"] == keymap.to_file_key(arch, name) + ".weight"
 
 
 @needs_comfy
@@ -87,14 +87,14 @@ def test_pixart_keys_resolve_through_comfyui_pixart_map(arch):
                                           output_prefix="diffusion_model.")
     model = build_meta(arch)
     for name, _ in match_modules(model, PRESETS["all-linear"]["dit"]):
-        key = KM.to_file_key(arch, name)
+        key = keymap.to_file_key(arch, name)
         # ComfyUI's model_lora_keys_unet registers "transformer.<diffusers path>" for every mapped weight.
         assert key == "transformer." + name and name + ".weight" in comfy_map
         want = comfy_map[name + ".weight"]
-        target, offset = KM.comfy_target(arch, key)
+        target, offset = keymap.comfy_target(arch, key)
         assert (target, offset) == (want if isinstance(want, tuple) else (want, None))
     for k, v in comfy_map.items():  # the native rules agree on every key ComfyUI knows, biases included
-        native, offset = KM.pixart_native(k)
+        native, offset = keymap.pixart_native(k)
         assert ("diffusion_model." + native, offset) == (v if isinstance(v, tuple) else (v, None))
 
 
@@ -108,8 +108,8 @@ def test_text_encoder_keys_are_comfyui_clip_weights(arch, component, clip):
     layers = load_config(arch, component)["num_hidden_layers"]
     for b in range(layers):
         for c in clip_map:
-            key = KM.to_file_key(arch, f"text_model.encoder.layers.{b}.{c}", component)
-            assert KM.comfy_target(arch, key) == (template.format(b, c), None)
+            key = keymap.to_file_key(arch, f"text_model.encoder.layers.{b}.{c}", component)
+            assert keymap.comfy_target(arch, key) == (template.format(b, c), None)
             # ComfyUI's generic CLIP spelling is "text_encoders." + model key without ".weight".
             assert key == "text_encoders." + template.format(b, c)[: -len(".weight")]
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from wadi_lorad.lorad import functional as LF
-from wadi_lorad.lorad import inject as INJ
+from wadi_lorad.lorad import functional, inject
 from wadi_lorad.lorad.layer import LoRaDLayer
 from wadi_lorad.lorad.presets import Targets, family_of
 
@@ -38,15 +37,15 @@ def unet_inputs(seed=0):
 def _randomize(model: nn.Module, adapter: str, scale: float = 0.05) -> None:
     g = torch.Generator().manual_seed(42)
     with torch.no_grad():
-        for p in INJ.adapter_parameters(model, adapter):
+        for p in inject.adapter_parameters(model, adapter):
             p.copy_(torch.randn(p.shape, generator=g) * scale)
 
 
 def test_presets_on_sd_unet():
     unet = tiny_unet(linear_proj=True)
     assert family_of(unet) == "unet"
-    student = INJ.inject(unet, "student", "paper-student", rank=4)
-    fake = INJ.inject(unet, "fake", "paper-fake", rank=2)
+    student = inject.inject(unet, "student", "paper-student", rank=4)
+    fake = inject.inject(unet, "fake", "paper-fake", rank=2)
     linears_in_blocks = [
         n
         for n, m in tiny_unet(True).named_modules()
@@ -60,7 +59,7 @@ def test_presets_on_sd_unet():
     assert not any(n.startswith("time_embedding") for n in student)
     # parameter count = sum r * (out + in/2)
     expected = sum(4 * (m.out_features + m.in_features // 2) for n, m in tiny_unet(True).named_modules() if n in student)
-    assert INJ.count_parameters(unet, "student") == expected
+    assert inject.count_parameters(unet, "student") == expected
 
 
 def test_teacher_view_is_base_and_adapters_share_one_base():
@@ -68,8 +67,8 @@ def test_teacher_view_is_base_and_adapters_share_one_base():
     ref = base(*unet_inputs()).sample
     unet = tiny_unet()
     weights_before = {n: p.data_ptr() for n, p in unet.named_parameters()}
-    INJ.inject(unet, "student", "paper-student", rank=4)
-    INJ.inject(unet, "fake", "paper-fake", rank=2)
+    inject.inject(unet, "student", "paper-student", rank=4)
+    inject.inject(unet, "fake", "paper-fake", rank=2)
     _randomize(unet, "student")
     _randomize(unet, "fake")
     # the base parameters are the same tensors as before injection (one copy)
@@ -77,47 +76,47 @@ def test_teacher_view_is_base_and_adapters_share_one_base():
     assert after == weights_before
     assert all(not p.requires_grad for n, p in unet.named_parameters() if ".lorad." not in n)
     with torch.no_grad():
-        INJ.set_active(unet, None)
+        inject.set_active(unet, None)
         assert torch.equal(unet(*unet_inputs()).sample, ref)
-        with INJ.active_adapters(unet, "student"):
+        with inject.active_adapters(unet, "student"):
             s = unet(*unet_inputs()).sample
-        with INJ.active_adapters(unet, "fake"):
+        with inject.active_adapters(unet, "fake"):
             f = unet(*unet_inputs()).sample
-        assert INJ.get_active(unet) == ()
+        assert inject.get_active(unet) == ()
     assert not torch.allclose(s, ref, atol=1e-4) and not torch.allclose(f, ref, atol=1e-4)
     assert not torch.allclose(s, f, atol=1e-4)
 
 
 def test_active_adapter_equals_rotated_weights_model():
     unet = tiny_unet()
-    INJ.inject(unet, "student", "paper-student", rank=4)
+    inject.inject(unet, "student", "paper-student", rank=4)
     _randomize(unet, "student", 0.2)
-    state = INJ.adapter_state(unet, "student")
+    state = inject.adapter_state(unet, "student")
     # independent construction: rotate a copy's weights with the functional API
     ref = tiny_unet()
     with torch.no_grad():
         for name, t in state.items():
             m = ref.get_submodule(name)
-            m.weight.copy_(LF.rotate(m.weight, LF.angles(t["A"], t["B"])))
+            m.weight.copy_(functional.rotate(m.weight, functional.angles(t["A"], t["B"])))
         y_ref = ref(*unet_inputs()).sample
-        with INJ.active_adapters(unet, "student"):
+        with inject.active_adapters(unet, "student"):
             y = unet(*unet_inputs()).sample
     assert torch.allclose(y, y_ref, atol=1e-5)
 
 
 def test_composition_of_two_adapters_adds_angles():
     lin = nn.Linear(16, 8)
-    INJ.inject(lin_model := nn.Sequential(lin), "a", Targets(), rank=2)
-    INJ.inject(lin_model, "b", Targets(), rank=3)
+    inject.inject(lin_model := nn.Sequential(lin), "a", Targets(), rank=2)
+    inject.inject(lin_model, "b", Targets(), rank=3)
     _randomize(lin_model, "a", 0.5)
     _randomize(lin_model, "b", 0.5)
-    INJ.set_strength(lin_model, "b", 0.4)
+    inject.set_strength(lin_model, "b", 0.4)
     layer = lin_model[0]
     x = torch.randn(3, 16)
-    with torch.no_grad(), INJ.active_adapters(lin_model, ["a", "b"]):
+    with torch.no_grad(), inject.active_adapters(lin_model, ["a", "b"]):
         y = lin_model(x)
     ta, tb = layer.lorad["a"].angles(), layer.lorad["b"].angles()
-    w = LF.rotate(LF.rotate(layer.weight, ta), tb, 0.4)
+    w = functional.rotate(functional.rotate(layer.weight, ta), tb, 0.4)
     assert torch.allclose(y, x @ w.t() + layer.bias, atol=1e-5)
 
 
@@ -125,114 +124,114 @@ def test_merge_unmerge_exact_and_remove_restores_modules():
     unet = tiny_unet()
     keys_before = set(unet.state_dict())
     base_sd = {k: v.clone() for k, v in unet.state_dict().items()}
-    INJ.inject(unet, "student", "paper-student", rank=4)
+    inject.inject(unet, "student", "paper-student", rank=4)
     _randomize(unet, "student", 0.2)
     with torch.no_grad():
-        INJ.set_active(unet, "student")
+        inject.set_active(unet, "student")
         y_active = unet(*unet_inputs()).sample
-        INJ.merge(unet)  # merged weights, adapter no longer applied on the fly
+        inject.merge(unet)  # merged weights, adapter no longer applied on the fly
         y_merged = unet(*unet_inputs()).sample
         assert torch.allclose(y_active, y_merged, atol=1e-5)
-        INJ.unmerge(unet)
-        for name, layer in INJ.lorad_layers(unet):
+        inject.unmerge(unet)
+        for name, layer in inject.lorad_layers(unet):
             assert torch.equal(layer.weight, base_sd[name + ".weight"])  # bit-exact with the kept copy
         # unmerge by inverse rotation (no kept copy) is exact to fp32 rounding
-        INJ.merge(unet, keep_original=False)
-        INJ.unmerge(unet)
-        for name, layer in INJ.lorad_layers(unet):
+        inject.merge(unet, keep_original=False)
+        inject.unmerge(unet)
+        for name, layer in inject.lorad_layers(unet):
             assert (layer.weight - base_sd[name + ".weight"]).abs().max() < 1e-5
-        INJ.remove(unet)
-    assert not list(INJ.lorad_layers(unet))
+        inject.remove(unet)
+    assert not list(inject.lorad_layers(unet))
     assert set(unet.state_dict()) == keys_before
     assert all(type(m) is not LoRaDLayer for m in unet.modules())
 
 
 def test_merge_non_finite_is_refused_without_writing():
     model = nn.Sequential(nn.Linear(8, 4), nn.Linear(4, 4))
-    INJ.inject(model, "x", Targets(), rank=2)
+    inject.inject(model, "x", Targets(), rank=2)
     with torch.no_grad():
         model[1].lorad["x"].A.fill_(float("nan"))
     before = [m.weight.clone() for m in model]
-    INJ.set_active(model, "x")
+    inject.set_active(model, "x")
     with pytest.raises(ValueError, match="non-finite"):
-        INJ.merge(model)
+        inject.merge(model)
     assert all(torch.equal(m.weight, b) for m, b in zip(model, before))
 
 
 def test_inject_validates_before_changing_anything():
     model = nn.Sequential(nn.Linear(8, 4), nn.Linear(7, 4))  # second layer has an odd width
-    with pytest.raises(LF.LoRaDShapeError, match="1"):
-        INJ.inject(model, "x", Targets(), rank=2)
-    assert not list(INJ.lorad_layers(model))
+    with pytest.raises(functional.LoRaDShapeError, match="1"):
+        inject.inject(model, "x", Targets(), rank=2)
+    assert not list(inject.lorad_layers(model))
     with pytest.raises(KeyError, match="unknown target preset"):
-        INJ.inject(model, "x", "no-such-preset", rank=2)
+        inject.inject(model, "x", "no-such-preset", rank=2)
     with pytest.raises(KeyError, match="no adapter named"):
-        INJ.set_active(model, "ghost")
+        inject.set_active(model, "ghost")
 
 
 def test_adapter_state_round_trip_and_strict_errors():
     unet = tiny_unet()
-    INJ.inject(unet, "student", "paper-student", rank=4, dense="auto")
+    inject.inject(unet, "student", "paper-student", rank=4, dense="auto")
     _randomize(unet, "student", 0.2)
-    state = INJ.adapter_state(unet, "student")
+    state = inject.adapter_state(unet, "student")
     fresh = tiny_unet()
-    loaded = INJ.load_adapter_state(fresh, "student", state)
+    loaded = inject.load_adapter_state(fresh, "student", state)
     assert sorted(loaded) == sorted(state)
     with torch.no_grad():
         for m in (unet, fresh):
-            INJ.set_active(m, "student")
+            inject.set_active(m, "student")
         assert torch.equal(unet(*unet_inputs()).sample, fresh(*unet_inputs()).sample)
     bad = dict(state)
     name = next(iter(bad))
     bad[name] = {"A": state[name]["A"] if "A" in state[name] else state[name]["theta"], "B": torch.zeros(4, 3)}
     with pytest.raises(ValueError, match=name.replace(".", r"\.")):
-        INJ.load_adapter_state(tiny_unet(), "student", bad)
+        inject.load_adapter_state(tiny_unet(), "student", bad)
     with pytest.raises(ValueError, match="no such module"):
-        INJ.load_adapter_state(tiny_unet(), "student", {"nope.layer": state[name]})
+        inject.load_adapter_state(tiny_unet(), "student", {"nope.layer": state[name]})
 
 
 def test_dense_auto_picks_smaller_form():
     model = nn.Sequential(nn.Linear(64, 4), nn.Linear(64, 64))
-    INJ.inject(model, "x", Targets(), rank=8, dense="auto")
+    inject.inject(model, "x", Targets(), rank=8, dense="auto")
     assert model[0].lorad["x"].dense  # 8*(4+32)=288 > 4*32=128
     assert not model[1].lorad["x"].dense  # 8*(64+32)=768 < 64*32
 
 
 def test_conv_layers_can_be_adapted():
     model = nn.Sequential(nn.Conv2d(4, 6, 3, padding=1))
-    INJ.inject(model, "x", Targets(types=(nn.Conv2d,)), rank=2)
+    inject.inject(model, "x", Targets(types=(nn.Conv2d,)), rank=2)
     _randomize(model, "x", 0.5)
     x = torch.randn(1, 4, 5, 5)
-    with torch.no_grad(), INJ.active_adapters(model, "x"):
+    with torch.no_grad(), inject.active_adapters(model, "x"):
         y = model(x)
     layer = model[0]
-    w = LF.rotate(layer.weight, layer.lorad["x"].angles())
+    w = functional.rotate(layer.weight, layer.lorad["x"].angles())
     assert torch.allclose(y, torch.nn.functional.conv2d(x, w, layer.bias, padding=1), atol=1e-5)
 
 
 def test_training_updates_only_the_active_adapter():
     unet = tiny_unet()
-    INJ.inject(unet, "student", "paper-student", rank=4)
-    INJ.inject(unet, "fake", "paper-fake", rank=2)
-    fake_before = [p.clone() for p in INJ.adapter_parameters(unet, "fake")]
-    INJ.set_active(unet, "student")
+    inject.inject(unet, "student", "paper-student", rank=4)
+    inject.inject(unet, "fake", "paper-fake", rank=2)
+    fake_before = [p.clone() for p in inject.adapter_parameters(unet, "fake")]
+    inject.set_active(unet, "student")
     unet(*unet_inputs()).sample.square().mean().backward()
-    assert all(p.grad is None for p in INJ.adapter_parameters(unet, "fake"))
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in INJ.adapter_parameters(unet, "student"))
-    assert all(torch.equal(a, b) for a, b in zip(fake_before, INJ.adapter_parameters(unet, "fake")))
+    assert all(p.grad is None for p in inject.adapter_parameters(unet, "fake"))
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in inject.adapter_parameters(unet, "student"))
+    assert all(torch.equal(a, b) for a, b in zip(fake_before, inject.adapter_parameters(unet, "fake")))
 
 
 def test_merge_then_bake_gives_a_plain_rotated_model():
     unet = tiny_unet()
-    INJ.inject(unet, "student", "paper-student", rank=4)
+    inject.inject(unet, "student", "paper-student", rank=4)
     _randomize(unet, "student", 0.2)
     with torch.no_grad():
-        INJ.set_active(unet, "student")
+        inject.set_active(unet, "student")
         y = unet(*unet_inputs()).sample
-        INJ.merge(unet)
+        inject.merge(unet)
         with pytest.raises(RuntimeError, match="merged"):
-            INJ.remove(unet, "student")  # refusing keeps the model intact
-        assert len(list(INJ.lorad_layers(unet))) > 0
-        INJ.remove(unet, "student", bake=True)
-        assert not list(INJ.lorad_layers(unet))
+            inject.remove(unet, "student")  # refusing keeps the model intact
+        assert len(list(inject.lorad_layers(unet))) > 0
+        inject.remove(unet, "student", bake=True)
+        assert not list(inject.lorad_layers(unet))
         assert torch.allclose(unet(*unet_inputs()).sample, y, atol=1e-5)

@@ -8,8 +8,8 @@ import struct
 import pytest
 import torch
 from safetensors.torch import save_file
-from wadi_lorad.lorad import io as LIO
-from wadi_lorad.lorad import keymap as KM
+from wadi_lorad.lorad import io as lorad_io
+from wadi_lorad.lorad import keymap
 from wadi_lorad.lorad.bridge import export_adapter, load_adapter, model_layout
 from wadi_lorad.lorad.convert import describe
 from wadi_lorad.lorad.inject import adapter_state, inject, set_active
@@ -64,8 +64,8 @@ def write_raw(path, tensors, md):
 
 
 def expect_error(path, *fragments):
-    with pytest.raises(LIO.LoRaDFileError) as e:
-        LIO.load_lorad(path)
+    with pytest.raises(lorad_io.LoRaDFileError) as e:
+        lorad_io.load_lorad(path)
     msg = str(e.value)
     assert str(path) in msg, msg
     for frag in fragments:
@@ -79,11 +79,11 @@ def test_export_load_round_trip_is_bit_exact_and_keeps_outputs(tmp_path):
     path = export_adapter(model, "student", tmp_path / "s.lorad.safetensors", arch="sd15", target_preset="paper-student",
                           title="tiny", one_step={"timestep": 999, "alpha_bar_T": 0.0047},
                           provenance={"steps": 10, "student_lr": 1e-4, "seed": 0})
-    f = LIO.load_lorad(path)
+    f = lorad_io.load_lorad(path)
     state = adapter_state(model, "student")
     layout = model_layout("sd15", model)
     assert layout is not None and f.layout == layout  # a shrunk UNet records its own ldm numbering
-    back = LIO.adapter_state_from_layers("sd15", f.layers, layout=f.layout)
+    back = lorad_io.adapter_state_from_layers("sd15", f.layers, layout=f.layout)
     assert set(back) == set(state)  # no key dropped or invented
     for n, t in state.items():
         assert torch.equal(back[n]["A"], t["A"]) and torch.equal(back[n]["B"], t["B"])
@@ -91,7 +91,7 @@ def test_export_load_round_trip_is_bit_exact_and_keeps_outputs(tmp_path):
     assert f.one_step.timestep == 999 and f.one_step.alpha_bar_T == 0.0047 and f.one_step.prediction_type == "epsilon"
     md = f.metadata
     assert md["lorad.provenance.steps"] == "10" and md["lorad.provenance.student_lr"] == "0.0001"
-    assert md["modelspec.hash_sha256"] == LIO.data_sha256(path)
+    assert md["modelspec.hash_sha256"] == lorad_io.data_sha256(path)
     assert md["lorad.num_layers"] == str(len(state))
     assert all(isinstance(v, str) for v in md.values())
 
@@ -108,11 +108,11 @@ def test_fp16_storage(tmp_path):
     state = adapter_state(model, "student")
     path = export_adapter(model, "student", tmp_path / "h.lorad.safetensors", arch="sd15",
                           target_preset="paper-student", title="fp16", dtype=torch.float16)
-    f = LIO.load_lorad(path)
+    f = lorad_io.load_lorad(path)
     assert f.storage_dtype == "F16"
     layout = model_layout("sd15", model)
     for key, t in f.layers.items():
-        _, name = KM.to_module_name("sd15", key, layout)
+        _, name = keymap.to_module_name("sd15", key, layout)
         assert t["A"].dtype == torch.float32
         assert torch.equal(t["A"], state[name]["A"].half().float())
     # Size: 8-byte length + header + 2 bytes per value, nothing else.
@@ -124,7 +124,7 @@ def test_dense_and_mixed_layers(tmp_path):
     layers = {KEY: good_layer(4), KEY.replace("to_q", "to_k"): {"theta": torch.rand(320, 160)},
               KEY.replace("to_q", "to_v"): good_layer(8)}
     md = build_metadata(arch="sd15", rank=None, target_preset="custom", title="mixed")
-    f = LIO.load_lorad(LIO.save_lorad(tmp_path / "m.lorad.safetensors", layers, md, dtype=torch.bfloat16))
+    f = lorad_io.load_lorad(lorad_io.save_lorad(tmp_path / "m.lorad.safetensors", layers, md, dtype=torch.bfloat16))
     assert f.rank is None and f.metadata["lorad.rank"] == "mixed"
     assert json.loads(f.metadata["lorad.rank_pattern"])[KEY] == 4
     assert torch.equal(f.layers[KEY.replace("to_q", "to_k")]["theta"], layers[KEY.replace("to_q", "to_k")]["theta"]
@@ -136,12 +136,12 @@ def test_transposed_factors_are_rejected_against_the_model(tmp_path):
     model = student()
     path = export_adapter(model, "student", tmp_path / "s.lorad.safetensors", arch="sd15",
                           target_preset="paper-student", title="t")
-    f = LIO.load_lorad(path)
+    f = lorad_io.load_lorad(path)
     key = next(iter(f.layers))
     f.layers[key] = {"A": f.layers[key]["B"].T.contiguous(), "B": f.layers[key]["A"].T.contiguous()}
     shapes = LIO_shapes(model)
-    with pytest.raises(LIO.LoRaDFileError, match=r"do not fit weight .*expected A \(\d+, r\), B \(r, \d+\)") as e:
-        LIO.validate_layers(f, shapes)
+    with pytest.raises(lorad_io.LoRaDFileError, match=r"do not fit weight .*expected A \(\d+, r\), B \(r, \d+\)") as e:
+        lorad_io.validate_layers(f, shapes)
     assert key in str(e.value) and str(path) in str(e.value)
 
 
@@ -155,14 +155,14 @@ def test_validate_layers_unmatched_and_partial(tmp_path):
     model = student()
     path = export_adapter(model, "student", tmp_path / "s.lorad.safetensors", arch="sd15",
                           target_preset="paper-student", title="t")
-    f = LIO.load_lorad(path)
+    f = lorad_io.load_lorad(path)
     shapes = LIO_shapes(model)
     dropped = sorted(f.layers)[0]
     del shapes[dropped]
-    with pytest.raises(LIO.LoRaDFileError, match="1 key\\(s\\) match no weight .*nothing applied") as e:
-        LIO.validate_layers(f, shapes)
+    with pytest.raises(lorad_io.LoRaDFileError, match="1 key\\(s\\) match no weight .*nothing applied") as e:
+        lorad_io.validate_layers(f, shapes)
     assert dropped in str(e.value)
-    matched = LIO.validate_layers(f, shapes, allow_partial=True)
+    matched = lorad_io.validate_layers(f, shapes, allow_partial=True)
     assert set(matched) == set(f.layers) - {dropped}
     # load_adapter is all-or-nothing: a model missing a target gets no adapter at all.
     fresh = tiny_unet()
@@ -171,17 +171,17 @@ def test_validate_layers_unmatched_and_partial(tmp_path):
 
 
 def test_odd_target_width_is_an_error():
-    f = LIO.LoRaDFile(None, {KEY: good_layer()}, meta())
-    with pytest.raises(LIO.LoRaDFileError, match="row width 321 is odd"):
-        LIO.validate_layers(f, {KEY: (320, 321)})
+    f = lorad_io.LoRaDFile(None, {KEY: good_layer()}, meta())
+    with pytest.raises(lorad_io.LoRaDFileError, match="row width 321 is odd"):
+        lorad_io.validate_layers(f, {KEY: (320, 321)})
 
 
 def test_a_wholly_wrong_file_lists_the_first_twenty_problems():
     """A file for another model can fail thousands of layers: the message stays readable."""
     keys = [f"{KEY}.{i}" for i in range(30)]
-    f = LIO.LoRaDFile(None, {k: good_layer() for k in keys}, meta())
-    with pytest.raises(LIO.LoRaDFileError, match="30 layer\\(s\\) do not fit") as e:
-        LIO.validate_layers(f, {k: (640, 640) for k in keys})
+    f = lorad_io.LoRaDFile(None, {k: good_layer() for k in keys}, meta())
+    with pytest.raises(lorad_io.LoRaDFileError, match="30 layer\\(s\\) do not fit") as e:
+        lorad_io.validate_layers(f, {k: (640, 640) for k in keys})
     msg = str(e.value)
     assert keys[19] in msg and keys[20] not in msg and "... and 10 more" in msg
 
@@ -193,20 +193,20 @@ def md_ok():
 
 def test_no_overwrite_without_force(tmp_path):
     path = tmp_path / "a.lorad.safetensors"
-    LIO.save_lorad(path, {KEY: good_layer()}, md_ok())
+    lorad_io.save_lorad(path, {KEY: good_layer()}, md_ok())
     before = path.read_bytes()
     with pytest.raises(FileExistsError, match="force"):
-        LIO.save_lorad(path, {KEY: good_layer(2)}, build_metadata(arch="sd15", rank=2, target_preset="c", title="y"))
+        lorad_io.save_lorad(path, {KEY: good_layer(2)}, build_metadata(arch="sd15", rank=2, target_preset="c", title="y"))
     assert path.read_bytes() == before
-    LIO.save_lorad(path, {KEY: good_layer(2)}, build_metadata(arch="sd15", rank=2, target_preset="c", title="y"),
+    lorad_io.save_lorad(path, {KEY: good_layer(2)}, build_metadata(arch="sd15", rank=2, target_preset="c", title="y"),
                    force=True)
-    assert LIO.load_lorad(path).rank == 2
+    assert lorad_io.load_lorad(path).rank == 2
 
 
 @pytest.mark.parametrize("fail_at", ["write", "replace"])
 def test_failed_write_leaves_original_and_no_temp(tmp_path, monkeypatch, fail_at):
     path = tmp_path / "a.lorad.safetensors"
-    LIO.save_lorad(path, {KEY: good_layer()}, md_ok())
+    lorad_io.save_lorad(path, {KEY: good_layer()}, md_ok())
     before = path.read_bytes()
 
     def half_then_fail(f, chunks):
@@ -214,11 +214,11 @@ def test_failed_write_leaves_original_and_no_temp(tmp_path, monkeypatch, fail_at
         raise OSError("disk full (simulated)")
 
     if fail_at == "write":
-        monkeypatch.setattr(LIO, "_write_bytes", half_then_fail)
+        monkeypatch.setattr(lorad_io, "_write_bytes", half_then_fail)
     else:
-        monkeypatch.setattr(LIO.os, "replace", lambda *a: (_ for _ in ()).throw(OSError("rename failed")))
+        monkeypatch.setattr(lorad_io.os, "replace", lambda *a: (_ for _ in ()).throw(OSError("rename failed")))
     with pytest.raises(OSError, match="simulated|rename failed"):
-        LIO.save_lorad(path, {KEY: good_layer(2)}, build_metadata(arch="sd15", rank=2, target_preset="c", title="y"),
+        lorad_io.save_lorad(path, {KEY: good_layer(2)}, build_metadata(arch="sd15", rank=2, target_preset="c", title="y"),
                        force=True)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
@@ -227,16 +227,16 @@ def test_failed_write_leaves_original_and_no_temp(tmp_path, monkeypatch, fail_at
 def test_writer_rejects_bad_input(tmp_path):
     p = tmp_path / "w.lorad.safetensors"
     with pytest.raises(ValueError, match="storage dtype"):
-        LIO.save_lorad(p, {KEY: good_layer()}, md_ok(), dtype=torch.float64)
-    with pytest.raises(LIO.LoRaDFileError, match="non-finite"):  # 1e6 overflows float16
-        LIO.save_lorad(p, {KEY: {"A": torch.full((320, 4), 1e6), "B": torch.ones(4, 160)}}, md_ok(),
+        lorad_io.save_lorad(p, {KEY: good_layer()}, md_ok(), dtype=torch.float64)
+    with pytest.raises(lorad_io.LoRaDFileError, match="non-finite"):  # 1e6 overflows float16
+        lorad_io.save_lorad(p, {KEY: {"A": torch.full((320, 4), 1e6), "B": torch.ones(4, 160)}}, md_ok(),
                        dtype=torch.float16)
-    with pytest.raises(LIO.LoRaDFileError, match="metadata says '8'"):
-        LIO.save_lorad(p, {KEY: good_layer()}, build_metadata(arch="sd15", rank=8, target_preset="c", title="x"))
-    with pytest.raises(LIO.LoRaDFileError, match="not a layer of sd15"):
-        LIO.save_lorad(p, {"unet.down_blocks.0.attentions.0.proj_in": good_layer()}, md_ok())
-    with pytest.raises(LIO.LoRaDFileError, match="strings"):
-        LIO.save_lorad(p, {KEY: good_layer()}, {**md_ok(), "lorad.provenance.steps": 10})
+    with pytest.raises(lorad_io.LoRaDFileError, match="metadata says '8'"):
+        lorad_io.save_lorad(p, {KEY: good_layer()}, build_metadata(arch="sd15", rank=8, target_preset="c", title="x"))
+    with pytest.raises(lorad_io.LoRaDFileError, match="not a layer of sd15"):
+        lorad_io.save_lorad(p, {"unet.down_blocks.0.attentions.0.proj_in": good_layer()}, md_ok())
+    with pytest.raises(lorad_io.LoRaDFileError, match="strings"):
+        lorad_io.save_lorad(p, {KEY: good_layer()}, {**md_ok(), "lorad.provenance.steps": 10})
     assert not p.exists() and list(tmp_path.iterdir()) == []
 
 
@@ -244,11 +244,15 @@ def test_writer_rejects_bad_input(tmp_path):
 def test_not_a_safetensors_file(tmp_path):
     p = tmp_path / "junk.lorad.safetensors"
     p.write_bytes(b"\xff" * 64)
-    expect_error(p, "corrupt safetensors header length", "expected a .safetensors file")
+    # safetensors' reader validates the header; the error adds the file and what was expected.
+    expect_error(p, "not a valid safetensors file", "header too large", "expected a .safetensors file")
     p.write_bytes(struct.pack("<Q", 10) + b"{not json}")
-    expect_error(p, "not valid JSON")
+    expect_error(p, "not a valid safetensors file", "invalid JSON")
     p.write_bytes(b"abc")
-    expect_error(p, "too short")
+    expect_error(p, "not a valid safetensors file", "header too small")
+    header = b'{"__metadata__": {"lorad.arch": 1}}'
+    p.write_bytes(struct.pack("<Q", len(header)) + header)
+    expect_error(p, "not a valid safetensors file", "expected a string")
     expect_error(tmp_path / "missing.lorad.safetensors", "no such file")
 
 
@@ -256,7 +260,7 @@ def test_truncated_data(tmp_path):
     p = write_raw(tmp_path / "t.lorad.safetensors", {KEY + ".lorad_A": good_layer()["A"],
                                                      KEY + ".lorad_B": good_layer()["B"]}, meta())
     p.write_bytes(p.read_bytes()[:-100])
-    expect_error(p, "cannot read tensors")
+    expect_error(p, "not a valid safetensors file", "not fully covered")  # found before any tensor is read
 
 
 @pytest.mark.parametrize(
@@ -307,12 +311,12 @@ def test_non_finite_values(tmp_path):
 
 
 def test_hash_mismatch_is_detected(tmp_path):
-    p = LIO.save_lorad(tmp_path / "h.lorad.safetensors", {KEY: good_layer()}, md_ok())
+    p = lorad_io.save_lorad(tmp_path / "h.lorad.safetensors", {KEY: good_layer()}, md_ok())
     raw = bytearray(p.read_bytes())
     raw[-5] ^= 0x01  # flip one bit of tensor data
     p.write_bytes(bytes(raw))
     expect_error(p, "modelspec.hash_sha256", "does not match", "corrupted")
-    assert LIO.load_lorad(p, verify_hash=False).layers[KEY]["B"].shape == (4, 160)
+    assert lorad_io.load_lorad(p, verify_hash=False).layers[KEY]["B"].shape == (4, 160)
 
 
 def test_metadata_keys():
@@ -342,9 +346,9 @@ def test_meta_shapes_map_to_file_layers_and_back():
     model = build_meta("sd15")
     inject(model, "student", "paper-student", rank=256)
     state = adapter_state(model, "student")
-    layers = LIO.layers_from_adapter_state("sd15", state)
+    layers = lorad_io.layers_from_adapter_state("sd15", state)
     assert all(k.startswith("diffusion_model.") for k in layers) and len(layers) == len(state) == 182
-    back = LIO.adapter_state_from_layers("sd15", layers)
+    back = lorad_io.adapter_state_from_layers("sd15", layers)
     assert {n: {k: v.shape for k, v in t.items()} for n, t in back.items()} == \
            {n: {k: v.shape for k, v in t.items()} for n, t in state.items()}
 
@@ -389,7 +393,7 @@ def test_unet_and_text_encoder_in_one_file(tmp_path):
             t["A"].normal_(0, 0.3)
     path = export_adapter({"unet": unet, "text_encoder": te}, "student", tmp_path / "both.lorad.safetensors",
                           arch="sd15", target_preset="custom", title="both")
-    f = LIO.load_lorad(path)
+    f = lorad_io.load_lorad(path)
     assert f.components() == {"unet": len(adapter_state(unet, "student")), "text_encoder": 12}
     assert "text_encoders.clip_l.transformer.text_model.encoder.layers.1.mlp.fc2" in f.layers
     fresh_te = tiny_clip()
@@ -398,9 +402,9 @@ def test_unet_and_text_encoder_in_one_file(tmp_path):
     for n in names:
         assert torch.equal(fresh_te.get_submodule(n).rotated_weight(["student"]),
                            te.get_submodule(n).rotated_weight(["student"]))
-    with pytest.raises(KM.KeyMapError, match="no LoRaD key spelling for component 'text_encoder_2'"):
+    with pytest.raises(keymap.KeyMapError, match="no LoRaD key spelling for component 'text_encoder_2'"):
         load_adapter(tiny_clip(), "x", f, component="text_encoder_2")
     unet_only = export_adapter(unet, "student", tmp_path / "u.lorad.safetensors", arch="sd15",
                                target_preset="custom", title="u")
-    with pytest.raises(LIO.LoRaDFileError, match="no layers for component 'text_encoder'.*text_encoders.clip_l"):
+    with pytest.raises(lorad_io.LoRaDFileError, match="no layers for component 'text_encoder'.*text_encoders.clip_l"):
         load_adapter(tiny_clip(), "x", unet_only, component="text_encoder")

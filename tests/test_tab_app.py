@@ -12,11 +12,11 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 import tab_fake_config as fc  # noqa: E402
+from wadi_lorad.trainer.jobs.runner import JobRunner  # noqa: E402
+from wadi_lorad.trainer.jobs.store import JobStore  # noqa: E402
 from wadi_lorad.trainer.tab.app import Settings, TabApp  # noqa: E402
 from wadi_lorad.trainer.tab.forms import config_to_values, field_specs, values_to_dict  # noqa: E402
 from wadi_lorad.trainer.tab.kinds import load_kinds  # noqa: E402
-from wadi_lorad.trainer.tab.runner import JobRunner  # noqa: E402
-from wadi_lorad.trainer.tab.store import JobStore  # noqa: E402
 
 FAKE = Path(__file__).with_name("tab_fake_trainer.py")
 SOURCES = {"distill": ("Distill (test)", "tab_fake_config", "FakeConfig",
@@ -203,7 +203,7 @@ def test_unavailable_kinds_say_why():
 
 
 def test_one_app_per_jobs_folder(tmp_path):
-    from wadi_lorad.trainer.tab.runner import RunnerBusy
+    from wadi_lorad.trainer.jobs.runner import RunnerBusy
 
     settings = Settings.create(roots=[tmp_path], default_devices="cpu")
     first = TabApp(settings, kinds={})

@@ -90,11 +90,11 @@ def drive_job(pg: tb.Page, kind: str, total: int, stopped=("stopped",), step_s: 
 def test_browser_fake_trainer_preset_stop_resume_reload(browser, tmp_path):
     """The whole page flow against a stand-in trainer (fast; every control of the Distill tab)."""
     import tab_fake_config as fc
+    from wadi_lorad.trainer.jobs.runner import JobRunner
+    from wadi_lorad.trainer.jobs.store import JobStore
     from wadi_lorad.trainer.tab.app import Settings, TabApp
     from wadi_lorad.trainer.tab.kinds import load_kinds
     from wadi_lorad.trainer.tab.layout import blocks
-    from wadi_lorad.trainer.tab.runner import JobRunner
-    from wadi_lorad.trainer.tab.store import JobStore
 
     settings = Settings.create(roots=[tmp_path], default_devices="cpu")
     preset = settings.presets_dir / "distill" / "quick.yaml"
@@ -165,7 +165,8 @@ def test_browser_real_distill_start_stop_resume(browser, tmp_path, monkeypatch):
     """
     C = pytest.importorskip("wadi_lorad.trainer.config", reason="the distill trainer is not here")
     from wadi_lorad.trainer.events import TEST_STEP_SLEEP_ENV
-    from wadi_lorad.trainer.tab.app import Settings, build_app
+    from wadi_lorad.trainer.tab.app import Settings
+    from wadi_lorad.trainer.tab.layout import build_app
 
     base, prompts = _base_and_prompts(tmp_path)
     slow = tmp_path / "step-sleep.txt"
@@ -230,8 +231,9 @@ def test_browser_first_run_from_the_preset_to_a_downloaded_file(browser, tmp_pat
     if not (TEACHER / "model_index.json").is_file():
         pytest.skip("no shipped tiny world")
     from wadi_lorad.trainer.events import TEST_STEP_SLEEP_ENV
-    from wadi_lorad.trainer.tab.app import Settings, build_app
+    from wadi_lorad.trainer.tab.app import Settings
     from wadi_lorad.trainer.tab.cli import launch_options
+    from wadi_lorad.trainer.tab.layout import build_app
 
     monkeypatch.delenv(TEST_STEP_SLEEP_ENV, raising=False)
     (tmp_path / ".env").write_text("API_TOKEN=fake-secret\n")

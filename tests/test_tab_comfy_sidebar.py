@@ -16,7 +16,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 import tab_browser as tb  # noqa: E402
 from wadi_lorad.nodes.routes_tab import TabService  # noqa: E402
-from wadi_lorad.trainer.tab.store import Job, JobStore  # noqa: E402
+from wadi_lorad.trainer.jobs.store import Job, JobStore  # noqa: E402
 
 pytestmark = pytest.mark.skipif(tb.skip_reason() is not None, reason=tb.skip_reason() or "")
 

@@ -68,9 +68,9 @@ FINETUNES = {  # kind -> (config module, class, non-default values that exercise
 def test_finetune_tabs_are_live_with_generated_forms(kind, tmp_path):
     """Personalize and Relation: registered from their config modules; every field a widget; one-load presets."""
     from wadi_lorad.trainer.config import apply_overrides, leaf_paths
+    from wadi_lorad.trainer.jobs.runner import JobRunner
+    from wadi_lorad.trainer.jobs.store import JobStore
     from wadi_lorad.trainer.tab.app import Settings, TabApp
-    from wadi_lorad.trainer.tab.runner import JobRunner
-    from wadi_lorad.trainer.tab.store import JobStore
 
     module, cls_name, pairs = FINETUNES[kind]
     mod = importlib.import_module(module)

@@ -14,12 +14,12 @@ from PIL import Image
 
 pytest.importorskip("wadi_lorad.trainer.config", reason="the distill trainer is not here")
 from wadi_lorad.trainer import config as C  # noqa: E402
+from wadi_lorad.trainer.jobs.runner import JobRunner  # noqa: E402
+from wadi_lorad.trainer.jobs.store import Job, JobStore  # noqa: E402
 from wadi_lorad.trainer.tab import checks  # noqa: E402
 from wadi_lorad.trainer.tab.app import ASSETS, Settings, TabApp  # noqa: E402
 from wadi_lorad.trainer.tab.forms import config_to_values  # noqa: E402
 from wadi_lorad.trainer.tab.kinds import BUILTIN_PRESETS, load_kinds  # noqa: E402
-from wadi_lorad.trainer.tab.runner import JobRunner  # noqa: E402
-from wadi_lorad.trainer.tab.store import Job, JobStore  # noqa: E402
 
 TEACHER = ASSETS / "tinyworld" / "teacher"
 PROMPTS = ASSETS / "tinyworld" / "prompts.txt"

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from wadi_lorad.trainer.jobs import EVENTS_FILE_NAME, STOP_FILE_ENV
-from wadi_lorad.trainer.tab import procs
-from wadi_lorad.trainer.tab.events import EventTail
-from wadi_lorad.trainer.tab.runner import JobRefused, JobRunner, cli_command, parse_devices
-from wadi_lorad.trainer.tab.store import Job, JobStore
+from wadi_lorad.trainer.jobs import EVENTS_FILE_NAME, STOP_FILE_ENV, procs
+from wadi_lorad.trainer.jobs.runner import JobRefused, JobRunner, cli_command, parse_devices
+from wadi_lorad.trainer.jobs.store import Job, JobStore
+from wadi_lorad.trainer.jobs.tail import EventTail
 
 FAKE = Path(__file__).with_name("tab_fake_trainer.py")
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import yaml
 from wadi_lorad.nodes.routes_tab import TabService, add_routes, register_routes
-from wadi_lorad.trainer.tab.runner import JobRunner
-from wadi_lorad.trainer.tab.store import JobStore
+from wadi_lorad.trainer.jobs.runner import JobRunner
+from wadi_lorad.trainer.jobs.store import JobStore
 
 FAKE = Path(__file__).with_name("tab_fake_trainer.py")
 

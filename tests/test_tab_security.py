@@ -90,7 +90,8 @@ def _free_port() -> int:
 def test_server_binds_loopback_and_rejects_oversized_uploads(tmp_path):
     """The real Gradio server: bound to 127.0.0.1 only, and its upload route enforces max_file_size."""
     import httpx
-    from wadi_lorad.trainer.tab.app import Settings, build_app
+    from wadi_lorad.trainer.tab.app import Settings
+    from wadi_lorad.trainer.tab.layout import build_app
 
     settings = Settings.create(roots=[tmp_path], max_upload_bytes=4096, default_devices="cpu")
     demo = build_app(settings, kinds={}, monitor=False)
@@ -119,7 +120,7 @@ def _calls(tree: ast.AST):
 
 def test_no_shell_anywhere_in_the_tab_and_routes():
     """Every process start in the tab/job code takes an argument list; no shell=True, os.system or os.popen."""
-    files = sorted((PKG / "trainer" / "tab").glob("*.py")) + [PKG / "trainer" / "jobs.py"]
+    files = sorted((PKG / "trainer" / "tab").glob("*.py")) + sorted((PKG / "trainer" / "jobs").glob("*.py"))
     files += [p for p in (PKG / "nodes").glob("routes_tab*.py")]
     assert len(files) > 8
     for path in files:

@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 import pytest
+from wadi_lorad.trainer.jobs.store import Job
 from wadi_lorad.trainer.tab.security import PathNotAllowed, Roots
-from wadi_lorad.trainer.tab.store import Job
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
@@ -53,8 +53,9 @@ def _finished_job(app, out: Path) -> Job:
 def test_only_job_artifacts_are_served(tmp_path):
     """Plant secrets under the root; the file route refuses them, the app's own job exports are offered."""
     import httpx
-    from wadi_lorad.trainer.tab.app import Settings, build_app
+    from wadi_lorad.trainer.tab.app import Settings
     from wadi_lorad.trainer.tab.cli import launch_options
+    from wadi_lorad.trainer.tab.layout import build_app
 
     root = tmp_path / "home"
     (root / ".ssh").mkdir(parents=True)

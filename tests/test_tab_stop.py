@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 from wadi_lorad.trainer.jobs import EVENTS_FILE_NAME
-from wadi_lorad.trainer.tab.events import EventTail
-from wadi_lorad.trainer.tab.runner import JobRunner, last_checkpoint_step, run_pace, stop_grace
-from wadi_lorad.trainer.tab.store import JobStore
+from wadi_lorad.trainer.jobs.runner import JobRunner, last_checkpoint_step, run_pace, stop_grace
+from wadi_lorad.trainer.jobs.store import JobStore
+from wadi_lorad.trainer.jobs.tail import EventTail
 
 FAKE = Path(__file__).with_name("tab_fake_trainer.py")
 ROOT = Path(__file__).resolve().parent.parent

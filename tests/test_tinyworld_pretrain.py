@@ -60,11 +60,11 @@ def test_classifier_stage_resumes_exactly(tmp_path, monkeypatch):
             raise KeyboardInterrupt  # as if the run were killed after the step-2 checkpoint
         return real_lr(step, *a, **k)
 
-    monkeypatch.setattr(stages.C, "cosine_lr", crash_at_step_3)
+    monkeypatch.setattr(stages.classifier, "cosine_lr", crash_at_step_3)
     with pytest.raises(KeyboardInterrupt):
         P.run(P.load_config(None, _clf_args(tmp_path, "resumed")))
     assert torch.load(tmp_path / "resumed" / "classifier" / "checkpoint.pt", weights_only=False)["step"] == 2
-    monkeypatch.setattr(stages.C, "cosine_lr", real_lr)
+    monkeypatch.setattr(stages.classifier, "cosine_lr", real_lr)
     P.run(P.load_config(None, _clf_args(tmp_path, "resumed")))
     resumed = C.load_classifier(tmp_path / "resumed" / "x" / "classifier.safetensors").state_dict()
     assert all(torch.equal(reference[k], resumed[k]) for k in reference)

@@ -123,3 +123,13 @@ def test_api_twin_matches_ui(name):
             if k in ("negative", "onestep", "clip", "vae", "mask"):  # optional sockets
                 continue
             assert k in node["inputs"], f"{name}: {node['class_type']} input {k} not connected"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_shipped_seeds_randomize(name):
+    """Every seed widget comes after-generate "randomize" (a new image per queue), as ComfyUI's own templates;
+    the API twins carry plain seeds (the API format has no widget state: a caller sets the seed)."""
+    wf = json.loads((WF / f"{name}.json").read_text())
+    samplers = [n for n in wf["nodes"] if n["type"] == "WaDiSampler"]
+    assert samplers and all(n["widgets_values"][1] == "randomize" for n in samplers)
+    assert all(isinstance(n["widgets_values"][0], int) for n in samplers)

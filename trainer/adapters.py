@@ -6,6 +6,8 @@
 * ``lora`` / ``dora``: the student is a PEFT LoRA/DoRA adapter on the same
   layers (:mod:`.peft_adapters`); the fake stays LoRaD (``fake_kind: lorad``, so an
   ablation changes the student only) or is PEFT too (``fake_kind: same``).
+* ``fake_kind: full``: the fake score is a trainable float32 copy of the denoiser (DMD2's fake;
+  beyond the paper).
 * ``full``: the student is a trainable float32 copy of the denoiser.  This costs a
   second copy of the weights plus their gradients and two Adam moments (about
   16 bytes per parameter: ~14 GB for SD1.5's 860M, against ~1.3 GB for LoRaD's
@@ -25,9 +27,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..lorad import inject as LI
+from ..lorad import inject
 from ..lorad.presets import Targets, match_modules, resolve_targets
-from . import peft_adapters as PA
+from . import peft_adapters
 from .config import AdapterConfig
 
 __all__ = ["Slot", "ModelViews", "build_views"]
@@ -66,7 +68,7 @@ class _ThroughPeft(Targets):
 
     def matches(self, name: str, module_type: type[nn.Module]) -> bool:
         parts = name.split(".")
-        if any(m in parts for m in PA.PEFT_PARAM_MARKERS):
+        if any(m in parts for m in peft_adapters.PEFT_PARAM_MARKERS):
             return False  # PEFT's own lora_A/lora_B Linears are never LoRaD targets
         if name.endswith(".base_layer"):
             name = name[: -len(".base_layer")]
@@ -76,23 +78,25 @@ class _ThroughPeft(Targets):
 class ModelViews:
     """Context managers that yield the module to call for the teacher, the fake and the student."""
 
-    def __init__(self, base: nn.Module, student_module: nn.Module, student: Slot, fake: Slot) -> None:
+    def __init__(self, base: nn.Module, student_module: nn.Module, student: Slot, fake: Slot,
+                 fake_module: nn.Module | None = None) -> None:
         self.base = base
         self.student_module = student_module
+        self.fake_module = fake_module if fake_module is not None else base
         self.student = student
         self.fake = fake
         self._trainable = student.parameters() + fake.parameters()
         self._current: tuple[str | None, str | None] = (None, None)
-        self._lorad_layers = [layer for _, layer in LI.lorad_layers(base)]
+        self._lorad_layers = [layer for _, layer in inject.lorad_layers(base)]
         self._peft = student.kind in ("lora", "dora") or fake.kind in ("lora", "dora")
-        self._tuner_layers = PA.tuner_layers(base) if self._peft else []
+        self._tuner_layers = peft_adapters.tuner_layers(base) if self._peft else []
 
     def _set(self, lorad_name: str | None, peft_name: str | None) -> None:
         # Views switch ~6 times per step: use the cached layer list instead of walking the module tree.
         for layer in self._lorad_layers:
             layer.active = (lorad_name,) if lorad_name is not None and lorad_name in layer.lorad else ()
         if self._peft:
-            PA.activate(self._tuner_layers, peft_name, self._trainable)
+            peft_adapters.activate(self._tuner_layers, peft_name, self._trainable)
 
     @contextlib.contextmanager
     def _view(self, lorad_name: str | None, peft_name: str | None, module: nn.Module) -> Iterator[nn.Module]:
@@ -116,6 +120,8 @@ class ModelViews:
         return self._view(None, "student", self.base)
 
     def fake_view(self) -> contextlib.AbstractContextManager[nn.Module]:
+        if self.fake.kind == "full":
+            return self._view(None, None, self.fake_module)
         if self.fake.kind == "lorad":
             return self._view("fake", None, self.base)
         return self._view(None, "fake", self.base)
@@ -124,11 +130,13 @@ class ModelViews:
 def build_views(base: nn.Module, cfg: AdapterConfig) -> ModelViews:
     """Inject the student and fake adapters per ``cfg`` into ``base`` (frozen) and return the views."""
     kind = cfg.kind
-    fake_kind = "lorad" if cfg.fake_kind == "lorad" else kind
-    if fake_kind == "full":
-        raise ValueError("adapter.fake_kind: 'same' with a full fine-tuned student would need a second full copy "
-                         "at the fake lr; use fake_kind: lorad")
+    fake_kind = cfg.fake_kind if cfg.fake_kind in ("lorad", "full") else kind
+    if cfg.fake_kind == "same" and kind == "full":
+        raise ValueError("adapter.fake_kind: 'same' with a full fine-tuned student is ambiguous; "
+                         "say fake_kind: full (a second trainable copy) or fake_kind: lorad")
     base.requires_grad_(False)
+    # A full fake copies the base before any adapter is injected into it.
+    fake_module = copy.deepcopy(base).float().requires_grad_(True) if fake_kind == "full" else None
     student_targets = resolve_targets(base, cfg.student_targets)
     fake_targets = resolve_targets(base, cfg.fake_targets)
     student_module = base
@@ -138,25 +146,27 @@ def build_views(base: nn.Module, cfg: AdapterConfig) -> ModelViews:
         student_module.requires_grad_(True)
         student = Slot("full", dict(student_module.named_parameters()))
     elif kind == "lorad":
-        LI.inject(base, "student", student_targets, rank=cfg.student_rank, seed=cfg.seed, freeze_base=False)
-        student = Slot("lorad", LI.named_adapter_parameters(base, "student"))
+        inject.inject(base, "student", student_targets, rank=cfg.student_rank, seed=cfg.seed, freeze_base=False)
+        student = Slot("lorad", inject.named_adapter_parameters(base, "student"))
     elif kind in ("lora", "dora"):
         names = [n for n, _ in match_modules(base, student_targets)]
-        PA.inject_lora(base, "student", names, cfg.student_rank, cfg.lora_alpha, kind == "dora", cfg.seed)
-        student = Slot(kind, PA.named_params(base, "student"))
+        peft_adapters.inject_lora(base, "student", names, cfg.student_rank, cfg.lora_alpha, kind == "dora", cfg.seed)
+        student = Slot(kind, peft_adapters.named_params(base, "student"))
     else:
         raise ValueError(f"adapter.kind: unknown {kind!r}; expected lorad, lora, dora or full")
     # The student may already have wrapped layers (PEFT): match the fake's targets on original names.
     t = _ThroughPeft(fake_targets.include, fake_targets.exclude, fake_targets.types, fake_targets.description)
-    if fake_kind == "lorad":
-        LI.inject(base, "fake", t, rank=cfg.fake_rank, seed=cfg.seed + 1, freeze_base=False)
-        fake = Slot("lorad", LI.named_adapter_parameters(base, "fake"))
+    if fake_kind == "full":
+        fake = Slot("full", dict(fake_module.named_parameters()))
+    elif fake_kind == "lorad":
+        inject.inject(base, "fake", t, rank=cfg.fake_rank, seed=cfg.seed + 1, freeze_base=False)
+        fake = Slot("lorad", inject.named_adapter_parameters(base, "fake"))
     else:
         names = [n.removesuffix(".base_layer") for n, _ in match_modules(base, t)]
-        PA.inject_lora(base, "fake", names, cfg.fake_rank, 0.0, fake_kind == "dora", cfg.seed + 1)
-        fake = Slot(fake_kind, PA.named_params(base, "fake"))
+        peft_adapters.inject_lora(base, "fake", names, cfg.fake_rank, 0.0, fake_kind == "dora", cfg.seed + 1)
+        fake = Slot(fake_kind, peft_adapters.named_params(base, "fake"))
     for p in student.parameters() + fake.parameters():
         p.requires_grad_(True)
-    views = ModelViews(base, student_module, student, fake)
+    views = ModelViews(base, student_module, student, fake, fake_module)
     views._set(None, None)
     return views

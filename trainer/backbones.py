@@ -6,7 +6,7 @@ and exposes what the distillation loop needs in one shape for all of them:
 * ``encode_prompts(prompts) -> TextCond`` - text features exactly as the standard
   pipelines build them at inference (SD: CLIP last hidden state, **no attention
   mask** unless the encoder's config asks for one - the official WaDi code passes a
-  mask in training only, wadi-facts §1.3.5; SDXL: penultimate states of both
+  mask in training only, so train and inference features differ; SDXL: penultimate states of both
   encoders + pooled; PixArt: T5 states + mask).
 * ``eps(model, x_t, t, cond)`` - an eps prediction from any denoiser view (teacher,
   fake, student), converting v-prediction to eps and taking the eps half of a
@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -394,10 +394,6 @@ def load_backbone(folder: str | Path, backbone: str = "auto", dtype: str = "fp32
     # From the config file, so it is right even when the VAE itself is not loaded.
     vae_scale = 2 ** (len(_read_json(folder / "vae" / "config.json", "vae")["block_out_channels"]) - 1)
     return Backbone(folder, kind, index, denoiser, vae_m, pairs, sched_cfg, ac, pred, vae_scale)
-
-
-def with_cond_dtype(c: TextCond, dtype: torch.dtype) -> TextCond:
-    return replace(c, embeds=c.embeds.to(dtype), pooled=None if c.pooled is None else c.pooled.to(dtype))
 
 
 def check_one_step_alpha_bar(alpha_bar: float, where: str) -> None:

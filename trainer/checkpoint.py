@@ -21,7 +21,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -183,9 +183,23 @@ def prepare_output(out: Path, resume_from: Path | None, resume_spec: str, force:
         (out / "events.jsonl").unlink(missing_ok=True)
 
 
-def finish_restore(run, snap: Snapshot) -> None:
+class _LoadsState(Protocol):
+    def load_state_dict(self, sd: dict[str, torch.Tensor]) -> None: ...
+
+
+class ResumingRun(Protocol):
+    """What :func:`finish_restore` sets on a run (distill and the fine-tunes provide it)."""
+
+    ema: _LoadsState | None
+    resume_from: Path | None
+    step: int
+
+    def log(self, msg: str) -> Any: ...
+
+
+def finish_restore(run: ResumingRun, snap: Snapshot) -> None:
     """The end of every run's resume: EMA state (required when the run keeps an EMA), the step
-    counter and the log line.  ``run`` has ``ema`` (or None), ``resume_from``, ``step``, ``log``."""
+    counter and the log line."""
     if run.ema is not None:
         if snap.ema is None:
             raise ResumeError(f"resume: {run.resume_from} has no EMA state but train.ema_decay > 0")

@@ -63,7 +63,7 @@ def parse_adapter_spec(spec: str) -> tuple[str, float]:
 def load_extra_adapters(bb, specs: list[str]) -> tuple[str, ...]:
     """Stack further ``.lorad`` files (personalizations, styles) as adapters ``extra0, extra1, ...``
     at their strengths; returns their names (active together with the student: angles add)."""
-    from ..lorad import inject as LI
+    from ..lorad import inject
     from ..lorad.bridge import load_adapter
 
     names = []
@@ -73,7 +73,7 @@ def load_extra_adapters(bb, specs: list[str]) -> tuple[str, ...]:
             raise ValueError(f"--adapter {path} does not exist")
         name = f"extra{i}"
         load_adapter(bb.denoiser, name, path)
-        LI.set_strength(bb.denoiser, name, strength)
+        inject.set_strength(bb.denoiser, name, strength)
         names.append(name)
     return tuple(names)
 
@@ -81,9 +81,9 @@ def load_extra_adapters(bb, specs: list[str]) -> tuple[str, ...]:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..lorad import inject as LI
+    from ..lorad import inject
     from ..lorad.io import LoRaDFileError
-    from ..lorad.onestep import generate, multistep_timesteps
+    from ..lorad.onestep import generate, multistep_timesteps, renoise_noise
     from .backbones import BaseModelError, load_backbone
     from .sampling import eps_fn, save_grid, seeded_noise, teacher_multistep
     from .textinv import EmbeddingFileError
@@ -123,13 +123,13 @@ def run(args: argparse.Namespace) -> int:
     with torch.no_grad():
         tag = f" + {len(extras)} adapter(s)" if extras else ""
         if args.lorad:
-            LI.set_active(bb.denoiser, ("student", *extras))
+            inject.set_active(bb.denoiser, ("student", *extras))
             fn = eps_fn(bb, bb.denoiser, cond, null, args.guidance)
             steps = multistep_timesteps(args.steps, T)
-            renoise = [seeded_noise([s + 10_000 * (i + 1) for s in seeds], noise.shape[1:]) for i in range(len(steps))]
+            renoise = renoise_noise(seeds, noise.shape[1:], len(steps))
             rows.append(bb.decode(generate(fn, noise, bb.alphas_cumprod, steps, alpha_bar_first=ab, renoise=renoise)))
             labels.append(f"WaDi {args.steps}-step{tag}")
-        LI.set_active(bb.denoiser, extras or None)  # the teacher rows: the base (with the extra adapters)
+        inject.set_active(bb.denoiser, extras or None)  # the teacher rows: the base (with the extra adapters)
         if args.compare or not args.lorad:
             fn = eps_fn(bb, bb.denoiser, cond, null, args.teacher_cfg)
             rows.append(bb.decode(generate(fn, noise, bb.alphas_cumprod, (T,), alpha_bar_first=ab)))

@@ -1,7 +1,7 @@
 """The distillation run's typed configuration: one dataclass tree, YAML in/out, CLI overrides.
 
 Every knob of ``wadi distill`` lives here, with the paper's values as defaults
-(wadi-facts §2.2).  A YAML file and ``--key value`` / ``--section.key value``
+(as its released training code sets them).  A YAML file and ``--key value`` / ``--section.key value``
 overrides are checked against the field types, and every error names the field
 (or the YAML key) and what was expected, before anything is loaded.
 
@@ -42,7 +42,9 @@ class AdapterConfig:
     kind: Literal["lorad", "lora", "dora", "full"] = "lorad"  # the student's adapter (ablations)
     # The fake score's adapter: "lorad" keeps the paper's fake for every student kind so an
     # ablation varies the student only; "same" uses the student's kind (peft LoRA/DoRA fake).
-    fake_kind: Literal["lorad", "same"] = "lorad"
+    # "full": a trainable float32 copy of the denoiser as the fake score (DMD2's choice; beyond the
+    # paper, which keeps a rank-32 LoRaD fake).
+    fake_kind: Literal["lorad", "same", "full"] = "lorad"
     student_rank: int = 256
     fake_rank: int = 32
     student_targets: str = "paper-student"
@@ -60,6 +62,11 @@ class VSDConfig:
     fake_t_min: int = 0  # fake-score denoising timesteps
     fake_t_max: int = 999
     null_prob: float = 0.1  # fake model: prompt replaced by the null prompt with this probability
+    # The student's VSD weighting over t: "sigma2" = (1 - abar_t), the paper's; "dmd" = DMD's
+    # per-sample normalisation by mean |x0 - x0_teacher| (beyond the paper).
+    weighting: Literal["sigma2", "dmd"] = "sigma2"
+    # Fake-score updates per student update (DMD2's two time-scale rule; the paper's loop is 1:1).
+    fake_updates: int = 1
     timestep: int = 999  # the one-step generator's T
     # abar_T of the one-step formula: from the scheduler (0.0046601 for SD) or the official 0.0047.
     alpha_bar: Literal["scheduler", "official"] = "scheduler"
@@ -136,6 +143,11 @@ NOT_HASHED = {
     "output.export_single_file", "output.tensorboard", "output.title", "output.force", "data.cache_dir",
     "data.cache_text", "train.max_steps", "model.base",
 }
+
+
+# Fields added after version 1 shipped: hashed only when set away from their default, so a
+# checkpoint written before they existed still resumes under an otherwise equal config.
+HASHED_WHEN_SET = {"vsd.fake_updates": 1, "vsd.weighting": "sigma2"}
 
 
 # -- type checking --------------------------------------------------------------------------------
@@ -358,6 +370,7 @@ def validate(cfg: DistillConfig) -> None:
         (0 <= v.t_min <= v.t_max <= 999, "vsd.t_min/t_max", "need 0 <= t_min <= t_max <= 999"),
         (0 <= v.fake_t_min <= v.fake_t_max <= 999, "vsd.fake_t_min/fake_t_max", "need 0 <= min <= max <= 999"),
         (0.0 <= v.null_prob <= 1.0, "vsd.null_prob", "must be in [0, 1]"),
+        (v.fake_updates >= 1, "vsd.fake_updates", "must be >= 1"),
         (0 <= v.timestep <= 999, "vsd.timestep", "must be in [0, 999]"),
         (v.resolution >= 0, "vsd.resolution", "must be >= 0"),
         (o.student_lr > 0 and o.fake_lr > 0, "optim.student_lr/fake_lr", "must be > 0"),
@@ -384,7 +397,7 @@ def config_hash(cfg: Any, not_hashed: set[str] = NOT_HASHED) -> str:
             p = f"{prefix}{k}"
             if isinstance(v, dict):
                 walk(v, p + ".")
-            elif p not in not_hashed:
+            elif p not in not_hashed and not (p in HASHED_WHEN_SET and v == HASHED_WHEN_SET[p]):
                 flat[p] = v
 
     walk(to_dict(cfg))

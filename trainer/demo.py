@@ -26,6 +26,10 @@ from .config import DistillConfig, apply_overrides
 
 ROOT = Path(__file__).resolve().parent.parent
 TEACHER = ROOT / "assets" / "tinyworld" / "teacher"
+# The shipped student of the quality recipe (configs/tinyworld-quality.yaml): the demo's fourth row,
+# so a newcomer sees where the method goes with a longer run than the demo's few minutes.
+QUALITY_STUDENT = ROOT / "assets" / "tinyworld" / "students" / "wadi-quality.lorad.safetensors"
+QUALITY_LABEL = "WaDi 1-step, quality recipe"
 
 # Tiny-world settings.  Everything not listed is the paper's default (fake lr 1e-2, t ~ U{20..980},
 # abar_T from the scheduler, AdamW (0.9, 0.999), clip 1.0, paper target presets).  What differs, and why:
@@ -60,6 +64,7 @@ class DemoSettings:
     teacher_steps: int = 25
     teacher_cfg: float = 3.0
     seed: int = 0
+    quality_student: Path | None = QUALITY_STUDENT  # None or a missing file: three rows only
     overrides: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -109,6 +114,46 @@ def generate_three(d, cond_all, noise_all: torch.Tensor, teacher_steps: int, tea
     return {k: torch.cat(v).cpu() for k, v in out.items()}
 
 
+class QualityRow:
+    """One-step images of a shipped ``.lorad`` student on its own copy of the teacher."""
+
+    def __init__(self, base: Path, path: Path) -> None:
+        from ..lorad.bridge import load_adapter
+        from ..lorad.inject import set_active
+        from ..lorad.io import load_lorad
+        from .backbones import load_backbone
+        from .cmd_sample import one_step_params
+
+        f = load_lorad(path)
+        self.bb = load_backbone(base)
+        load_adapter(self.bb.denoiser, "quality", f)
+        set_active(self.bb.denoiser, "quality")
+        self.timestep, self.alpha_bar_T = one_step_params(f, self.bb, None, None)
+        self.path = path
+
+    @torch.no_grad()
+    def images(self, cond_all, noise_all: torch.Tensor, batch: int = 64) -> torch.Tensor:
+        from .sampling import one_step
+
+        out = []
+        for i in range(0, noise_all.shape[0], batch):
+            cond = cond_all.index(slice(i, i + batch))
+            x0 = one_step(self.bb, self.bb.denoiser, cond, noise_all[i: i + batch], self.alpha_bar_T, self.timestep)
+            out.append(self.bb.decode(x0).cpu())
+        return torch.cat(out)
+
+
+def quality_row(s: DemoSettings) -> QualityRow | None:
+    """The fourth row's generator, when the shipped quality student is there and fits the base."""
+    p = s.quality_student
+    if p is None or not Path(p).is_file():
+        return None
+    if Path(s.base).resolve() != TEACHER.resolve():
+        print(f"note: the quality student {p} was distilled from the shipped teacher; not shown for {s.base}")
+        return None
+    return QualityRow(Path(s.base), Path(p))
+
+
 def run_demo(s: DemoSettings) -> dict:
     from ..lorad.fsutil import atomic_write_text
     from .distill import Distiller
@@ -128,10 +173,13 @@ def run_demo(s: DemoSettings) -> dict:
     outputs = d.run()
     per_method: dict[str, list[dict]] = {}
     first: dict[str, torch.Tensor] = {}
+    quality = quality_row(s)
     for k, seed in enumerate(s.eval_seeds):
         noise = tm.eval_noise(len(eval_prompts), seed, d.latent)
         images = generate_three(d, d.extra_cond, noise, s.teacher_steps, s.teacher_cfg,
                                 desc=f"evaluate seed {seed}")
+        if quality is not None:
+            images["wadi_1step_quality"] = quality.images(d.extra_cond, noise)
         for name, imgs in images.items():
             per_method.setdefault(name, []).append(tm.evaluate_images(imgs, eval_prompts))
         if k == 0:
@@ -141,6 +189,8 @@ def run_demo(s: DemoSettings) -> dict:
     shutil.copyfile(outputs["student"], lorad_path)
     n = min(8, len(eval_prompts))
     labels = ["teacher 1-step", f"teacher {s.teacher_steps}-step CFG {s.teacher_cfg:g}", "WaDi 1-step"]
+    if quality is not None:
+        labels.append(QUALITY_LABEL)
     grid = save_grid([imgs[:n] for imgs in first.values()], labels, s.out / "grid.png", captions=eval_prompts[:n])
     metrics = {
         "settings": {"steps": d.step, "batch": cfg.train.batch_size, "student_rank": cfg.adapter.student_rank,
@@ -153,7 +203,8 @@ def run_demo(s: DemoSettings) -> dict:
         "methods": methods,
         "per_seed": per_method,
         "wall_time_s": {"total": round(time.perf_counter() - t_start, 1), "distill": round(d.train_time_s, 1)},
-        "files": {"lorad": str(lorad_path), "grid": str(grid), "run": str(cfg.output.dir)},
+        "files": {"lorad": str(lorad_path), "grid": str(grid), "run": str(cfg.output.dir),
+                  "quality_student": str(quality.path) if quality is not None else None},
     }
     atomic_write_text(s.out / "metrics.json", json.dumps(metrics, indent=2))
     print(summary(metrics))
@@ -190,6 +241,9 @@ def summary(metrics: dict) -> str:
     ]
     for name in names:
         lines.append(f"    {name:<28}{_pm(ms[name], 'alignment'):>28}{_pm(ms[name], 'fd'):>31}")
+    if "wadi_1step_quality" in ms:
+        lines.append("    (wadi_1step_quality: the shipped student of configs/tinyworld-quality.yaml, "
+                     "a longer run than this demo's)")
     better_fd = wadi["fd_mean"] < t1["fd_mean"]
     better_al = wadi["alignment_mean"] > t1["alignment_mean"]
     lines += [
@@ -202,7 +256,8 @@ def summary(metrics: dict) -> str:
         f"  Wall time: {metrics['wall_time_s']['total']:.0f} s in all, {metrics['wall_time_s']['distill']:.0f} s of "
         "distillation.",
         f"  Files: {metrics['files']['lorad']} (the student), {metrics['files']['grid']} (teacher 1-step / teacher",
-        "  multi-step / WaDi 1-step, same prompts and seeds), metrics.json; checkpoints, samples and events.jsonl",
+        "  multi-step / WaDi 1-step" + (" / the quality recipe's student" if "wadi_1step_quality" in ms else "")
+        + ", same prompts and seeds), metrics.json; checkpoints, samples and events.jsonl",
         f"  of the run are in {metrics['files']['run']}.",
     ]
     return "\n".join(lines)

@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 from ..lorad.onestep import OFFICIAL_ALPHA_BAR_T, alpha_bar_at
-from . import checkpoint as CK
+from . import checkpoint
+from .accel import make_accelerator
 from .adapters import build_views
 from .backbones import REQUIRED, check_one_step_alpha_bar, inspect_folder, load_backbone
 from .checkpoint import OutputExistsError
@@ -26,27 +27,10 @@ from .fingerprint import base_fingerprint
 from .jobs import RunStopped, end_stopped, stop_requested
 from .optim import clip_and_norm, make_lr_schedule, make_optimizer, make_scaler, sync_gradients
 from .prompts import load_prompts
-from .step import StepSettings, draw_batch, micro_step
+from .step import StepSettings, draw_batch, fake_micro_step, micro_step, student_sample
 from .textcache import encode_cached
 
 __all__ = ["Distiller", "OutputExistsError", "RunStopped", "make_accelerator"]
-
-
-def make_accelerator(mixed_precision: str):
-    """An Accelerator for this run.  Its state is a per-process singleton; in a single process
-    (tests, notebooks) a run with another precision resets it first."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, PartialState
-
-    if AcceleratorState._shared_state and PartialState().num_processes == 1:
-        if AcceleratorState().mixed_precision != mixed_precision:
-            AcceleratorState._reset_state(True)
-    import os
-
-    # accelerate runs several CPU processes (gloo) only when told it is on CPU; without a GPU a
-    # multi-process launch (torchrun / accelerate launch) means exactly that.
-    multi = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    return Accelerator(mixed_precision=mixed_precision, cpu=multi and not torch.cuda.is_available())
 
 
 class Distiller:
@@ -69,12 +53,12 @@ class Distiller:
         self.global_batch = cfg.train.batch_size * self.world
         self.cfg_hash = config_hash(cfg)
         self.base_fp = base_fingerprint(cfg.model.base, REQUIRED[self.kind])
-        self.resume_from = CK.find_resume(cfg.resume, self.out)
+        self.resume_from = checkpoint.find_resume(cfg.resume, self.out)
         if self.resume_from is not None:
-            self.resume_meta = CK.check_compatible(self.resume_from, self.cfg_hash, cfg, self.base_fp,
+            self.resume_meta = checkpoint.check_compatible(self.resume_from, self.cfg_hash, cfg, self.base_fp,
                                                    self.global_batch * cfg.train.grad_accum)
         elif cfg.resume == "latest":
-            self.log(f"note: no checkpoint in {CK.checkpoint_root(self.out)} yet; starting from step 0")
+            self.log(f"note: no checkpoint in {checkpoint.checkpoint_root(self.out)} yet; starting from step 0")
         self._check_output()
         self.step = 0
         self._ready = False
@@ -90,10 +74,15 @@ class Distiller:
             raise ConfigError("output.export_single_file: single-file checkpoints are written for SD1.x bases only "
                               f"(this base is {self.kind}{' 2.x' if unet_cfg.get('use_linear_projection') else ''}); "
                               "use output.export_merged for a diffusers folder")
+        from .singlefile import comfyui_refusal
+
+        reason = comfyui_refusal(unet_cfg)
+        if reason:
+            raise ConfigError(f"output.export_single_file: {reason}")
 
     # -- output folder -----------------------------------------------------------------------------
     def _check_output(self) -> None:
-        CK.prepare_output(self.out, self.resume_from, self.cfg.resume, self.cfg.output.force, self.main)
+        checkpoint.prepare_output(self.out, self.resume_from, self.cfg.resume, self.cfg.output.force, self.main)
 
     # -- setup -------------------------------------------------------------------------------------
     def _dtype(self) -> str:
@@ -136,14 +125,14 @@ class Distiller:
         ab_T = OFFICIAL_ALPHA_BAR_T if v.alpha_bar == "official" else alpha_bar_at(bb.alphas_cumprod, v.timestep)
         check_one_step_alpha_bar(ab_T, f"vsd.alpha_bar={v.alpha_bar} at vsd.timestep={v.timestep}")
         self.settings = StepSettings(v.timestep, ab_T, v.guidance_scale, v.fake_guidance_scale, (v.t_min, v.t_max),
-                                     (v.fake_t_min, v.fake_t_max), v.null_prob)
+                                     (v.fake_t_min, v.fake_t_max), v.null_prob, v.weighting)
         self.latent = bb.latent_shape(v.resolution)
         o = c.optim
         s_params, f_params = self.views.student.parameters(), self.views.fake.parameters()
         self.opt_s = make_optimizer(s_params, o.student_lr, o, dev, self.log)
         self.opt_f = make_optimizer(f_params, o.fake_lr, o, dev, self.log)
         self.sched_s = make_lr_schedule(self.opt_s, o, c.train.max_steps)
-        self.sched_f = make_lr_schedule(self.opt_f, o, c.train.max_steps)
+        self.sched_f = make_lr_schedule(self.opt_f, o, c.train.max_steps * c.vsd.fake_updates)
         amp = c.train.mixed_precision == "fp16" and self.acc.native_amp
         if c.train.mixed_precision == "fp16" and not self.acc.native_amp and self.main:
             self.log(f"note: fp16 autocast is not available on {dev.type}; computing in float32")
@@ -151,7 +140,7 @@ class Distiller:
         self.ema = EMA(self.views.student.params, c.train.ema_decay) if c.train.ema_decay > 0 else None
         self.gen = torch.Generator().manual_seed(c.train.seed)
         if self.resume_from is not None:
-            self._restore(CK.load_checkpoint(self.resume_from))
+            self._restore(checkpoint.load_checkpoint(self.resume_from))
         self.events = EventLog(self.out / "events.jsonl", enabled=self.main,
                                tensorboard_dir=self.out / "tensorboard" if c.output.tensorboard else None,
                                log=self.log)
@@ -208,7 +197,7 @@ class Distiller:
                 st[name] = sc.state_dict()
         return st
 
-    def _restore(self, snap: CK.Snapshot) -> None:
+    def _restore(self, snap: checkpoint.Snapshot) -> None:
         self.views.student.load_state(snap.student, f"{self.resume_from}/student.safetensors")
         self.views.fake.load_state(snap.fake, f"{self.resume_from}/fake.safetensors")
         st = snap.trainer_state
@@ -221,19 +210,19 @@ class Distiller:
         for name, sc in zip(("scaler_student", "scaler_fake"), self.scalers):
             if sc is not None and name in st:
                 sc.load_state_dict(st[name])
-        CK.finish_restore(self, snap)
+        checkpoint.finish_restore(self, snap)
 
     def save_checkpoint(self) -> Path | None:
         path = None
         if self.main:
-            snap = CK.Snapshot(
+            snap = checkpoint.Snapshot(
                 self.step, self.views.student.state(), self.views.fake.state(),
                 self.ema.state_dict() if self.ema is not None else None, self._trainer_state(),
                 {"config_hash": self.cfg_hash, "base_fingerprint": self.base_fp,
                  "global_batch": self.global_batch * self.cfg.train.grad_accum, "adapter": self.cfg.adapter.kind},
             )
             try:
-                path = CK.save_checkpoint(CK.checkpoint_root(self.out), snap, self.cfg,
+                path = checkpoint.save_checkpoint(checkpoint.checkpoint_root(self.out), snap, self.cfg,
                                           self.cfg.output.keep_checkpoints)
                 self.events.write("checkpoint", step=self.step, path=str(path))
             except OSError as e:
@@ -255,22 +244,12 @@ class Distiller:
             a, b = micro_step(self.bb, self.views, batch, cond, self.null, self.settings, self.acc.autocast,
                               1.0 / accum, self.scalers)
             ls, lf = ls + a / accum, lf + b / accum
-        norms = []
-        for params, opt, sched, scaler in (
-            (self.views.student.parameters(), self.opt_s, self.sched_s, self.scalers[0]),
-            (self.views.fake.parameters(), self.opt_f, self.sched_f, self.scalers[1]),
-        ):
-            sync_gradients(params, self.acc)
-            if scaler is not None:
-                scaler.unscale_(opt)
-            norms.append(clip_and_norm(params, c.optim.grad_clip))
-            if scaler is not None:
-                scaler.step(opt)
-                scaler.update()
-            else:
-                opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
+        norms = [self._optimizer_step(self.views.student.parameters(), self.opt_s, self.sched_s, self.scalers[0]),
+                 self._optimizer_step(self.views.fake.parameters(), self.opt_f, self.sched_f, self.scalers[1])]
+        # Two time-scale updates (DMD2's TTUR; not in the paper, whose loop is 1:1): extra fake-score
+        # steps on fresh student samples so the fake keeps up with a student that moves fast.
+        for _ in range(c.vsd.fake_updates - 1):
+            lf = self._extra_fake_update()
         if self.ema is not None:
             self.ema.update()
         self.step += 1
@@ -280,6 +259,35 @@ class Distiller:
         return {"loss_student": float(losses[0]), "loss_fake": float(losses[1]), "grad_norm_student": norms[0],
                 "grad_norm_fake": norms[1], "lr_student": self.sched_s.get_last_lr()[0],
                 "lr_fake": self.sched_f.get_last_lr()[0]}
+
+    def _optimizer_step(self, params, opt, sched, scaler) -> float:
+        sync_gradients(params, self.acc)
+        if scaler is not None:
+            scaler.unscale_(opt)
+        norm = clip_and_norm(params, self.cfg.optim.grad_clip)
+        if scaler is not None:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        return norm
+
+    def _extra_fake_update(self) -> float:
+        """One fake-score optimizer step on a fresh draw (its own z, t and noise; student frozen)."""
+        c, dev = self.cfg, self.acc.device
+        accum = c.train.grad_accum
+        draw = draw_batch(self.gen, len(self.prompts), self.global_batch * accum, self.latent, self.settings)
+        lf = 0.0
+        for micro in range(accum):
+            batch = draw.part(micro, self.rank, self.world, c.train.batch_size).to(dev)
+            cond = self.batch_cond(batch.prompt_idx)
+            x0 = student_sample(self.bb, self.views, batch, cond, self.settings, self.acc.autocast)
+            lf += fake_micro_step(self.bb, self.views, x0, batch, cond, self.null, self.acc.autocast,
+                                  1.0 / accum, self.scalers[1]) / accum
+        self._optimizer_step(self.views.fake.parameters(), self.opt_f, self.sched_f, self.scalers[1])
+        return lf
 
     def run(self) -> dict[str, Path]:
         from tqdm.auto import tqdm

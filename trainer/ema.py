@@ -1,4 +1,12 @@
-"""Exponential moving average of the student's trained parameters (used for export when on)."""
+"""Exponential moving average of the trained parameters (used for export and previews when on).
+
+The average itself is diffusers' ``EMAModel``: shadow <- shadow - (1 - d) * (shadow - param) with
+d = min(decay, (1 + k) / (10 + k)) at its k-th update after the first, and d = 0 at the first (the
+average starts at the first trained weights, not at the teacher-equal initial ones).  This wrapper
+adds what a run needs around it: a float32 shadow whatever the parameters' dtype, a state dict keyed
+by parameter name (``shadow.<name>`` and ``updates``, the format of the run checkpoints' ``ema.safetensors``
+since the first release, so old checkpoints load), and a context that puts the average in place.
+"""
 
 from __future__ import annotations
 
@@ -10,46 +18,52 @@ from torch import Tensor, nn
 
 
 class EMA:
-    """shadow = d * shadow + (1 - d) * param, with d warmed up as min(decay, (1 + n) / (10 + n)).
-
-    The warm-up keeps a short run's EMA from being dominated by the initial
-    (teacher-equal) weights.
-    """
-
     def __init__(self, params: dict[str, nn.Parameter], decay: float) -> None:
+        from diffusers.training_utils import EMAModel
+
         self.params = params
         self.decay = decay
-        self.updates = 0
-        self.shadow = {k: p.detach().float().clone() for k, p in params.items()}
+        self._model = EMAModel(list(params.values()), decay=decay, min_decay=0.0, update_after_step=0,
+                               use_ema_warmup=False, foreach=False)
+        self._model.to(dtype=torch.float32)
+
+    @property
+    def updates(self) -> int:
+        return int(self._model.optimization_step)
+
+    @property
+    def shadow(self) -> dict[str, Tensor]:
+        """The averaged weights by parameter name (float32, live: not copies)."""
+        return dict(zip(self.params, self._model.shadow_params))
 
     def current_decay(self) -> float:
-        return min(self.decay, (1 + self.updates) / (10 + self.updates))
+        """The decay the next :meth:`update` uses."""
+        return float(self._model.get_decay(self._model.optimization_step + 1))
 
-    @torch.no_grad()
     def update(self) -> None:
-        d = self.current_decay()
-        for k, p in self.params.items():
-            self.shadow[k].mul_(d).add_(p.detach().float(), alpha=1 - d)
-        self.updates += 1
+        self._model.step(self.params.values())
 
     def state_dict(self) -> dict[str, Tensor]:
         return {**{f"shadow.{k}": v for k, v in self.shadow.items()}, "updates": torch.tensor(self.updates)}
 
     def load_state_dict(self, sd: dict[str, Tensor]) -> None:
-        for k in self.shadow:
-            self.shadow[k].copy_(sd[f"shadow.{k}"])
-        self.updates = int(sd["updates"])
+        missing = [f"shadow.{k}" for k in self.params if f"shadow.{k}" not in sd] + (
+            [] if "updates" in sd else ["updates"])
+        if missing:
+            raise KeyError(f"EMA state lacks {missing[:3]} (expected shadow.<parameter> for every trained "
+                           "parameter and 'updates')")
+        with torch.no_grad():
+            for k, s in self.shadow.items():
+                s.copy_(sd[f"shadow.{k}"])
+        self._model.optimization_step = int(sd["updates"])
 
     @contextlib.contextmanager
     def applied(self) -> Iterator[None]:
-        """Temporarily put the EMA weights into the parameters (for export or sampling)."""
-        backup = {k: p.detach().clone() for k, p in self.params.items()}
-        with torch.no_grad():
-            for k, p in self.params.items():
-                p.copy_(self.shadow[k])
+        """Temporarily put the averaged weights into the parameters (for export or sampling)."""
+        params = list(self.params.values())
+        self._model.store(params)
+        self._model.copy_to(params)
         try:
             yield
         finally:
-            with torch.no_grad():
-                for k, p in self.params.items():
-                    p.copy_(backup[k])
+            self._model.restore(params)

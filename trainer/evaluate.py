@@ -24,7 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .tinyworld import metrics as M
+from ..lorad.fsutil import atomic_write_text
+from .tinyworld import metrics
 from .tinyworld.data import render_prompts, step_generator
 
 Generator = Callable[[list[str], int], Tensor]
@@ -58,7 +59,7 @@ def multistep_generator(pipe: Any, steps: int = 25, guidance: float = 3.0, sched
     @torch.no_grad()
     def generate(prompts: list[str], seed: int) -> Tensor:
         shape = (pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
-        noise = M.eval_noise(len(prompts), seed, shape)
+        noise = metrics.eval_noise(len(prompts), seed, shape)
         out = []
         for i in range(0, len(prompts), batch):
             # The pipeline scales given latents by the scheduler's init_noise_sigma itself.
@@ -80,7 +81,7 @@ def onestep_generator(pipe: Any, guidance: float = 1.0, timestep: int = 999, bat
     @torch.no_grad()
     def generate(prompts: list[str], seed: int) -> Tensor:
         shape = (pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
-        noise = M.eval_noise(len(prompts), seed, shape).to(pipe.device)
+        noise = metrics.eval_noise(len(prompts), seed, shape).to(pipe.device)
         out = []
         for i in range(0, len(prompts), batch):
             cond = encode_prompts(pipe, prompts[i : i + batch])
@@ -124,8 +125,8 @@ def vae_roundtrip_generator(pipe: Any) -> Generator:
 def shuffled_evaluation(prompts: list[str], seeds: list[int], classifier: Path | None) -> dict[str, Any]:
     """Real images scored against a derangement of their prompts: alignment must collapse."""
     shifted = prompts[1:] + prompts[:1]
-    per_seed = [M.evaluate_images(render_prompts(prompts, seed=10_000 + s), shifted, classifier) for s in seeds]
-    return {"per_seed": per_seed, "summary": M.summarize(per_seed), "seeds": seeds, "n_prompts": len(prompts)}
+    per_seed = [metrics.evaluate_images(render_prompts(prompts, seed=10_000 + s), shifted, classifier) for s in seeds]
+    return {"per_seed": per_seed, "summary": metrics.summarize(per_seed), "seeds": seeds, "n_prompts": len(prompts)}
 
 
 # -- CLI ------------------------------------------------------------------------------------------
@@ -142,7 +143,7 @@ def run_mode(mode: str, args: argparse.Namespace, prompts: list[str], pipe: Any)
     }
     if mode not in gens:
         raise ValueError(f"--mode {mode!r}: expected one of {sorted(gens) + ['shuffled']}")
-    return M.evaluate_generator(gens[mode](), prompts, seeds, args.classifier)
+    return metrics.evaluate_generator(gens[mode](), prompts, seeds, args.classifier)
 
 
 BASELINES: list[tuple[str, str, dict[str, Any]]] = [
@@ -162,7 +163,7 @@ BASELINES: list[tuple[str, str, dict[str, Any]]] = [
 def _main(args: argparse.Namespace) -> int:
     from .tinyworld.models import load_pipeline
 
-    prompts = M.fixed_eval_prompts(args.n)
+    prompts = metrics.fixed_eval_prompts(args.n)
     needs_model = args.baselines or args.mode in ("multistep", "onestep", "vae")
     pipe = load_pipeline(Path(args.model)).to(args.device) if needs_model else None
     jobs = BASELINES if args.baselines else [(args.mode, args.mode, {})]
@@ -178,8 +179,6 @@ def _main(args: argparse.Namespace) -> int:
         print(f"{label:34s} alignment {s['alignment_mean']:.3f} ± {s['alignment_std']:.3f}   "
               f"FD {s['fd_mean']:8.3f} ± {s['fd_std']:.3f}   ({res['wall_s']} s)", flush=True)  # fmt: skip
     if args.out:
-        from .tinyworld.io import atomic_write_text
-
         atomic_write_text(Path(args.out), json.dumps(results, indent=2))
     return 0
 
@@ -194,7 +193,7 @@ def _seeds(text: str) -> list[int]:
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser("eval", help="tiny-world metrics: prompt alignment and Frechet distance",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("--model", default=str(M.DEFAULT_TEACHER), help="diffusers SD folder (default: shipped teacher)")
+    p.add_argument("--model", default=str(metrics.DEFAULT_TEACHER), help="diffusers SD folder (default: shipped teacher)")
     p.add_argument("--mode", default="multistep", help="multistep | onestep | real | shuffled | noise | vae")
     p.add_argument("--baselines", action="store_true", help="evaluate the whole baseline table")
     p.add_argument("--steps", type=int, default=25)

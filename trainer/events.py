@@ -17,13 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-
-def _clean(v: Any) -> Any:
-    if isinstance(v, float) and not math.isfinite(v):
-        return None  # JSON has no NaN/inf
-    if isinstance(v, Path):
-        return str(v)
-    return v
+from .jobs import append_event
 
 
 class EventLog:
@@ -44,10 +38,7 @@ class EventLog:
     def write(self, event: str, **fields: Any) -> None:
         if not self.enabled:
             return
-        rec = {"event": event, "time": round(time.time(), 3), **{k: _clean(v) for k, v in fields.items()}}
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(rec) + "\n")
-            f.flush()
+        append_event(self.path, event, fields)
         if self._tb is not None and event == "step":
             for k, v in fields.items():
                 if k != "step" and isinstance(v, (int, float)):

@@ -15,18 +15,46 @@ import copy
 import json
 import shutil
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from torch import nn
 
-from ..lorad import inject as LI
+from ..lorad import inject
 from ..lorad.fsutil import atomic_dir, atomic_save
+from .adapters import ModelViews
+from .backbones import Backbone
+from .config import DistillConfig
+from .ema import EMA
+from .events import EventLog
+from .singlefile import export_single_file
+from .step import StepSettings
 
-__all__ = ["arch_name", "run_metadata", "export_student", "merged_denoiser", "export_merged_folder",
+__all__ = ["TrainedRun", "arch_name", "run_metadata", "export_student", "merged_denoiser", "export_merged_folder",
            "export_outputs"]
 
 
-def arch_name(bb) -> str:
+class TrainedRun(Protocol):
+    """What the exports read of a finished distillation run (:class:`.distill.Distiller` is one).
+
+    Spelled out so an export cannot reach further into the run than this.
+    """
+
+    cfg: DistillConfig
+    bb: Backbone
+    views: ModelViews
+    ema: EMA | None  # with EMA on, every export uses the averaged weights
+    settings: StepSettings
+    events: EventLog
+    out: Path
+    step: int
+    global_batch: int  # per optimizer micro-step, all processes
+    base_fp: str
+    cfg_hash: str
+    prompts: list[str]
+
+
+def arch_name(bb: Backbone) -> str:
     """The ``lorad.archs`` id of a loaded base (key spelling; a shrunk UNet adds a layout to the file)."""
     if bb.kind == "sdxl":
         return "sdxl"
@@ -50,7 +78,7 @@ def resumed_at(out: Path) -> list[int]:
     return steps
 
 
-def run_metadata(d) -> dict:
+def run_metadata(d: TrainedRun) -> dict:
     """``title``, ``one_step`` and ``provenance`` for the exported files."""
     c, s = d.cfg, d.settings
     return {
@@ -71,7 +99,7 @@ def run_metadata(d) -> dict:
     }
 
 
-def export_student(d, adapter: str, path: Path, rank: int, targets: str, title: str | None = None) -> Path:
+def export_student(d: TrainedRun, adapter: str, path: Path, rank: int, targets: str, title: str | None = None) -> Path:
     """Write LoRaD adapter ``adapter`` of the run's base as a ``.lorad.safetensors`` (lorad.bridge)."""
     from ..lorad.bridge import export_adapter
 
@@ -81,20 +109,16 @@ def export_student(d, adapter: str, path: Path, rank: int, targets: str, title: 
                           provenance=meta["provenance"], force=True, dtype=torch.float32)
 
 
-def _ema(d):
-    return d.ema.applied() if d.ema is not None else contextlib.nullcontext()
-
-
-def merged_denoiser(d) -> nn.Module:
+def merged_denoiser(views: ModelViews) -> nn.Module:
     """A plain diffusers denoiser with the student baked in (a copy; the run is untouched)."""
-    kind = d.cfg.adapter.kind
+    kind = views.student.kind
     if kind == "full":
-        m = copy.deepcopy(d.views.student_module)
-        return m.to(next(d.bb.denoiser.parameters()).dtype)
-    m = copy.deepcopy(d.views.base)
+        m = copy.deepcopy(views.student_module)
+        return m.to(next(views.base.parameters()).dtype)
+    m = copy.deepcopy(views.base)
     if kind == "lorad":
-        LI.set_active(m, None)
-        LI.merge(m, "student", keep_original=False)
+        inject.set_active(m, None)
+        inject.merge(m, "student", keep_original=False)
     else:
         from peft.tuners.tuners_utils import BaseTunerLayer
 
@@ -104,16 +128,16 @@ def merged_denoiser(d) -> nn.Module:
                     layer.merge(adapter_names=["student"])
                 parent, _, child = name.rpartition(".")
                 setattr(m.get_submodule(parent) if parent else m, child, layer.get_base_layer())
-    LI.remove(m, bake=True)  # every LoRaD layer (baked student, unused fake) back to a plain module
+    inject.remove(m, bake=True)  # every LoRaD layer (baked student, unused fake) back to a plain module
     return m
 
 
-def export_merged_folder(d, folder: Path, force: bool) -> Path:
+def export_merged_folder(d: TrainedRun, folder: Path, force: bool) -> Path:
     """A complete diffusers folder: the base's other components and the merged denoiser."""
     if folder.exists() and not force:
         raise FileExistsError(f"{folder} exists (use --output.force true)")
     den_name = "transformer" if d.bb.kind == "pixart" else "unet"
-    merged = merged_denoiser(d)
+    merged = merged_denoiser(d.views)
 
     def write(tmp: Path) -> None:
         base = Path(d.cfg.model.base)
@@ -127,11 +151,11 @@ def export_merged_folder(d, folder: Path, force: bool) -> Path:
     return folder
 
 
-def export_outputs(d) -> dict[str, Path]:
+def export_outputs(d: TrainedRun) -> dict[str, Path]:
     """Everything the config asks for, into ``output.dir``."""
     c, out = d.cfg, d.out
     paths: dict[str, Path] = {}
-    with _ema(d):
+    with d.ema.applied() if d.ema is not None else contextlib.nullcontext():
         if c.adapter.kind == "lorad":
             paths["student"] = export_student(d, "student", out / "student.lorad.safetensors",
                                               c.adapter.student_rank, c.adapter.student_targets)
@@ -147,9 +171,9 @@ def export_outputs(d) -> dict[str, Path]:
         if c.output.export_merged:
             paths["merged"] = export_merged_folder(d, out / "merged", force=True)
         if c.output.export_single_file:
-            from .singlefile import export_single_file
-
-            paths["single_file"] = export_single_file(d, out / "student-merged.safetensors")
+            paths["single_file"] = export_single_file(
+                merged_denoiser(d.views), Path(c.model.base), out / "student-merged.safetensors", arch_name(d.bb),
+                c.output.title or "WaDi student", d.settings.timestep, d.settings.alpha_bar_T)
     if c.output.export_fake and d.views.fake.kind == "lorad":
         title = run_metadata(d)["title"] + " (fake score)"
         paths["fake"] = export_student(d, "fake", out / "fake.lorad.safetensors", c.adapter.fake_rank,

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import checkpoint as CK
+from . import checkpoint
 from .backbones import REQUIRED, inspect_folder
 from .config import ConfigError, config_hash, save_yaml
 from .ema import EMA
@@ -36,6 +36,7 @@ __all__ = ["FineTune", "RunStopped"]
 
 
 class FineTune:
+    main = True  # one process: it writes the events and checkpoints (the contract of jobs.end_stopped)
     command = "finetune"  # tqdm label and the output's default name
 
     def __init__(self, cfg: Any, validate: Callable[[Any], None], loader: Callable[[dict], Any],
@@ -52,7 +53,7 @@ class FineTune:
                 raise ConfigError(f"{f} does not exist (expected a file)")
         self.check_inputs()
         self.out = Path(cfg.output.dir)
-        from .distill import make_accelerator
+        from .accel import make_accelerator
 
         self.acc = make_accelerator(cfg.train.mixed_precision)
         self.device = self.acc.device
@@ -61,12 +62,12 @@ class FineTune:
         self.base_fp = fp if not any(extra_files) else fp + "+" + "+".join(
             file_fingerprint(Path(f))[:12] for f in extra_files if f)
         self.batch = cfg.train.batch_size * cfg.train.grad_accum
-        self.resume_from = CK.find_resume(cfg.resume, self.out)
+        self.resume_from = checkpoint.find_resume(cfg.resume, self.out)
         if self.resume_from is not None:
-            CK.check_compatible(self.resume_from, self.cfg_hash, cfg, self.base_fp, self.batch, loader, not_hashed)
+            checkpoint.check_compatible(self.resume_from, self.cfg_hash, cfg, self.base_fp, self.batch, loader, not_hashed)
         elif cfg.resume == "latest":
-            self.log(f"note: no checkpoint in {CK.checkpoint_root(self.out)} yet; starting from step 0")
-        CK.prepare_output(self.out, self.resume_from, cfg.resume, cfg.output.force)
+            self.log(f"note: no checkpoint in {checkpoint.checkpoint_root(self.out)} yet; starting from step 0")
+        checkpoint.prepare_output(self.out, self.resume_from, cfg.resume, cfg.output.force)
         self.step = 0
         self._ready = False
         self.train_time_s = 0.0
@@ -127,15 +128,15 @@ class FineTune:
         self.ema = EMA(self.params, c.train.ema_decay) if c.train.ema_decay > 0 else None
         self.gen = torch.Generator().manual_seed(c.train.seed)
         if self.resume_from is not None:
-            self._restore(CK.load_checkpoint(self.resume_from))
+            self._restore(checkpoint.load_checkpoint(self.resume_from))
         self.events = EventLog(self.out / "events.jsonl", tensorboard_dir=self.out / "tensorboard"
                                if c.output.tensorboard else None, log=self.log)
         self._ready = True
 
-    def _restore(self, snap: CK.Snapshot) -> None:
+    def _restore(self, snap: checkpoint.Snapshot) -> None:
         names = sorted(self.params)
         if sorted(snap.student) != names:
-            raise CK.ResumeError(f"resume: {self.resume_from} holds {sorted(snap.student)[:3]}..., "
+            raise checkpoint.ResumeError(f"resume: {self.resume_from} holds {sorted(snap.student)[:3]}..., "
                                  f"this run trains {names[:3]}...")
         with torch.no_grad():
             for k, p in self.params.items():
@@ -147,19 +148,19 @@ class FineTune:
         torch.set_rng_state(st["torch_rng"])
         if self.scaler is not None and "scaler" in st:
             self.scaler.load_state_dict(st["scaler"])
-        CK.finish_restore(self, snap)
+        checkpoint.finish_restore(self, snap)
 
     def save_checkpoint(self) -> Path | None:
         st = {"opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
               "data_generator": self.gen.get_state(), "torch_rng": torch.get_rng_state()}
         if self.scaler is not None:
             st["scaler"] = self.scaler.state_dict()
-        snap = CK.Snapshot(self.step, {k: p.detach().clone() for k, p in self.params.items()}, None,
+        snap = checkpoint.Snapshot(self.step, {k: p.detach().clone() for k, p in self.params.items()}, None,
                            self.ema.state_dict() if self.ema is not None else None, st,
                            {"config_hash": self.cfg_hash, "base_fingerprint": self.base_fp,
                             "global_batch": self.batch, "command": self.command})
         try:
-            path = CK.save_checkpoint(CK.checkpoint_root(self.out), snap, self.cfg, self.cfg.output.keep_checkpoints)
+            path = checkpoint.save_checkpoint(checkpoint.checkpoint_root(self.out), snap, self.cfg, self.cfg.output.keep_checkpoints)
         except OSError as e:  # a full disk must not end the run: the previous checkpoint is intact
             self.log(f"warning: checkpoint at step {self.step} failed ({e}); previous checkpoints are intact")
             self.events.write("error", step=self.step, message=f"checkpoint failed: {e}")

@@ -10,10 +10,9 @@ is exact and lets gradient accumulation skip communication for free.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
 
 from .config import OptimConfig
 
@@ -35,20 +34,18 @@ def make_optimizer(params: list[nn.Parameter], lr: float, cfg: OptimConfig, devi
     return torch.optim.AdamW(params, lr=lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
 
 
-def make_lr_schedule(opt: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int):
+def make_lr_schedule(opt: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int) -> LambdaLR:
+    """diffusers' schedule ``cfg.lr_scheduler`` after ``cfg.warmup_steps`` of linear warm-up from 0.
+
+    A ``LambdaLR`` like before the switch to diffusers, so checkpoints keep loading; a run without
+    warm-up (every preset) gets the same rates, with warm-up the ramp now starts at 0 instead of
+    1/warmup_steps (diffusers' and transformers' convention).
+    """
+    from diffusers.optimization import get_scheduler
+
     warm = max(0, cfg.warmup_steps)
-
-    def factor(step: int) -> float:
-        if warm and step < warm:
-            return (step + 1) / warm
-        if cfg.lr_scheduler == "constant":
-            return 1.0
-        frac = min(1.0, (step - warm) / max(1, total_steps - warm))
-        if cfg.lr_scheduler == "linear":
-            return 1.0 - frac
-        return 0.5 * (1.0 + math.cos(math.pi * frac))
-
-    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    name = "constant_with_warmup" if cfg.lr_scheduler == "constant" and warm else cfg.lr_scheduler
+    return get_scheduler(name, opt, num_warmup_steps=warm, num_training_steps=total_steps)
 
 
 def make_scaler(mixed_precision: str, device: torch.device):

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..lorad import inject as LI
+from ..lorad import inject
 from .backbones import TextCond, load_backbone
 from .finetune import FineTune
 from .imagefolder import load_images, scan_folder
@@ -68,10 +68,10 @@ class Personalizer(FineTune):
         student_file = c.model.student or c.output.preview_student
         self.student_file = load_student(bb, student_file) if student_file else None
         self.T, self.ab_T = one_step_params(self.student_file, bb, None, None)
-        LI.inject(den, ADAPTER, c.adapter.targets, rank=c.adapter.rank, seed=c.adapter.seed, freeze_base=True)
-        for p in LI.adapter_parameters(den, STUDENT) if self.student_file is not None else ():
+        inject.inject(den, ADAPTER, c.adapter.targets, rank=c.adapter.rank, seed=c.adapter.seed, freeze_base=True)
+        for p in inject.adapter_parameters(den, STUDENT) if self.student_file is not None else ():
             p.requires_grad_(False)  # inject keeps earlier adapters trainable; the student stays frozen
-        LI.set_active(den, self._student_names() + (ADAPTER,))
+        inject.set_active(den, self._student_names() + (ADAPTER,))
         self.check_stop()
         self._text()
         self.check_stop()
@@ -80,7 +80,7 @@ class Personalizer(FineTune):
         images = load_images([e.path for e in self.examples], res, c.data.center_crop).to(dev)
         self.mean, self.std = bb.encode_dist(images)
         self.class_latents = self._class_latents(res) if c.prior.enabled else None
-        return LI.named_adapter_parameters(den, ADAPTER)
+        return inject.named_adapter_parameters(den, ADAPTER)
 
     def _text(self) -> None:
         """Features of every caption, the class prompt and the sample prompts; then free the encoders."""
@@ -131,7 +131,7 @@ class Personalizer(FineTune):
         bar = tqdm(total=todo, desc="class images", unit="img", disable=not self.progress)
         batch = max(1, c.train.batch_size)
         den = bb.denoiser
-        with LI.active_adapters(den, self._student_names()):
+        with inject.active_adapters(den, self._student_names()):
             while have.shape[0] < p.num_images:
                 self.check_stop()
                 n = min(batch, p.num_images - have.shape[0])
@@ -212,13 +212,13 @@ class Personalizer(FineTune):
         with self.ema_applied():
             if not c.model.student:
                 for names, lab in (((), "base"), ((ADAPTER,), "personal")):
-                    with LI.active_adapters(den, names):
+                    with inject.active_adapters(den, names):
                         lat = teacher_multistep(bb, den, cond, self.null, noise, o.sample_steps, o.sample_guidance)
                     rows.append(bb.decode(lat))
                     labels.append(f"{lab} {o.sample_steps}-step")
             if self.student_file is not None:
                 for names, lab in (((STUDENT,), "student"), ((STUDENT, ADAPTER), "student+personal")):
-                    with LI.active_adapters(den, names):
+                    with inject.active_adapters(den, names):
                         rows.append(bb.decode(one_step(bb, den, cond, noise, self.ab_T, self.T)))
                     labels.append(f"{lab} 1-step")
         return save_grid(rows, labels, path, captions=self.sample_prompts)

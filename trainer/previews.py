@@ -3,14 +3,34 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
+from .accel import RunAccelerator
+from .adapters import ModelViews
+from .backbones import Backbone, TextCond
+from .ema import EMA
 from .sampling import one_step, save_grid, seeded_noise
+from .step import StepSettings
+
+
+class PreviewRun(Protocol):
+    """What a validation grid reads of a run (:class:`.distill.Distiller` is one)."""
+
+    bb: Backbone
+    views: ModelViews
+    settings: StepSettings
+    sample_cond: TextCond  # features of ``sample_prompts``, on the run's device
+    sample_prompts: list[str]
+    latent: tuple[int, int, int]
+    acc: RunAccelerator  # its device and autocast
+    ema: EMA | None
+    step: int
 
 
 @torch.no_grad()
-def sample_grid(d, path: Path) -> Path:
+def sample_grid(d: PreviewRun, path: Path) -> Path:
     """Write a grid for Distiller ``d``; the same prompts and seeds at every step."""
     bb, s = d.bb, d.settings
     cond = d.sample_cond

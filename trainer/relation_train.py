@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..lorad import inject as LI
+from ..lorad import inject
 from .backbones import BaseModelError, inspect_folder, load_backbone, load_tokenizer
 from .config import ConfigError
 from .finetune import FineTune
@@ -101,7 +101,7 @@ class RelationTrainer(FineTune):
 
         self.student_file = load_student(bb, c.output.preview_student) if c.output.preview_student else None
         if self.student_file is not None:
-            LI.set_active(bb.denoiser, None)
+            inject.set_active(bb.denoiser, None)
         self.T, self.ab_T = one_step_params(self.student_file, bb, None, None)
         return {"token.vectors": self.tokens.vectors}
 
@@ -157,7 +157,7 @@ class RelationTrainer(FineTune):
                                                     o.sample_guidance)))
             labels.append(f"{lab} {o.sample_steps}-step")
         if self.student_file is not None:
-            with LI.active_adapters(den, "student"):
+            with inject.active_adapters(den, "student"):
                 rows.append(bb.decode(one_step(bb, den, conds[1][1], noise, self.ab_T, self.T)))
             labels.append(f"{ph} student 1-step")
         return save_grid(rows, labels, path, captions=self.sample_prompts)
@@ -169,7 +169,7 @@ class RelationTrainer(FineTune):
         path = self.out / f"{c.output.name or DEFAULT_NAME}.safetensors"
         meta = {"wadi.kind": "relation-inversion (ReVersion)", "wadi.placeholder": c.token.placeholder.strip(),
                 "wadi.initializer": c.token.initializer.strip(), "wadi.steps": str(self.step),
-                "wadi.base_model": str(c.model.base), "wadi.base_fingerprint": self.base_fp,
+                "wadi.base_model": Path(c.model.base).name, "wadi.base_fingerprint": self.base_fp,
                 "wadi.config_hash": self.cfg_hash, "wadi.exemplars": str(len(self.examples)),
                 "wadi.steer": json.dumps({"weight": c.steer.weight, "temperature": c.steer.temperature,
                                           "num_positives": c.steer.num_positives}),

@@ -19,7 +19,7 @@ from .adapters import ModelViews
 from .backbones import Backbone, TextCond
 from .vsd import cfg_eps, fake_loss, noisy, one_step_x0, student_loss, vsd_direction
 
-__all__ = ["Batch", "StepSettings", "draw_batch", "micro_step"]
+__all__ = ["Batch", "StepSettings", "draw_batch", "micro_step", "fake_micro_step", "student_sample"]
 
 
 @dataclass
@@ -50,6 +50,7 @@ class StepSettings:
     t_range: tuple[int, int]
     fake_t_range: tuple[int, int]
     null_prob: float
+    weighting: str = "sigma2"  # "sigma2" (the paper's VSD) or "dmd" (DMD's per-sample normalisation)
 
 
 def draw_batch(gen: torch.Generator, n_prompts: int, total: int, latent: tuple[int, int, int],
@@ -94,17 +95,33 @@ def micro_step(bb: Backbone, views: ModelViews, batch: Batch, cond: TextCond, nu
             e_teacher = cfg_eps(partial(bb.eps, m), x_t, batch.t, cond, null, s.guidance)
         with views.fake_view() as m:
             e_fake = cfg_eps(partial(bb.eps, m), x_t, batch.t, cond, null, s.fake_guidance)
-        g = vsd_direction(e_teacher, e_fake, ab)
+        g = vsd_direction(e_teacher, e_fake, ab, s.weighting, x0.detach(), x_t)
     loss_s = student_loss(x0, g)
     with views.student_view():
         _backward(loss_s * scale, scalers[0])
     # -- fake score: denoising loss on the detached student sample ----------------------------
+    loss_f = fake_micro_step(bb, views, x0.detach(), batch, cond, null, autocast, scale, scalers[1])
+    return float(loss_s.detach()), loss_f
+
+
+def fake_micro_step(bb: Backbone, views: ModelViews, x0: Tensor, batch: Batch, cond: TextCond, null: TextCond,
+                    autocast=contextlib.nullcontext, scale: float = 1.0, scaler=None) -> float:
+    """Accumulate the fake score's gradient on the (detached) student sample ``x0``; return its loss."""
     ab2 = bb.alpha_bar(batch.t_fake)
-    x_t2 = noisy(x0.detach(), batch.noise_fake, ab2)
+    x_t2 = noisy(x0, batch.noise_fake, ab2)
     cond2 = cond.where(batch.drop, null)
     with views.fake_view() as m:
         with autocast():
             e = bb.eps(m, x_t2, batch.t_fake, cond2)
         loss_f = fake_loss(e, batch.noise_fake, ab2)
-        _backward(loss_f * scale, scalers[1])
-    return float(loss_s.detach()), float(loss_f.detach())
+        _backward(loss_f * scale, scaler)
+    return float(loss_f.detach())
+
+
+@torch.no_grad()
+def student_sample(bb: Backbone, views: ModelViews, batch: Batch, cond: TextCond, s: StepSettings,
+                   autocast=contextlib.nullcontext) -> Tensor:
+    """The student's one-step x0 for ``batch.z`` without gradient (extra fake-score updates)."""
+    T = torch.full((batch.z.shape[0],), s.timestep, device=batch.z.device, dtype=torch.long)
+    with autocast(), views.student_view() as m:
+        return one_step_x0(bb.eps(m, batch.z, T, cond), batch.z, s.alpha_bar_T)

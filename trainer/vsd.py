@@ -1,4 +1,4 @@
-"""The VSD objective of WaDi (wadi-facts §2.2), as pure functions of eps predictions.
+"""The VSD objective of WaDi (as its released training code computes it), as pure functions of eps predictions.
 
 Student (one step at T):   x0 = (z - sqrt(1 - abar_T) eps_student(z, T)) / sqrt(abar_T)
 VSD direction at t:        x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) n,  t ~ U{t_min..t_max}
@@ -53,9 +53,27 @@ def noisy(x0: Tensor, noise: Tensor, alpha_bar: Tensor) -> Tensor:
     return torch.sqrt(ab) * x0 + torch.sqrt(1 - ab) * noise
 
 
-def vsd_direction(eps_teacher: Tensor, eps_fake: Tensor, alpha_bar: Tensor) -> Tensor:
-    """g = (1 - abar_t)(eps_teacher - eps_fake), non-finite entries zeroed (as the official code does)."""
-    g = _b(1 - alpha_bar, eps_teacher) * (eps_teacher.float() - eps_fake.float())
+def vsd_direction(eps_teacher: Tensor, eps_fake: Tensor, alpha_bar: Tensor, weighting: str = "sigma2",
+                  x0: Tensor | None = None, x_t: Tensor | None = None) -> Tensor:
+    """The student's update direction in x0 space, non-finite entries zeroed (as the official code does).
+
+    ``sigma2`` (the paper's VSD): g = (1 - abar_t)(eps_teacher - eps_fake).
+    ``dmd`` (DMD's weighting, beyond the paper): the same difference as x0 predictions,
+    g = (x0_fake - x0_teacher) / mean|x0 - x0_teacher|, per sample: every t and every sample
+    gets a step of the same size, where (1 - abar_t) gives low-noise t (fine detail) almost none.
+    """
+    diff = eps_teacher.float() - eps_fake.float()
+    if weighting == "sigma2":
+        g = _b(1 - alpha_bar, eps_teacher) * diff
+    elif weighting == "dmd":
+        if x0 is None or x_t is None:
+            raise ValueError("vsd_direction: weighting 'dmd' needs x0 and x_t")
+        a, s = torch.sqrt(_b(alpha_bar, diff)), torch.sqrt(_b(1 - alpha_bar, diff))
+        x0_teacher = (x_t.float() - s * eps_teacher.float()) / a
+        norm = (x0.float() - x0_teacher).abs().mean(dim=tuple(range(1, diff.dim())), keepdim=True)
+        g = (s / a) * diff / norm.clamp_min(1e-6)
+    else:
+        raise ValueError(f"vsd_direction: unknown weighting {weighting!r}; expected 'sigma2' or 'dmd'")
     return torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
 
 

@@ -49,7 +49,7 @@ POSITIVE = "a photo of a red fox in the snow, detailed fur, golden hour"
 
 TITLES = {  # the nodes' display names (schema display_name / core names)
     "WaDiCheckpointLoader": "WaDi Checkpoint Loader", "WaDiLoadLoRaD": "Load LoRaD", "WaDiLoRaDInfo": "LoRaD Info",
-    "WaDiSampler": "WaDi Sampler (one-step)", "WaDiScaleCrafter": "WaDi ScaleCrafter (direct high-res)",
+    "WaDiSampler": "WaDi Sampler", "WaDiScaleCrafter": "WaDi ScaleCrafter",
     "CheckpointLoaderSimple": "Load Checkpoint", "EmptyLatentImage": "Empty Latent Image", "VAEDecode": "VAE Decode",
     "SaveImage": "Save Image", "LatentUpscaleBy": "Upscale Latent By", "LoadImage": "Load Image",
     "ControlNetLoader": "Load ControlNet Model", "ControlNetApplyAdvanced": "Apply ControlNet",
@@ -170,7 +170,7 @@ def to_ui(nodes: list[dict]) -> dict:
         for name, value in node["widgets"]:
             widgets.append(value)
             if (node["class_type"], name) in CONTROL_AFTER:
-                widgets.append("fixed")
+                widgets.append("randomize")  # a new image per queue, as ComfyUI's own templates
         if node["class_type"] == "LoadImage":
             widgets.append("image")  # the upload widget's slot
         ours = node["class_type"] in OURS

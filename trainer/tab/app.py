@@ -16,14 +16,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..jobs.runner import (
+    DEFAULT_GRACE_S,
+    DEFAULT_GRACE_STEPS,
+    PACK_ROOT,
+    JobRefused,
+    JobRunner,
+    last_checkpoint_step,
+)
+from ..jobs.store import Job, JobStore
+from ..jobs.tail import EventTail, format_seconds, loss_plot_png
 from .checks import check_paths
-from .events import EventTail, format_seconds, loss_plot_png
 from .forms import FieldSpec, config_to_values, field_specs, values_to_dict
 from .kinds import FIRST_RUN_PRESET, TrainKind, check_preset_name, load_kinds, preset_files
 from .results import Results
-from .runner import DEFAULT_GRACE_S, DEFAULT_GRACE_STEPS, PACK_ROOT, JobRefused, JobRunner, last_checkpoint_step
 from .security import DEFAULT_MAX_UPLOAD_BYTES, PathNotAllowed, Roots, check_upload
-from .store import Job, JobStore
 
 ASSETS = PACK_ROOT / "assets"
 
@@ -317,15 +324,3 @@ def png_to_pil(png: bytes | None):
 
     return Image.open(io.BytesIO(png))
 
-
-def build_app(settings: Settings | None = None, kinds: dict[str, TrainKind | str] | None = None,
-              runner: JobRunner | None = None, monitor: bool = True):
-    """The trainer as one ``gr.Blocks`` (importable by a WebUI extension; see docs/trainer-tab.md)."""
-    from .layout import blocks
-
-    app = TabApp(settings or Settings.create(), kinds=kinds, runner=runner)
-    if monitor:
-        app.runner.start_monitor()
-    demo = blocks(app)
-    demo.wadi_app = app  # for hosts (and tests) that need the runner, e.g. to stop jobs on shutdown
-    return demo

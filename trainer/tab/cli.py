@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from .runner import DEFAULT_GRACE_S, DEFAULT_GRACE_STEPS
+from ..jobs.runner import DEFAULT_GRACE_S, DEFAULT_GRACE_STEPS
 
 DEFAULT_PORT = 7861  # 7860 is Gradio's/A1111's default; keep clear of it
 
@@ -46,8 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from .app import Settings, build_app
-    from .runner import RunnerBusy
+    from ..jobs.runner import RunnerBusy
+    from .app import Settings
+    from .layout import build_app
     from .security import bind_host
 
     private_gradio_cache()

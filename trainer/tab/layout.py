@@ -1,4 +1,6 @@
-"""The page: tabs, generated forms, job panel, polling.  Wiring only; behaviour is in :mod:`.app`.
+"""The page: tabs, generated forms, job panel, polling, and :func:`build_app` that assembles them.
+
+Wiring only; behaviour is in :mod:`.app` (which never imports this module).
 
 Element ids (``wadi-<what>-<kind>``, ``cfg-<section>-<field>``) are stable so the
 browser tests and a ComfyUI/A1111 host page can find things.
@@ -12,7 +14,8 @@ from typing import Any
 
 import gradio as gr
 
-from .app import TabApp, png_to_pil
+from ..jobs.runner import JobRunner
+from .app import Settings, TabApp, png_to_pil
 from .forms import build_form
 from .kinds import KIND_SOURCES, TrainKind
 from .tools import build_tools_tab
@@ -208,3 +211,14 @@ def _open_image(path):
 
     with Image.open(path) as im:
         return im.convert("RGB")
+
+
+def build_app(settings: Settings | None = None, kinds: dict[str, TrainKind | str] | None = None,
+              runner: JobRunner | None = None, monitor: bool = True):
+    """The trainer as one ``gr.Blocks`` (importable by a WebUI extension; see docs/trainer-tab.md)."""
+    app = TabApp(settings or Settings.create(), kinds=kinds, runner=runner)
+    if monitor:
+        app.runner.start_monitor()
+    demo = blocks(app)
+    demo.wadi_app = app  # for hosts (and tests) that need the runner, e.g. to stop jobs on shutdown
+    return demo

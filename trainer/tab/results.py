@@ -19,8 +19,8 @@ from pathlib import Path
 
 from ...lorad.fsutil import atomic_save
 from ..jobs import EVENTS_FILE_NAME
+from ..jobs.store import Job
 from .security import PathNotAllowed, Roots
-from .store import Job
 
 LORAD_SUFFIX = ".lorad.safetensors"
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ...lorad import inject as LI
+from ...lorad import inject
 from ..backbones import TextCond, load_backbone
 from ..cmd_sample import load_student, one_step_params
 from ..sampling import one_step, teacher_multistep
@@ -31,7 +31,7 @@ class AdapterBench:
         self.device = device
         self.student = load_student(self.bb, student) if student else None
         self.T, self.ab_T = one_step_params(self.student, self.bb, None, None)
-        LI.set_active(self.bb.denoiser, None)
+        inject.set_active(self.bb.denoiser, None)
         self.null = self.bb.null_cond(device).float()
         self._cond: dict[str, Tensor] = {}
         self.tokens: dict[str, str] = {}
@@ -40,7 +40,7 @@ class AdapterBench:
         from ...lorad.bridge import load_adapter
 
         load_adapter(self.bb.denoiser, name, path)
-        LI.set_active(self.bb.denoiser, None)
+        inject.set_active(self.bb.denoiser, None)
 
     def add_embedding(self, path: str | Path, name: str | None = None) -> str:
         """Load a textual-inversion file into the text encoder; returns the text standing for it."""
@@ -65,7 +65,7 @@ class AdapterBench:
         bb, den = self.bb, self.bb.denoiser
         noise = eval_noise(len(prompts), seed, bb.latent_shape(0))
         out = []
-        with LI.active_adapters(den, tuple(active)):
+        with inject.active_adapters(den, tuple(active)):
             for i in range(0, len(prompts), batch):
                 cond = self.encode(prompts[i: i + batch]).to(self.device)
                 z = noise[i: i + batch].to(self.device)

@@ -21,31 +21,41 @@ from .io import atomic_torch_save
 
 
 class EMA:
-    """Exponential moving average of parameters (fp32, on the parameters' device).
+    """Exponential moving average of parameters (fp32, beside the parameters): diffusers' ``EMAModel``.
 
-    The effective decay ramps up as ``(1 + n) / (10 + n)`` so early, still-random
-    weights are forgotten quickly (as in diffusers' EMAModel warm-up).
+    The effective decay ramps up as ``min(decay, (1 + n) / (10 + n))`` at the n-th update (n >= 1),
+    so early, still-random weights are forgotten quickly; ``update_after_step=-1`` makes EMAModel's
+    warm-up count from the first update, the schedule the shipped teacher was trained with.  The
+    state (``shadow`` list, ``updates``, ``decay``) is the stage checkpoints' format.
     """
 
     def __init__(self, params: Iterable[nn.Parameter], decay: float) -> None:
+        from diffusers.training_utils import EMAModel
+
         self.params = list(params)
         self.decay = decay
-        self.shadow = [p.detach().float().clone() for p in self.params]
-        self.updates = 0
+        self._model = EMAModel(self.params, decay=decay, min_decay=0.0, update_after_step=-1, use_ema_warmup=False,
+                               foreach=True)
+        self._model.to(dtype=torch.float32)
+
+    @property
+    def shadow(self) -> list[torch.Tensor]:
+        return self._model.shadow_params
+
+    @property
+    def updates(self) -> int:
+        return int(self._model.optimization_step)
 
     @torch.no_grad()
     def update(self) -> None:
         if self.shadow and self.shadow[0].device != self.params[0].device:
             # The model moved (accelerate.prepare puts it on the GPU): keep the average beside it.
-            self.shadow = [s.to(p.device) for s, p in zip(self.shadow, self.params)]
-        self.updates += 1
-        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        torch._foreach_lerp_(self.shadow, [p.detach().float() for p in self.params], 1 - d)
+            self._model.to(device=self.params[0].device)
+        self._model.step(self.params)
 
     @torch.no_grad()
     def copy_to(self, params: Iterable[nn.Parameter]) -> None:
-        for s, p in zip(self.shadow, params):
-            p.copy_(s.to(p.dtype))
+        self._model.copy_to(params)
 
     def state_dict(self) -> dict[str, Any]:
         return {"shadow": [s.cpu() for s in self.shadow], "updates": self.updates, "decay": self.decay}
@@ -53,8 +63,9 @@ class EMA:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if len(state["shadow"]) != len(self.shadow):
             raise ValueError(f"EMA state has {len(state['shadow'])} tensors, model has {len(self.shadow)}")
-        self.shadow = [t.float().clone() for t in state["shadow"]]
-        self.updates = int(state["updates"])
+        device = self.shadow[0].device if self.shadow else "cpu"
+        self._model.shadow_params = [t.float().clone().to(device) for t in state["shadow"]]
+        self._model.optimization_step = int(state["updates"])
 
 
 def make_accelerator(device: str = "auto") -> Any:

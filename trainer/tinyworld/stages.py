@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import classifier as C
+from . import classifier
 from .data import captions_for, random_scenes, real_batch, render_scenes, step_batches, step_generator, vae_batch
 from .loop import EMA, Stage, make_accelerator, set_lr
 from .models import (
@@ -66,7 +66,7 @@ def train_vae(cfg: Any) -> Path:
     stage.begin(start)
     batches = step_batches(functools.partial(vae_batch, cfg.seed, cfg.vae_batch), start, cfg.vae_steps, cfg.workers)
     for step, x in zip(_bar(start, cfg.vae_steps, "vae"), batches):
-        set_lr(opt, C.cosine_lr(step, cfg.vae_steps, cfg.vae_lr, warmup=100))
+        set_lr(opt, classifier.cosine_lr(step, cfg.vae_steps, cfg.vae_lr, warmup=100))
         x = x.to(acc.device)
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample(generator=step_generator(cfg.seed, "vae", step))).sample
@@ -244,7 +244,7 @@ def train_unet(cfg: Any) -> Path:
     stage.begin(start)
     make = functools.partial(_unet_batch, cfg, bank, tokenizer, scale, ac)
     for step, batch in zip(_bar(start, cfg.unet_steps, "unet"), step_batches(make, start, cfg.unet_steps, cfg.workers)):
-        set_lr(opt, C.cosine_lr(step, cfg.unet_steps, cfg.unet_lr, warmup=200))
+        set_lr(opt, classifier.cosine_lr(step, cfg.unet_steps, cfg.unet_lr, warmup=200))
         t_cpu = batch[2]
         ids, x_t, t, noise = (v.to(acc.device) for v in batch)
         # SD's pipeline calls the text encoder without an attention mask; train the same way.
@@ -283,18 +283,18 @@ def train_classifier(cfg: Any) -> Path:
     out = Path(cfg.output) / "classifier"
     stage = Stage(out, _fingerprint(cfg, ("clf_steps", "clf_batch", "clf_lr")))
     torch.manual_seed(cfg.seed)
-    model = C.AttributeClassifier()
+    model = classifier.AttributeClassifier()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.clf_lr, weight_decay=1e-4)
     start = stage.resume({"clf": model}, {"opt": opt}, {})
     model, opt = acc.prepare(model, opt)
     model.train()
     stage.begin(start)
-    make = functools.partial(C.training_batch, cfg.seed, cfg.clf_batch)
+    make = functools.partial(classifier.training_batch, cfg.seed, cfg.clf_batch)
     for step, (x, labels) in zip(_bar(start, cfg.clf_steps, "classifier"), step_batches(make, start, cfg.clf_steps, cfg.workers)):
-        set_lr(opt, C.cosine_lr(step, cfg.clf_steps, cfg.clf_lr, warmup=100))
+        set_lr(opt, classifier.cosine_lr(step, cfg.clf_steps, cfg.clf_lr, warmup=100))
         x = x.to(acc.device)
         labels = {k: v.to(acc.device) for k, v in labels.items()}
-        loss = C.classifier_loss(model(x), labels)
+        loss = classifier.classifier_loss(model(x), labels)
         opt.zero_grad(set_to_none=True)
         acc.backward(loss)
         opt.step()
@@ -308,20 +308,20 @@ def train_classifier(cfg: Any) -> Path:
     (out / "summary.json").write_text(json.dumps(accs, indent=2))
     target = Path(cfg.export) / "classifier.safetensors"
     meta = {"train_steps": str(cfg.clf_steps), "seed": str(cfg.seed), "heldout_accuracy": json.dumps(accs)}
-    C.save_classifier(model, target, metadata=meta)
+    classifier.save_classifier(model, target, metadata=meta)
     print(f"classifier: held-out accuracy {accs} -> {target}")
     return target
 
 
 @torch.no_grad()
-def heldout_accuracy(model: C.AttributeClassifier, seed: int, n: int = 1024) -> dict[str, float]:
+def heldout_accuracy(model: classifier.AttributeClassifier, seed: int, n: int = 1024) -> dict[str, float]:
     """Per-head accuracy and exact-scene accuracy on fresh renders (stream ``eval-ref``, unseen in training)."""
     x, scenes = real_batch(seed, "eval-ref", 30_000, n)
     logits = model(x)
-    labels = C.scene_labels(scenes)
+    labels = classifier.scene_labels(scenes)
     out = {}
     for k, lab in labels.items():
         keep = lab >= 0
         out[k] = round(float((logits[k].argmax(-1)[keep] == lab[keep]).float().mean()), 4)
-    out["exact_scene"] = round(sum(p == s for p, s in zip(C.logits_to_scenes(logits), scenes)) / n, 4)
+    out["exact_scene"] = round(sum(p == s for p, s in zip(classifier.logits_to_scenes(logits), scenes)) / n, 4)
     return out

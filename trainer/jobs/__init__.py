@@ -18,20 +18,27 @@ One place defines it so the trainer and the job runner cannot drift apart:
   ``{"event": "checkpoint", "step": s, "path": "<dir>"}``
   ``{"event": "stopped" | "done" | "error", "step": s, "message": "..."}``
 
-Kept free of torch/gradio imports: the trainer imports it on every run.
+This package is the neutral ground between the trainer and its launchers: it imports
+nothing else of the trainer, nor torch or Gradio, so the ComfyUI nodes can read jobs
+through it (:mod:`.store` the job table, :mod:`.runner` start/stop, :mod:`.tail` progress)
+without loading the trainer.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
+import time
 from pathlib import Path
+from typing import Any, Protocol
 
 STOP_FILE_ENV = "WADI_STOP_FILE"
 STOP_FILE_NAME = "STOP"
 EVENTS_FILE_NAME = "events.jsonl"
 
-__all__ = ["STOP_FILE_ENV", "STOP_FILE_NAME", "EVENTS_FILE_NAME", "RunStopped", "stop_file", "stop_requested",
-           "end_stopped"]
+__all__ = ["STOP_FILE_ENV", "STOP_FILE_NAME", "EVENTS_FILE_NAME", "RunStopped", "StoppableRun", "append_event",
+           "stop_file", "stop_requested", "end_stopped"]
 
 
 class RunStopped(Exception):
@@ -49,28 +56,56 @@ def stop_requested(output_dir: str | os.PathLike[str]) -> bool:
     return stop_file(output_dir).exists()
 
 
-def end_stopped(run) -> dict:
+def _json_value(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None  # JSON has no NaN/inf
+    if isinstance(v, Path):
+        return str(v)
+    return v
+
+
+def append_event(events_file: Path, event: str, fields: dict[str, Any]) -> None:
+    """Append one record (``event``, ``time`` and ``fields``) to an events file and flush it."""
+    rec = {"event": event, "time": round(time.time(), 3), **{k: _json_value(v) for k, v in fields.items()}}
+    with open(events_file, "a", encoding="utf-8") as f:
+        f.write(json.dumps(rec) + "\n")
+        f.flush()
+
+
+class _Events(Protocol):
+    def write(self, event: str, **fields: Any) -> None: ...
+    def close(self) -> None: ...
+
+
+class StoppableRun(Protocol):
+    """What :func:`end_stopped` needs of a run (distill and the fine-tunes provide it)."""
+
+    step: int
+    out: Path
+    main: bool  # the writing process of a multi-process run
+    _ready: bool  # set-up finished (``events`` is open and there is something to save)
+    events: _Events
+
+    def log(self, msg: str) -> Any: ...
+    def save_checkpoint(self) -> Any: ...
+
+
+def end_stopped(run: StoppableRun) -> dict:
     """The cooperative end of a stopped run (distill and the fine-tunes alike).
 
     Saves a checkpoint of what was trained (so ``--resume latest`` continues), writes the
-    ``stopped`` event, logs the message and returns ``{}`` (no outputs).  ``run`` provides
-    ``step``, ``out``, ``log``, ``save_checkpoint()``, ``_ready`` (set-up finished) and
-    ``events`` (its open EventLog once ready); ``main`` (default True) marks the writing
-    process of a multi-process run.
+    ``stopped`` event, logs the message and returns ``{}`` (no outputs).
     """
-    from .events import EventLog
-
-    main = getattr(run, "main", True)
     if run._ready and run.step > 0:
         run.save_checkpoint()  # collective in a multi-process run: every rank calls it
     msg = f"stop requested; stopped at step {run.step}" + (
         " (checkpoint saved; continue with --resume latest)" if run.step else "")
-    if main:
+    if run.main:
         if run._ready:
             run.events.write("stopped", step=run.step, message=msg)
             run.events.close()
         else:
             Path(run.out).mkdir(parents=True, exist_ok=True)
-            EventLog(Path(run.out) / EVENTS_FILE_NAME, log=run.log).write("stopped", step=run.step, message=msg)
+            append_event(Path(run.out) / EVENTS_FILE_NAME, "stopped", {"step": run.step, "message": msg})
         run.log(msg)
     return {}

@@ -32,8 +32,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ..jobs import EVENTS_FILE_NAME, STOP_FILE_ENV, STOP_FILE_NAME
-from . import procs
+from . import EVENTS_FILE_NAME, STOP_FILE_ENV, STOP_FILE_NAME, procs
 from .store import Job, JobStore
 
 PACK_ROOT = Path(__file__).resolve().parents[2]

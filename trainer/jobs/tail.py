@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..jobs import EVENTS_FILE_NAME
+from . import EVENTS_FILE_NAME
 
 
 @dataclass

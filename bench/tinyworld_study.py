@@ -1,0 +1,207 @@
+"""Learning curves of WaDi on the tiny world: alignment and FD every N steps, one run per call.
+
+One run = one config (the demo's recipe plus ``--set key=value`` overrides) and one training seed.
+Every ``--eval-every`` steps the student (its EMA when on) generates the 256 fixed evaluation
+prompts x 2 noise seeds in one step and the classifier scores them; the curve is appended to
+``<out>/<name>/curve.json`` as it grows, so a long run can be watched (and plotted) while it runs.
+A finished run is not repeated.  ``--plot`` draws every curve under ``--out`` into one figure.
+
+    OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name lorad-s0 --steps 3000 --eval-every 500
+    python bench/tinyworld_study.py --plot docs/img/tinyworld_curves.png --out outputs/study
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import time
+from pathlib import Path
+
+import harness as H
+import torch
+
+H.load_package()
+from wadi_lorad.lorad.fsutil import atomic_write_text  # noqa: E402
+from wadi_lorad.trainer.demo import DemoSettings, demo_config  # noqa: E402
+from wadi_lorad.trainer.tinyworld import domain, metrics  # noqa: E402
+
+
+def parse(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", default="outputs/study")
+    p.add_argument("--name", default="")
+    p.add_argument("--config", default="", help="a YAML config (e.g. configs/tinyworld-quality.yaml) instead of "
+                                                 "the demo's recipe; --set still applies on top")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--eval-every", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0, help="training seed (data stream and adapter init)")
+    p.add_argument("--eval-seeds", default="0,1")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--shadow-ema", type=float, default=0.99,
+                   help="also track an EMA of the student at this decay (when the config has none) and score it "
+                        "at every point beside the raw student; 0 = off")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
+    p.add_argument("--export", action="store_true",
+                   help="at the end, write the run's outputs as `wadi distill` does (the .lorad student in "
+                        "<out>/<name>/run/) with the trainer's own exporter")
+    p.add_argument("--plot", default="", help="draw every curve under --out into this PNG and exit")
+    return p.parse_args(argv)
+
+
+def evaluate(d, prompts: list[str], seeds: list[int], ema=None) -> dict[str, float]:
+    from wadi_lorad.trainer.sampling import one_step
+
+    per = []
+    ema = ema if ema is not None else d.ema
+    applied = ema.applied() if ema is not None else contextlib.nullcontext()
+    with torch.no_grad(), d.views.student_view() as m, applied:
+        for seed in seeds:
+            noise = metrics.eval_noise(len(prompts), seed, d.latent)
+            imgs = []
+            for i in range(0, len(prompts), 128):
+                cond = d.extra_cond.index(slice(i, i + 128))
+                x0 = one_step(d.bb, m, cond, noise[i: i + 128], d.settings.alpha_bar_T, d.settings.timestep)
+                imgs.append(d.bb.decode(x0).cpu())
+            per.append(metrics.evaluate_images(torch.cat(imgs), prompts))
+    return metrics.summarize(per)
+
+
+def run(a: argparse.Namespace) -> Path:
+    from wadi_lorad.trainer.config import apply_overrides, load_yaml
+    from wadi_lorad.trainer.distill import Distiller
+
+    torch.set_num_threads(a.threads)
+    out = Path(a.out) / a.name
+    curve_path = out / "curve.json"
+    if curve_path.is_file() and json.loads(curve_path.read_text()).get("done"):
+        print(f"{a.name}: done before, kept")
+        return curve_path
+    prompts_file = Path(a.out) / "prompts.txt"
+    if not prompts_file.is_file():
+        prompts_file.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(prompts_file, "\n".join(domain.sample_captions(DemoSettings().num_prompts, 0)) + "\n")
+    s = DemoSettings(out=out, steps=a.steps, seed=a.seed)
+    sets = [tuple(kv.split("=", 1)) for kv in a.set]
+    s.overrides = [("output.sample_every", "0"), ("output.checkpoint_every", "0"), ("adapter.seed", str(a.seed)),
+                   ("data.cache_dir", str(Path(a.out) / ".text_cache"))] + sets
+    cfg = demo_config(s, prompts_file)
+    if a.config:
+        base = [("model.base", cfg.model.base), ("data.prompts", cfg.data.prompts), ("output.dir", cfg.output.dir),
+                ("output.force", "true"), ("data.cache_dir", cfg.data.cache_dir), ("train.seed", str(a.seed)),
+                ("adapter.seed", str(a.seed)), ("train.max_steps", str(a.steps)),
+                ("output.sample_every", "0"), ("output.checkpoint_every", "0")]
+        cfg = apply_overrides(load_yaml(a.config), base + sets)
+    prompts = metrics.fixed_eval_prompts(256)
+    seeds = [int(x) for x in a.eval_seeds.split(",")]
+    d = Distiller(cfg, extra_prompts=prompts, progress=False)
+    d.setup()
+    shadow = None
+    if d.ema is None and a.shadow_ema > 0:
+        from wadi_lorad.trainer.ema import EMA
+
+        shadow = EMA(d.views.student.params, a.shadow_ema)
+    curve = {"name": a.name, "seed": a.seed, "threads": a.threads, "overrides": dict(sets),
+             "config": a.config, "steps": a.steps, "points": [], "done": False}
+    train_s = 0.0
+    losses: list[dict[str, float]] = []
+
+    def record() -> None:
+        t0 = time.perf_counter()
+        sc = evaluate(d, prompts, seeds)
+        pt = {"step": d.step, "train_s": round(train_s, 1),
+              "alignment": sc["alignment_mean"], "alignment_std": sc["alignment_std"],
+              "fd": sc["fd_mean"], "fd_std": sc["fd_std"]}
+        if shadow is not None and d.step > 0:
+            se = evaluate(d, prompts, seeds, shadow)
+            pt.update(ema_decay=a.shadow_ema, ema_alignment=se["alignment_mean"], ema_fd=se["fd_mean"])
+        for k in ("loss_student", "loss_fake", "grad_norm_student", "grad_norm_fake"):
+            if losses:
+                pt[k] = sum(x[k] for x in losses) / len(losses)
+        losses.clear()
+        pt["eval_s"] = round(time.perf_counter() - t0, 1)
+        curve["points"].append(pt)
+        atomic_write_text(curve_path, json.dumps(curve, indent=1))
+        ema_txt = f", EMA {pt['ema_alignment']:.3f} / {pt['ema_fd']:.0f}" if "ema_fd" in pt else ""
+        print(f"{a.name} step {d.step}: alignment {pt['alignment']:.3f} FD {pt['fd']:.0f}{ema_txt} "
+              f"({train_s:.0f} s training)", flush=True)
+
+    out.mkdir(parents=True, exist_ok=True)
+    record()
+    while d.step < a.steps:
+        t0 = time.perf_counter()
+        losses.append(d.train_step())
+        if shadow is not None:
+            shadow.update()
+        train_s += time.perf_counter() - t0
+        if d.step % a.eval_every == 0 or d.step == a.steps:
+            record()
+    save_outputs(d, shadow, prompts, out)
+    if a.export:
+        from wadi_lorad.trainer.export import export_outputs
+
+        d.train_time_s = train_s
+        d.save_checkpoint()
+        curve["exports"] = {k: str(v) for k, v in export_outputs(d).items()}
+    curve["done"] = True
+    atomic_write_text(curve_path, json.dumps(curve, indent=1))
+    return curve_path
+
+
+def save_outputs(d, shadow, prompts: list[str], out: Path) -> None:
+    """The student's parameters (raw and EMA) and a grid of its first eval images, to look at."""
+    from safetensors.torch import save_file
+    from wadi_lorad.trainer.sampling import one_step, save_grid
+
+    save_file({k: v.contiguous() for k, v in d.views.student.state().items()}, str(out / "student_params.safetensors"))
+    rows, labels = [], []
+    noise = metrics.eval_noise(len(prompts), 0, d.latent)[:8]
+    cond = d.extra_cond.index(slice(0, 8))
+    for label, ema in (("raw", None), ("EMA", shadow or d.ema)):
+        if label == "EMA" and ema is None:
+            continue
+        applied = ema.applied() if ema is not None else contextlib.nullcontext()
+        with torch.no_grad(), d.views.student_view() as m, applied:
+            rows.append(d.bb.decode(one_step(d.bb, m, cond, noise, d.settings.alpha_bar_T, d.settings.timestep)))
+            if label == "EMA":
+                save_file({k: v.contiguous() for k, v in d.views.student.state().items()},
+                          str(out / "student_params_ema.safetensors"))
+        labels.append(f"student ({label}), step {d.step}")
+    save_grid(rows, labels, out / "grid.png", captions=prompts[:8])
+
+
+def plot(a: argparse.Namespace) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = [json.loads(p.read_text()) for p in sorted(Path(a.out).glob("*/curve.json"))]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for c in curves:
+        st = [p["step"] for p in c["points"]]
+        ax1.plot(st, [p["alignment"] for p in c["points"]], marker=".", label=c["name"])
+        ax2.plot(st, [p["fd"] for p in c["points"]], marker=".", label=c["name"])
+    for ax, title in ((ax1, "alignment (higher is better)"), (ax2, "FD (lower is better)")):
+        ax.set_xlabel("student steps")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(a.plot, dpi=110)
+    print(f"wrote {a.plot}")
+
+
+def main(argv=None) -> int:
+    a = parse(argv)
+    if a.plot:
+        plot(a)
+        return 0
+    if not a.name:
+        raise SystemExit("error: --name is required for a run")
+    run(a)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,117 @@
+"""Distillation options beyond the paper, against independent formulas: DMD weighting, a full
+fake score, extra fake-score updates (TTUR) and convolution targets."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from distill_helpers import tiny_bases_fixture  # noqa: F401  (fixture)
+from torch import nn
+from wadi_lorad.lorad.inject import lorad_layers
+from wadi_lorad.lorad.presets import match_modules, resolve_targets
+from wadi_lorad.trainer.adapters import build_views
+from wadi_lorad.trainer.backbones import load_backbone
+from wadi_lorad.trainer.config import AdapterConfig, ConfigError, DistillConfig, config_hash, validate
+from wadi_lorad.trainer.vsd import vsd_direction
+
+
+def test_dmd_weighting_is_normalised_x0_difference():
+    torch.manual_seed(0)
+    x0, noise = torch.randn(3, 4, 2, 2), torch.randn(3, 4, 2, 2)
+    e_t, e_f = torch.randn(3, 4, 2, 2), torch.randn(3, 4, 2, 2)
+    ab = torch.tensor([0.95, 0.5, 0.01])
+    x_t = ab.sqrt().view(-1, 1, 1, 1) * x0 + (1 - ab).sqrt().view(-1, 1, 1, 1) * noise
+    g = vsd_direction(e_t, e_f, ab, "dmd", x0, x_t)
+    for i in range(3):  # written out: x0 predictions of teacher and fake, per-sample mean |x0 - x0_teacher|
+        a = float(ab[i])
+        xt_i = math.sqrt(a) * x0[i] + math.sqrt(1 - a) * noise[i]
+        p_teacher = (xt_i - math.sqrt(1 - a) * e_t[i]) / math.sqrt(a)
+        p_fake = (xt_i - math.sqrt(1 - a) * e_f[i]) / math.sqrt(a)
+        want = (p_fake - p_teacher) / (x0[i] - p_teacher).abs().mean()
+        torch.testing.assert_close(g[i], want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="needs x0 and x_t"):
+        vsd_direction(e_t, e_f, ab, "dmd")
+    with pytest.raises(ValueError, match="unknown weighting"):
+        vsd_direction(e_t, e_f, ab, "nope")
+
+
+def test_new_fields_keep_old_config_hashes_and_are_validated():
+    cfg = DistillConfig()
+    before = config_hash(cfg)
+    cfg.vsd.fake_updates = 1
+    cfg.vsd.weighting = "sigma2"
+    assert config_hash(cfg) == before  # a checkpoint from before these fields existed still resumes
+    cfg.vsd.fake_updates = 3
+    assert config_hash(cfg) != before
+    cfg.vsd.fake_updates = 0
+    cfg.model.base, cfg.data.prompts = "x", "y"
+    with pytest.raises(ConfigError, match="vsd.fake_updates"):
+        validate(cfg)
+
+
+def test_full_fake_is_a_separate_trainable_copy(tiny_bases):
+    bb = load_backbone(tiny_bases("sd"))
+    teacher_sd = {k: v.clone() for k, v in bb.denoiser.state_dict().items()}
+    views = build_views(bb.denoiser, AdapterConfig(student_rank=4, fake_kind="full"))
+    assert views.fake.kind == "full" and views.fake_module is not bb.denoiser
+    assert views.fake.num_params() == sum(v.numel() for v in teacher_sd.values() if v.is_floating_point())
+    # the copy starts as the teacher, has no LoRaD layer, and only it is trainable in the fake view
+    assert not list(lorad_layers(views.fake_module))
+    for k, v in views.fake_module.state_dict().items():
+        assert torch.equal(v, teacher_sd[k])
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([10, 900])
+    cond = bb.encode_prompts(["a red circle", "a cross"]).float()
+    with views.fake_view() as m:
+        bb.eps(m, x, t, cond).square().mean().backward()
+    assert all(p.grad is not None for p in views.fake.parameters())
+    assert all(p.grad is None for p in views.student.parameters())
+    assert all(p.grad is None for p in bb.denoiser.parameters() if not p.requires_grad)
+
+
+def test_conv_presets_adapt_convolutions(tiny_bases):
+    bb = load_backbone(tiny_bases("sd"))
+    unet = bb.denoiser
+    paper = dict(match_modules(unet, resolve_targets(unet, "paper-student")))
+    blocks = dict(match_modules(unet, resolve_targets(unet, "blocks-linear-conv")))
+    every = dict(match_modules(unet, resolve_targets(unet, "all-linear-conv")))
+    assert set(paper) < set(blocks) < set(every)
+    assert all(isinstance(m, nn.Linear) for m in paper.values())
+    convs = [n for n, m in blocks.items() if isinstance(m, nn.Conv2d)]
+    assert convs and not any("conv_shortcut" in n for n in convs)
+    assert {"conv_in", "conv_out"} <= set(every)
+    # a conv student trains: gradients reach the conv adapters
+    views = build_views(unet, AdapterConfig(student_rank=4, fake_rank=2, student_targets="blocks-linear-conv"))
+    with torch.no_grad():
+        for p in views.student.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    cond = bb.encode_prompts(["a red circle"]).float()
+    with views.student_view() as m:
+        bb.eps(m, torch.randn(1, 4, 8, 8), torch.tensor([999]), cond).square().mean().backward()
+    conv_grads = [p.grad for n, p in views.student.params.items() if any(c in n for c in convs)]
+    assert conv_grads and all(g is not None and g.abs().sum() > 0 for g in conv_grads)
+
+
+def test_fake_updates_step_the_fake_more_often_and_resume_exactly(tiny_bases, tmp_path):
+    from distill_helpers import small_cfg, write_prompts
+    from wadi_lorad.trainer.distill import Distiller
+
+    prompts = write_prompts(tmp_path / "p.txt")
+    over = {"vsd__fake_updates": 3, "train__max_steps": 3}
+    d = Distiller(small_cfg(tiny_bases("sd"), prompts, tmp_path / "a", **over), progress=False, log=lambda *_: None)
+    d.run()
+    student_steps = {int(s["step"]) for s in d.opt_s.state_dict()["state"].values()}
+    fake_steps = {int(s["step"]) for s in d.opt_f.state_dict()["state"].values()}
+    assert student_steps == {3} and fake_steps == {9}
+    # a run stopped after step 2 and resumed equals the uninterrupted run (the extra draws are in the stream)
+    over2 = dict(over, train__max_steps=2, output__checkpoint_every=1)
+    Distiller(small_cfg(tiny_bases("sd"), prompts, tmp_path / "b", **over2), progress=False,
+              log=lambda *_: None).run()
+    r = Distiller(small_cfg(tiny_bases("sd"), prompts, tmp_path / "b", resume="latest", **over),
+                  progress=False, log=lambda *_: None)
+    r.run()
+    for k, p in d.views.fake.params.items():
+        assert torch.equal(p, r.views.fake.params[k]), k
+    for k, p in d.views.student.params.items():
+        assert torch.equal(p, r.views.student.params[k]), k
