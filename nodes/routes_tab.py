@@ -80,6 +80,7 @@ class TabService:
         self.base = Path(base) if base else folders["output"] / "wadi"
         # The pack's assets/ (shipped tiny world) is readable; the pack's code folders are not a root.
         self.roots = [self.base, folders["models"], PACK_ROOT / "assets"]
+        self.lorad_dir = folders["models"] / "lorad"  # ComfyUI's folder for .lorad files (nodes/patching.py)
         self.jobs_dir = self.base / "jobs"
         self.port, self.python = port, python or trainer_python()
         self._proc: subprocess.Popen | None = None
@@ -94,7 +95,7 @@ class TabService:
                 "--jobs-dir", str(self.jobs_dir), "--presets-dir", str(self.base / "presets")]
         for root in self.roots:
             argv += ["--root", str(root)]
-        return argv
+        return argv + ["--comfy-lorad-dir", str(self.lorad_dir)]
 
     def app_up(self) -> bool:
         try:

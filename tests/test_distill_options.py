@@ -115,3 +115,22 @@ def test_fake_updates_step_the_fake_more_often_and_resume_exactly(tiny_bases, tm
         assert torch.equal(p, r.views.fake.params[k]), k
     for k, p in d.views.student.params.items():
         assert torch.equal(p, r.views.student.params[k]), k
+
+
+def test_conv_adapters_get_their_own_learning_rate(tiny_bases, tmp_path):
+    from distill_helpers import small_cfg, write_prompts
+    from wadi_lorad.trainer.distill import Distiller
+
+    cfg = small_cfg(tiny_bases("sd"), write_prompts(tmp_path / "p.txt"), tmp_path / "a",
+                    adapter__student_targets="blocks-linear-conv", optim__conv_lr_scale=0.1, optim__student_lr=1e-3)
+    d = Distiller(cfg, progress=False, log=lambda *_: None)
+    d.setup()
+    lin, conv = d.opt_s.param_groups
+    assert lin["lr"] == pytest.approx(1e-3) and conv["lr"] == pytest.approx(1e-4)
+    conv_layers = {n for n, layer in lorad_layers(d.bb.denoiser) if issubclass(layer.base_type, nn.Conv2d)}
+    assert conv_layers
+    want = {id(p) for k, p in d.views.student.params.items() if k.rsplit(".", 1)[0] in conv_layers}
+    assert {id(p) for p in conv["params"]} == want
+    assert len(lin["params"]) + len(conv["params"]) == len(d.views.student.parameters())
+    d.train_step()  # the scheduler keeps each group's own rate
+    assert [g["lr"] for g in d.opt_s.param_groups] == pytest.approx([1e-3, 1e-4])

@@ -34,6 +34,9 @@ def leaves(obj, prefix=""):
 
 @pytest.fixture
 def app(tmp_path):
+    # The fake config's default model.base, as a (tiny) diffusers folder: submit checks its kind.
+    (tmp_path / "models" / "teacher").mkdir(parents=True)
+    (tmp_path / "models" / "teacher" / "model_index.json").write_text("{}")
     settings = Settings.create(roots=[tmp_path], default_devices="cpu")
     runner = JobRunner(JobStore(settings.jobs_dir), command=lambda sub, args, devs, py: [py, str(FAKE), *args])
     return TabApp(settings, kinds=load_kinds(SOURCES), runner=runner)
@@ -155,7 +158,9 @@ def test_start_stop_resume_finish_through_the_app(app, tmp_path):
     done = _wait(app, new_id, lambda j: not j.active)
     assert done.status == "finished" and done.resume_of == job_id
     fin = app.view(new_id)
-    assert fin.progress.startswith("step 60 / 60") and "done" in fin.progress
+    assert fin.progress.startswith("step 60 / 60") and fin.status.startswith("**finished**")
+    # One state, in the status line only: the progress line never names one that could contradict it.
+    assert not any(word in fin.progress for word in ("done", "stopped", "killed", "finished"))
     # the resumed run continued from the checkpoint: no step was logged twice
     steps = [r["step"] for r in app._tails[new_id].records if r.get("event") == "step"]
     assert steps == list(range(1, 61))

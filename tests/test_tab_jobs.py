@@ -97,7 +97,7 @@ def test_cooperative_stop_frees_quickly(tmp_path):
 
 def test_stop_escalates_to_process_group_kill_within_10s(tmp_path):
     """A trainer that ignores the stop file AND SIGTERM, with a forked helper: SIGKILL to the group frees all."""
-    runner = make_runner(tmp_path)  # default grace 5 s + term 3 s
+    runner = make_runner(tmp_path, grace_s=5.0, grace_steps=0.0)  # grace 5 s + term 3 s
     job = submit(runner, tmp_path, steps=10_000, sleep=0.05, honour_stop=False, ignore_term=True, child=True)
     wait_for(runner, job.id, lambda j: len(procs.group_pids(j.pid)) >= 3)  # wrapper, trainer, helper
     members = procs.group_pids(job.pid)

@@ -99,6 +99,7 @@ def test_start_app_launches_wadi_tab_on_loopback(tmp_path):
     svc = TabService(base=tmp_path / "wadi", port=_free_port(), python=sys.executable)
     cmd = svc.app_command()
     assert cmd[2] == "tab" and "--listen" not in cmd and cmd.count("--root") == 3
+    assert cmd[cmd.index("--comfy-lorad-dir") + 1] == str(svc.lorad_dir)  # "copy to ComfyUI models/lorad"
     first = svc.start_app()
     assert first["running"] is False and first["starting"] is True
     assert svc.start_app()["starting"] is True  # a second click does not start a second app

@@ -80,7 +80,11 @@ def save_checkpoint(root: Path, snap: Snapshot, cfg: Any, keep: int) -> Path:
         # meta.json last: its presence marks a complete checkpoint even without the rename.
         (tmp / "meta.json").write_text(json.dumps({**snap.meta, "step": snap.step}, indent=2))
 
+    # A writer killed mid-save (SIGKILL after a stop's grace) leaves only its hidden temp folder,
+    # which list_checkpoints never counts; clear such leftovers once a new checkpoint is written.
     atomic_dir(final, write)
+    for stale in root.glob(".step-*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
     for old in list_checkpoints(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final

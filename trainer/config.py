@@ -84,6 +84,9 @@ class OptimConfig:
     adam_8bit: bool = False  # bitsandbytes AdamW8bit when it and CUDA are present (else a note)
     lr_scheduler: Literal["constant", "linear", "cosine"] = "constant"
     warmup_steps: int = 0
+    # LoRaD student adapters on Conv2d layers (conv target presets) train at student_lr x this
+    # (beyond the paper, which adapts no convolution).
+    conv_lr_scale: float = 1.0
 
 
 @dataclass
@@ -147,7 +150,7 @@ NOT_HASHED = {
 
 # Fields added after version 1 shipped: hashed only when set away from their default, so a
 # checkpoint written before they existed still resumes under an otherwise equal config.
-HASHED_WHEN_SET = {"vsd.fake_updates": 1, "vsd.weighting": "sigma2"}
+HASHED_WHEN_SET = {"vsd.fake_updates": 1, "vsd.weighting": "sigma2", "optim.conv_lr_scale": 1.0}
 
 
 # -- type checking --------------------------------------------------------------------------------
@@ -375,6 +378,7 @@ def validate(cfg: DistillConfig) -> None:
         (v.resolution >= 0, "vsd.resolution", "must be >= 0"),
         (o.student_lr > 0 and o.fake_lr > 0, "optim.student_lr/fake_lr", "must be > 0"),
         (o.grad_clip >= 0, "optim.grad_clip", "must be >= 0"),
+        (o.conv_lr_scale > 0, "optim.conv_lr_scale", "must be > 0"),
         (t.max_steps >= 1, "train.max_steps", "must be >= 1"),
         (t.batch_size >= 1, "train.batch_size", "must be >= 1"),
         (t.grad_accum >= 1, "train.grad_accum", "must be >= 1"),

@@ -128,7 +128,7 @@ class Distiller:
                                      (v.fake_t_min, v.fake_t_max), v.null_prob, v.weighting)
         self.latent = bb.latent_shape(v.resolution)
         o = c.optim
-        s_params, f_params = self.views.student.parameters(), self.views.fake.parameters()
+        s_params, f_params = self.views.student_param_groups(o.conv_lr_scale), self.views.fake.parameters()
         self.opt_s = make_optimizer(s_params, o.student_lr, o, dev, self.log)
         self.opt_f = make_optimizer(f_params, o.fake_lr, o, dev, self.log)
         self.sched_s = make_lr_schedule(self.opt_s, o, c.train.max_steps)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -61,8 +62,28 @@ def read_events(path: Path) -> list[dict]:
     return out
 
 
+# TEST ONLY: the tab's stop tests need steps of a known, long duration (>= 20 s) on any machine.
+# When this variable names a file holding a number of seconds, every step sleeps that long
+# before its record is written (the file is re-read each step, so a test can slow a run down
+# and speed it up again).  Unset - as in every real run - it costs one dictionary lookup.
+TEST_STEP_SLEEP_ENV = "WADI_TEST_STEP_SLEEP_FILE"
+
+
+def _test_step_sleep() -> None:
+    path = os.environ.get(TEST_STEP_SLEEP_ENV)
+    if not path:
+        return
+    try:
+        seconds = float(open(path, encoding="utf-8").read().strip() or 0)
+    except (OSError, ValueError):
+        return
+    if seconds > 0:
+        time.sleep(seconds)
+
+
 def write_step(events: EventLog, step: int, max_steps: int, started: tuple[float, int], logs: dict) -> None:
     """A ``step`` record with the rate since ``started = (perf_counter, step)`` and the ETA."""
+    _test_step_sleep()
     t0, s0 = started
     rate = (step - s0) / max(1e-9, time.perf_counter() - t0)
     eta = (max_steps - step) / rate if rate > 0 else math.inf

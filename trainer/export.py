@@ -65,6 +65,19 @@ def arch_name(bb: Backbone) -> str:
     return "sd15"
 
 
+def resumed_at(out: Path) -> list[int]:
+    """Steps at which this run was resumed (``resume`` records of its events.jsonl since the last ``start``)."""
+    from .events import read_events
+
+    steps: list[int] = []
+    for rec in read_events(Path(out) / "events.jsonl"):
+        if rec.get("event") == "start":
+            steps = []
+        elif rec.get("event") == "resume" and isinstance(rec.get("step"), int):
+            steps.append(rec["step"])
+    return steps
+
+
 def run_metadata(d: TrainedRun) -> dict:
     """``title``, ``one_step`` and ``provenance`` for the exported files."""
     c, s = d.cfg, d.settings
@@ -80,6 +93,8 @@ def run_metadata(d: TrainedRun) -> dict:
             "fake_cfg": c.vsd.fake_guidance_scale, "seed": c.train.seed, "ema_decay": c.train.ema_decay,
             "base_model": str(c.model.base), "base_fingerprint": d.base_fp, "config_hash": d.cfg_hash,
             "prompts": str(c.data.prompts), "num_prompts": len(d.prompts),
+            # A stopped and resumed run is the same run: say where it was continued from checkpoints.
+            "resumed_at_steps": resumed_at(d.out),
         },
     }
 

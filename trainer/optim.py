@@ -19,8 +19,12 @@ from .config import OptimConfig
 __all__ = ["make_optimizer", "make_lr_schedule", "sync_gradients", "clip_and_norm", "make_scaler"]
 
 
-def make_optimizer(params: list[nn.Parameter], lr: float, cfg: OptimConfig, device: torch.device,
+def make_optimizer(params: list, lr: float, cfg: OptimConfig, device: torch.device,
                    log=print) -> torch.optim.Optimizer:
+    """AdamW (8-bit where asked and possible) over ``params``: parameters, or groups with an
+    ``lr_scale`` (their lr is ``lr * lr_scale``)."""
+    if params and isinstance(params[0], dict):
+        params = [{"params": g["params"], "lr": lr * g.get("lr_scale", 1.0)} for g in params]
     if cfg.adam_8bit:
         if device.type == "cuda":
             try:

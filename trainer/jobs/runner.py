@@ -4,9 +4,14 @@
   ``accelerate launch`` for several GPUs) wrapped by :mod:`.jobwrap`, in a new
   session, so its whole process tree is one process group.
 * Stop is cooperative first: the stop file of :mod:`trainer.jobs` (checked every
-  step; the trainer saves and exits).  If the group is still alive ``grace_s``
-  later it gets SIGTERM, and ``term_s`` after that SIGKILL, so a hung job frees
-  its memory within ``grace_s + term_s`` (+ one poll interval).
+  step; the trainer finishes the step in flight, writes a checkpoint and exits).
+  The grace it gets scales with its own pace: ``max(grace_s, grace_steps x the
+  median measured step time)`` (:func:`stop_grace`), so a run at 20 s per step is
+  never killed mid-step.  Only if the group is still alive after the grace does it
+  get SIGTERM, and ``term_s`` after that SIGKILL (a hung job frees its memory
+  within grace + ``term_s`` + one poll interval).  Checkpoints are written to a
+  hidden temp folder and renamed (:mod:`trainer.checkpoint`), so even a kill
+  mid-write leaves the previous checkpoint as the latest.
 * The store outlives the app: a restarted runner re-attaches to jobs whose
   process (pid *and* kernel start time) is still there and reads the exit status
   the wrapper left for those that ended meanwhile.
@@ -15,9 +20,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -25,7 +32,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from . import STOP_FILE_ENV, STOP_FILE_NAME, procs
+from . import EVENTS_FILE_NAME, STOP_FILE_ENV, STOP_FILE_NAME, procs
 from .store import Job, JobStore
 
 PACK_ROOT = Path(__file__).resolve().parents[2]
@@ -34,6 +41,67 @@ WRAPPER = Path(__file__).with_name("jobwrap.py")
 LOG_NAME = "log.txt"
 RC_NAME = "exit_code"
 CONFIG_NAME = "config.yaml"
+DEFAULT_GRACE_S = 60.0  # the least a stopped job gets to finish its step and save
+DEFAULT_GRACE_STEPS = 3.0  # ... or this many of its median step times, if longer
+_TAIL_BYTES = 256_000  # how much of events.jsonl a stop reads to time the steps
+
+
+def run_pace(out_dir: str | Path) -> tuple[int | None, float | None, int | None]:
+    """(last step, median step seconds, last checkpoint step) of the newest run segment in ``events.jsonl``.
+
+    Step times are the gaps between consecutive records of the segment that began
+    at the last ``start``/``resume`` (the first gap is setup-to-first-step, so one
+    finished step already gives a time).  Only the file's tail is read.
+    """
+    path = Path(out_dir) / EVENTS_FILE_NAME
+    try:
+        with open(path, "rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, size - _TAIL_BYTES))
+            lines = fh.read().split(b"\n")
+    except OSError:
+        return None, None, None
+    step = ckpt = None
+    times: list[float] = []
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue  # the first (cut) or a torn last line
+        if not isinstance(rec, dict):
+            continue
+        ev, t = rec.get("event"), rec.get("time")
+        if ev in ("start", "resume"):
+            times = [float(t)] if isinstance(t, (int, float)) else []
+        elif ev == "step" and isinstance(rec.get("step"), int):
+            step = rec["step"]
+            if isinstance(t, (int, float)):
+                times.append(float(t))
+        elif ev == "checkpoint" and isinstance(rec.get("step"), int):
+            ckpt = rec["step"]
+    gaps = [b - a for a, b in zip(times, times[1:]) if b >= a]
+    return step, (statistics.median(gaps[-50:]) if gaps else None), ckpt
+
+
+def last_checkpoint_step(out_dir: str | Path) -> int | None:
+    """Step of the newest complete checkpoint on disk (``checkpoints/step-XXXXXXXX/meta.json``), else None.
+
+    The same rule as :func:`trainer.checkpoint.list_checkpoints` (hidden temp folders of an
+    interrupted write do not count), without importing torch into the app.
+    """
+    root = Path(out_dir) / "checkpoints"
+    try:
+        names = [p.name for p in root.iterdir() if p.name.startswith("step-") and (p / "meta.json").is_file()]
+    except OSError:
+        return None
+    steps = [int(n[5:]) for n in names if n[5:].isdigit()]
+    return max(steps) if steps else None
+
+
+def stop_grace(median_step_s: float | None, grace_s: float = DEFAULT_GRACE_S,
+               grace_steps: float = DEFAULT_GRACE_STEPS) -> float:
+    """Seconds a stopped job may take before SIGTERM: ``max(grace_s, grace_steps x median step)``."""
+    return max(grace_s, grace_steps * median_step_s) if median_step_s else grace_s
 
 
 class RunnerBusy(RuntimeError):
@@ -66,11 +134,14 @@ def cli_command(subcommand: str, args: list[str], devices: tuple[str, ...], pyth
 
 
 class JobRunner:
-    def __init__(self, store: JobStore, grace_s: float = 5.0, term_s: float = 3.0, python: str = sys.executable,
+    def __init__(self, store: JobStore, grace_s: float = DEFAULT_GRACE_S, term_s: float = 3.0,
+                 python: str = sys.executable,
                  command: Callable[[str, list[str], tuple[str, ...], str], list[str]] = cli_command,
-                 attach: bool = True, exclusive: bool = False):
+                 attach: bool = True, exclusive: bool = False, grace_steps: float = DEFAULT_GRACE_STEPS):
         # ``command`` builds a job's argv; tests swap in a fake trainer, everything else uses the CLI.
         self.store, self.grace_s, self.term_s, self.python, self.command = store, grace_s, term_s, python, command
+        self.grace_steps = grace_steps
+        self._grace: dict[str, float] = {}  # job id -> its stop grace, fixed when stop was asked
         self._popen: dict[str, subprocess.Popen] = {}
         self._signalled: dict[str, signal.Signals] = {}
         self._orphaned: dict[str, float] = {}
@@ -159,8 +230,18 @@ class JobRunner:
             if job.status != "running":
                 return job
             self.stop_path(job).touch()
+            step, median, _ = run_pace(job.out_dir)
+            grace = self._grace[job_id] = stop_grace(median, self.grace_s, self.grace_steps)
+            doing = f"finishing step {step + 1}" if step is not None else "finishing its set-up"
             return self.store.update(job_id, status="stopping", stop_requested=time.time(),
-                                     message=f"stop requested; escalating to SIGTERM after {self.grace_s:g} s")
+                                     message=f"stopping: {doing}, then saving a checkpoint "
+                                             f"(force-stopped if not done in {grace:.0f} s)")
+
+    def grace_for(self, job: Job) -> float:
+        """The stop grace of ``job`` (fixed at the stop request; recomputed after an app restart)."""
+        if job.id not in self._grace:
+            self._grace[job.id] = stop_grace(run_pace(job.out_dir)[1], self.grace_s, self.grace_steps)
+        return self._grace[job.id]
 
     # -- the loop ------------------------------------------------------------------------------
     def poll(self) -> list[Job]:
@@ -241,10 +322,10 @@ class JobRunner:
             return
         now = time.time()
         if job.status == "stopping" and job.stop_requested is not None:
-            waited = now - job.stop_requested
-            if waited >= self.grace_s + self.term_s:
+            waited, grace = now - job.stop_requested, self.grace_for(job)
+            if waited >= grace + self.term_s:
                 self._signal(job, signal.SIGKILL)
-            elif waited >= self.grace_s:
+            elif waited >= grace:
                 self._signal(job, signal.SIGTERM)
         elif not leader:
             # The wrapper is gone but helpers survived it: clear them out like a stop would.
@@ -272,19 +353,22 @@ class JobRunner:
             except ValueError:
                 rc = None
         sent = self._signalled.pop(job.id, None)
+        grace = self._grace.pop(job.id, None) or self.grace_s
         self._popen.pop(job.id, None)
         self._orphaned.pop(job.id, None)
         freed = f" (freed {now - job.stop_requested:.2f} s after the stop request)" if job.stop_requested else ""
+        ckpt = last_checkpoint_step(job.out_dir)
+        saved = f"last checkpoint: step {ckpt}" if ckpt is not None else "no checkpoint"
         if sent is not None:
-            status, msg = "killed", f"did not stop in {self.grace_s:g} s; process group got {sent.name}{freed}"
+            status, msg = "killed", f"did not stop in {grace:.0f} s; process group got {sent.name}{freed}; {saved}"
         elif rc is None:
-            status, msg = "lost", "the process ended while no runner watched it and left no exit status"
+            status, msg = "lost", f"the process ended while no runner watched it and left no exit status; {saved}"
         elif rc == 0:
             status = "stopped" if job.stop_requested else "finished"
-            msg = f"stopped cooperatively{freed}" if job.stop_requested else "finished"
+            msg = f"stopped cooperatively{freed}; {saved}" if job.stop_requested else "finished"
         else:
             status = "failed"
-            msg = f"exit code {rc}; see the log"
+            msg = f"exit code {rc}; see the log; {saved}"
         self.store.update(job.id, status=status, returncode=rc, ended=now, message=msg)
 
     # -- reading -------------------------------------------------------------------------------

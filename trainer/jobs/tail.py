@@ -39,8 +39,7 @@ class Progress:
         if self.eta_s is not None:
             parts.append(f"ETA {format_seconds(self.eta_s)}")
         parts += [f"{k} {v:.4g}" for k, v in self.losses.items()]
-        if self.last_event in ("done", "stopped"):
-            parts.append(self.last_event)
+        # No run state here ("stopped", "done"): the job's status line is the one place for it.
         if self.error:
             parts.append(f"error: {self.error}")
         return " · ".join(parts)
@@ -111,7 +110,9 @@ class EventTail:
             for key in ("total_steps", "max_steps"):  # the distill trainer logs max_steps
                 if isinstance(rec.get(key), int):
                     p.total = rec[key]
-            if isinstance(rec.get("step"), int):
+            # A run stopped (or failed) during its set-up logs step 0 before it restored its checkpoint:
+            # only records of a running trainer move the step shown.
+            if isinstance(rec.get("step"), int) and ev not in ("stopped", "error"):
                 p.step = rec["step"]
             if ev == "sample" and rec.get("path"):
                 p.sample = str(rec["path"])

@@ -16,18 +16,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..jobs.runner import PACK_ROOT, JobRefused, JobRunner
+from ..jobs.runner import (
+    DEFAULT_GRACE_S,
+    DEFAULT_GRACE_STEPS,
+    PACK_ROOT,
+    JobRefused,
+    JobRunner,
+    last_checkpoint_step,
+)
 from ..jobs.store import Job, JobStore
 from ..jobs.tail import EventTail, format_seconds, loss_plot_png
+from .checks import check_paths
 from .forms import FieldSpec, config_to_values, field_specs, values_to_dict
-from .kinds import TrainKind, check_preset_name, load_kinds, preset_files
+from .kinds import FIRST_RUN_PRESET, TrainKind, check_preset_name, load_kinds, preset_files
+from .results import Results
 from .security import DEFAULT_MAX_UPLOAD_BYTES, PathNotAllowed, Roots, check_upload
+
+ASSETS = PACK_ROOT / "assets"
 
 
 def default_roots() -> list[Path]:
-    """The current folder (read/write), plus the pack's ``assets/`` (the shipped tiny world) when present."""
-    assets = PACK_ROOT / "assets"
-    return [Path.cwd(), *([assets] if assets.is_dir() else [])]
+    """The read/write roots when none are given: the current folder."""
+    return [Path.cwd()]
+
+
+def readonly_roots() -> list[Path]:
+    """Always read-only: the pack's ``assets/`` (the shipped tiny world), whatever ``--root`` says."""
+    return [ASSETS] if ASSETS.is_dir() else []
 
 
 @dataclass
@@ -36,17 +51,22 @@ class Settings:
     roots: Roots
     presets_dir: Path
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
-    grace_s: float = 5.0
+    grace_s: float = DEFAULT_GRACE_S  # a stopped job's least grace before SIGTERM ...
+    grace_steps: float = DEFAULT_GRACE_STEPS  # ... or this many median step times, if longer
     term_s: float = 3.0
     default_devices: str = "cpu"
+    comfy_lorad_dir: Path | None = None  # beside ComfyUI: its models/lorad (the "copy to ComfyUI" action)
 
     @classmethod
     def create(cls, roots: list[str | os.PathLike[str]] | None = None, jobs_dir: str | None = None,
                presets_dir: str | None = None, **kw: Any) -> Settings:
-        """Defaults: roots = [cwd], jobs under ``<first root>/outputs/tab/jobs``, presets beside them."""
-        r = Roots(roots or default_roots())
-        jobs = r.resolve(jobs_dir or "outputs/tab/jobs", what="--jobs-dir")
-        presets = r.resolve(presets_dir or "outputs/tab/presets", what="--presets-dir")
+        """Defaults: roots = [cwd] (+ the read-only assets), jobs under ``<first root>/outputs/tab/jobs``,
+        presets beside them."""
+        r = Roots(roots or default_roots(), readonly=readonly_roots())
+        jobs = r.resolve(jobs_dir or "outputs/tab/jobs", what="--jobs-dir", write=True)
+        presets = r.resolve(presets_dir or "outputs/tab/presets", what="--presets-dir", write=True)
+        if kw.get("comfy_lorad_dir"):
+            kw["comfy_lorad_dir"] = r.resolve(kw["comfy_lorad_dir"], what="--comfy-lorad-dir", write=True)
         if "default_devices" not in kw:
             kw["default_devices"] = "0" if shutil.which("nvidia-smi") else "cpu"
         return cls(jobs_dir=jobs, roots=r, presets_dir=presets, **kw)
@@ -72,10 +92,11 @@ class TabApp:
         self.kinds = kinds if kinds is not None else load_kinds()
         self.store = runner.store if runner else JobStore(settings.jobs_dir)
         self.runner = runner or JobRunner(self.store, grace_s=settings.grace_s, term_s=settings.term_s,
-                                          exclusive=True)
+                                          grace_steps=settings.grace_steps, exclusive=True)
         self._tails: dict[str, EventTail] = {}
         self._plots: dict[str, tuple[int, bytes | None]] = {}
         self._lock = threading.Lock()
+        self.results = Results(settings.roots, settings.comfy_lorad_dir)
 
     # -- configs ------------------------------------------------------------------------------
     def kind(self, name: str) -> TrainKind:
@@ -97,12 +118,29 @@ class TabApp:
         cfg = k.from_dict(values_to_dict(self.specs(kind), list(values), version=k.version))
         if k.validate is not None:
             k.validate(cfg)
+        self._resolve_paths(k, cfg, absolute)
+        return cfg
+
+    def _resolve_paths(self, k: TrainKind, cfg: Any, absolute: bool) -> dict[str, Path]:
+        resolved = {}
         for path in k.path_fields:
             value = k.get(cfg, path)
             if value:
-                real = self.roots.resolve(value, what=path)
+                resolved[path] = real = self.roots.resolve(value, what=path, write=path in k.write_fields)
                 if absolute:
                     k.set(cfg, path, str(real))
+        return resolved
+
+    def checked_config(self, kind: str, values: list[Any]) -> Any:
+        """:meth:`config_from_values` (absolute paths) plus the existence and kind of every path
+        (:mod:`.checks`): what a job is submitted with.  Raises ValueError naming the field."""
+        k = self.kind(kind)
+        cfg = k.from_dict(values_to_dict(self.specs(kind), list(values), version=k.version))
+        if k.validate is not None:
+            k.validate(cfg)
+        resolved = self._resolve_paths(k, cfg, absolute=True)
+        force = bool(getattr(getattr(cfg, "output", None), "force", False))
+        check_paths(cfg, resolved, k.out_dir_field, force, resuming=bool(getattr(cfg, k.resume_field, "")))
         return cfg
 
     def preview(self, kind: str, values: list[Any]) -> tuple[str, str]:
@@ -120,11 +158,29 @@ class TabApp:
     def preset_choices(self, kind: str) -> list[str]:
         return sorted(preset_files(kind, self.settings.presets_dir))
 
-    def load_preset(self, kind: str, name: str) -> list[Any]:
+    def first_run_preset(self, kind: str) -> str | None:
+        """The shipped preset to preselect (``tinyworld`` for distill) while the user has configured
+        nothing of their own (no saved preset of this kind), if it loads and its paths check."""
+        name = FIRST_RUN_PRESET.get(kind)
+        user = Path(self.settings.presets_dir) / kind
+        if not name or name not in self.preset_choices(kind) or (user.is_dir() and any(user.glob("*.yaml"))):
+            return None
+        try:
+            k = self.kind(kind)
+            cfg = k.load_yaml(preset_files(kind, self.settings.presets_dir)[name])
+            check_paths(cfg, self._resolve_paths(k, cfg, absolute=False), out_field="", force=True)
+        except ValueError:
+            return None  # e.g. a build without the shipped assets
+        return name
+
+    def preset_path(self, kind: str, name: str) -> Path:
         files = preset_files(kind, self.settings.presets_dir)
         if name not in files:
             raise ValueError(f"no preset {name!r}; have {sorted(files)}")
-        return config_to_values(self.kind(kind).load_yaml(files[name]), self.specs(kind))
+        return files[name]
+
+    def load_preset(self, kind: str, name: str) -> list[Any]:
+        return config_to_values(self.kind(kind).load_yaml(self.preset_path(kind, name)), self.specs(kind))
 
     def load_uploaded(self, kind: str, path: str) -> list[Any]:
         p = check_upload(path, self.settings.max_upload_bytes, what="preset upload")
@@ -145,11 +201,12 @@ class TabApp:
         """Submit a job from form values; returns (message, job id or None).  Nothing runs on an error."""
         try:
             k = self.kind(kind)
-            cfg = self.config_from_values(kind, values, absolute=True)
-            out_dir = self.roots.resolve(k.get(cfg, k.out_dir_field), what=k.out_dir_field)
+            cfg = self.checked_config(kind, values)
+            out_dir = self.roots.resolve(k.get(cfg, k.out_dir_field), what=k.out_dir_field, write=True)
             job = self.runner.submit(kind, [], out_dir, devices or self.settings.default_devices,
                                      subcommand=k.subcommand, queue=queue, cwd=self.roots.base,
-                                     config_yaml=k.dump_yaml(cfg), title=str(out_dir.name))
+                                     config_yaml=k.dump_yaml(cfg),
+                                     title=str(getattr(getattr(cfg, "output", None), "title", "") or out_dir.name))
         except (ValueError, JobRefused, PathNotAllowed, OSError) as e:
             return f"Not started: {e}", None
         return self._submitted(job), job.id
@@ -162,6 +219,11 @@ class TabApp:
             if old.active:
                 raise ValueError(f"job {job_id} is still {old.status}; stop it before resuming")
             cfg_text = self.runner.config_path(old).read_text(encoding="utf-8")
+            # The inputs must still be there (a moved model would fail the job seconds after the click).
+            cfg = k.load_yaml(self.runner.config_path(old))
+            cwd = Path(old.cwd or self.roots.base)
+            resolved = {p: cwd / v for p in k.path_fields if (v := k.get(cfg, p))}
+            check_paths(cfg, resolved, k.out_dir_field, force=False, resuming=True)
             job = self.runner.submit(old.kind, [f"--{k.resume_field}", "latest"], old.out_dir,
                                      devices or old.device, subcommand=k.subcommand, queue=queue,
                                      resume_of=old.id, cwd=old.cwd or self.roots.base, config_yaml=cfg_text,
@@ -183,9 +245,8 @@ class TabApp:
         except KeyError as e:
             return str(e.args[0])
         if job.status == "stopping":
-            return (f"Stopping job {job_id}: asked it to save and exit; it is force-stopped after "
-                    f"{self.runner.grace_s + self.runner.term_s:g} s if it does not.")
-        return f"Job {job_id} is {job.status}."
+            return f"Stopping job {job_id}: {job.message}."
+        return f"Job {job_id} is {job.status}" + (f" ({job.message})." if job.message else ".")
 
     def jobs(self, kind: str | None = None) -> list[Job]:
         return self.store.list(kind=kind)
@@ -196,7 +257,22 @@ class TabApp:
 
         started = time.strftime("%m-%d %H:%M:%S", time.localtime(job.started)) if job.started else ""
         took = format_seconds((job.ended or time.time()) - job.started) if job.started else ""
-        return [job.id, job.status, job.device, started, took, job.message]
+        return [job.id, job.title, job.status, job.device, job.out_dir, started, took, job.message]
+
+    # -- results ------------------------------------------------------------------------------
+    def downloads(self, job_id: str | None) -> list[Path]:
+        """The finished job's exported files, as links the page may hand out (see :mod:`.results`)."""
+        try:
+            return self.results.downloads(self.store.get(job_id)) if job_id else []
+        except (KeyError, OSError):
+            return []
+
+    def copy_to_comfy(self, job_id: str, overwrite: bool = False) -> str:
+        try:
+            dst = self.results.copy_to_comfy(self.store.get(job_id), overwrite=overwrite)
+        except (KeyError, ValueError, OSError) as e:
+            return f"Not copied: {e.args[0] if isinstance(e, KeyError) else e}"
+        return f"Copied to {dst} (ComfyUI lists it under lorad after a refresh)."
 
     def view(self, job_id: str | None) -> JobView:
         """Everything the job panel shows for one job (incremental: only new events are read)."""
@@ -216,7 +292,12 @@ class TabApp:
                 cached = (n, loss_plot_png(tail.loss_series()))
                 self._plots[job.id] = cached
             prog = tail.progress()
+        # One state (the store's), with the newest checkpoint on disk: the progress line below
+        # never repeats a state of its own, so the two cannot disagree.
         status = f"**{job.status}** · {job.message}"
+        if job.status == "running":
+            ckpt = last_checkpoint_step(job.out_dir)
+            status += f" · last checkpoint: step {ckpt}" if ckpt is not None else ""
         if job.resume_of:
             status += f" · resumes {job.resume_of}"
         return JobView(job, status=status, progress=prog.text(), sample=self._sample_path(job, prog.sample),

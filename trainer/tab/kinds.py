@@ -22,6 +22,13 @@ from typing import Any
 import yaml
 
 BUILTIN_PRESETS = Path(__file__).with_name("presets")
+PACK_ROOT = Path(__file__).resolve().parents[2]
+# Shipped recipes that live elsewhere in the pack, offered as presets once the file exists
+# (kind -> {preset name: file}).  Add a line here to list another recipe.
+LINKED_PRESETS: dict[str, dict[str, Path]] = {
+    "distill": {"tinyworld-quality": PACK_ROOT / "configs" / "tinyworld-quality.yaml"},
+}
+FIRST_RUN_PRESET = {"distill": "tinyworld"}  # preselected while the user has no preset of their own
 _PRESET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -37,6 +44,7 @@ class TrainKind:
     version: int | None = None
     out_dir_field: str = "output.dir"  # where the run writes events.jsonl
     path_fields: tuple[str, ...] = ()  # user paths to confine to the roots
+    write_fields: tuple[str, ...] = ("output.dir", "data.cache_dir")  # of those, the ones the job writes
     resume_field: str = "resume"
 
     def get(self, cfg: Any, path: str) -> Any:
@@ -87,8 +95,8 @@ def check_preset_name(name: str) -> str:
 
 
 def preset_files(kind: str, user_dir: Path) -> dict[str, Path]:
-    """``{name: file}``: the shipped presets, then the user's (which win on a name clash)."""
-    out: dict[str, Path] = {}
+    """``{name: file}``: the shipped presets (and linked recipes), then the user's (which win on a name clash)."""
+    out: dict[str, Path] = {name: p for name, p in LINKED_PRESETS.get(kind, {}).items() if p.is_file()}
     for folder in (BUILTIN_PRESETS / kind, Path(user_dir) / kind):
         if folder.is_dir():
             out.update({p.stem: p for p in sorted(folder.glob("*.yaml"))})

@@ -36,23 +36,38 @@ def bind_host(listen: bool, port: int, roots: Iterable[Path], stream=None) -> st
 
 
 class Roots:
-    """The folders a user may name; relative paths are taken from the first root."""
+    """The folders a user may name: read/write roots (the first is the base of relative paths)
+    and read-only roots (the pack's shipped ``assets/``), which nothing the tab runs may write into.
+    """
 
-    def __init__(self, roots: Iterable[str | os.PathLike[str]]):
-        self.roots = [Path(r).expanduser().resolve() for r in roots]
-        if not self.roots:
-            raise ValueError("at least one root folder is needed")
+    def __init__(self, roots: Iterable[str | os.PathLike[str]], readonly: Iterable[str | os.PathLike[str]] = ()):
+        self.readonly = list(dict.fromkeys(Path(r).expanduser().resolve() for r in readonly))
+        writable = [Path(r).expanduser().resolve() for r in roots]
+        # A --root that is (inside) a read-only folder stays read-only.
+        writable = [r for r in dict.fromkeys(writable) if not any(r.is_relative_to(ro) for ro in self.readonly)]
+        if not writable:
+            raise ValueError("at least one writable root folder is needed")
+        self.writable = writable
+        self.roots = writable + [r for r in self.readonly if r not in writable]
 
     @property
     def base(self) -> Path:
-        return self.roots[0]
+        return self.writable[0]
 
-    def resolve(self, user_path: str | os.PathLike[str], what: str = "path") -> Path:
+    def describe(self) -> str:
+        """One line for --help, the banner and the docs: which folders are readable, which writable."""
+        ro = f"; read-only: {', '.join(map(str, self.readonly))}" if self.readonly else ""
+        return f"read/write: {', '.join(map(str, self.writable))}{ro}"
+
+    def resolve(self, user_path: str | os.PathLike[str], what: str = "path", write: bool = False) -> Path:
         """Absolute, symlink-free path inside a root, or :class:`PathNotAllowed` naming ``what``.
 
-        A relative path is looked up in each root in turn (the first where it exists
-        wins: a preset can name ``assets/tinyworld/teacher`` whatever the roots are),
-        else it is taken from the first root (an output that does not exist yet).
+        A relative path is taken from the base (the first root, where ``wadi tab`` started)
+        when it exists there; else from the first other root where it exists - a root's
+        own folder name may lead the path, so ``assets/tinyworld/teacher`` names the pack's
+        shipped teacher from anywhere; else (an output not yet written) from the base.
+        The job gets the absolute result, so the form and the job read the same path.
+        With ``write`` the path must not lie in a read-only root.
         """
         raw = str(user_path).strip()
         if not raw:
@@ -61,7 +76,12 @@ class Roots:
             raise PathNotAllowed(f"{what}: path contains a NUL byte")
         p = Path(raw).expanduser()
         if not p.is_absolute():
-            found = [r / p for r in self.roots if (r / p).exists()]
+            candidates = []
+            for r in (self.writable if write else self.roots):
+                candidates.append(r / p)
+                if len(p.parts) > 1 and p.parts[0] == r.name:
+                    candidates.append(r.parent / p)
+            found = [c for c in candidates if c.exists()]
             p = found[0] if found else self.base / p
         # strict=False: the path may not exist yet (an output folder).  resolve() still follows
         # every symlink that does exist along the way, which is what catches link escapes.
@@ -71,6 +91,13 @@ class Roots:
                 f"{what}: {raw!r} resolves to {real}, outside the allowed folders "
                 f"({', '.join(map(str, self.roots))}); start the tab with --root to allow more"
             )
+        if write:
+            ro = next((r for r in self.readonly if real.is_relative_to(r)), None)
+            if ro is not None:
+                raise PathNotAllowed(
+                    f"{what}: {real} is inside {ro}, which is read-only for the tab (shipped files); "
+                    f"write outputs under {self.base}"
+                )
         return real
 
     def __contains__(self, user_path: object) -> bool:

@@ -21,6 +21,7 @@ from .security import PathNotAllowed
 
 RUN_LORAD = Path(__file__).with_name("run_lorad.py")
 PATH_OPTIONS = {"model", "report"}  # non-positional options that name files
+WRITE_DESTS = {"out", "dst", "outdir", "report"}  # the arguments a tool writes (never into read-only roots)
 SKIP_OPTIONS = {"help", "quiet"}
 TOOL_TIMEOUT_S = 6 * 3600
 
@@ -90,11 +91,44 @@ def build_argv(specs: list[ArgSpec], values: list[Any], roots) -> list[str]:
                 raise ValueError(f"{s.dest}: required")
             continue
         if s.kind == "path":
-            v = str(roots.resolve(v, what=s.dest))
+            v = str(roots.resolve(v, what=s.dest, write=s.dest in WRITE_DESTS))
         elif s.kind == "int":
             v = int(v)
         argv += [str(v)] if s.flag is None else [s.flag, str(v)]
     return argv
+
+
+# Which argument of a tool a finished job's files fill (see :func:`job_values`).
+JOB_FILL: dict[str, dict[str, str]] = {
+    "inspect": {"file": "student"},
+    "validate": {"file": "student", "model": "base"},
+    "merge": {"base": "base", "lorad": "student", "out": "merged"},
+    "analyze": {"student": "merged", "teacher": "base", "outdir": "analysis"},
+}
+
+
+def job_files(app, job_id: str) -> dict[str, str]:
+    """A job's files for the tools: its student ``.lorad``, its base model (from the job's own
+    config.yaml, as the trainer read it), and where a merge and an analysis of it go."""
+    import yaml
+
+    job = app.store.get(job_id)
+    files = {k: str(v) for k, v in app.results.files(job).items()}
+    try:
+        cfg = yaml.safe_load(app.runner.config_path(job).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        cfg = {}
+    base = (cfg.get("model") or {}).get("base")
+    out = Path(job.out_dir)
+    return {"student": files.get("student", ""), "base": str(base or ""),
+            "merged": str(out / "merged-tab"), "analysis": str(out / "analysis")}
+
+
+def job_values(command: str, specs: list[ArgSpec], files: dict[str, str]) -> list[Any]:
+    """Tool form values with the job's files filled in (others left as their defaults)."""
+    fill = JOB_FILL.get(command, {})
+    return [files.get(fill[s.dest], "") if s.dest in fill else (bool(s.default) if s.kind == "checkbox" else
+            (s.default if s.default is not None else "")) for s in specs]
 
 
 def run_tool(command: str, argv: list[str], cwd: Path, timeout_s: float = TOOL_TIMEOUT_S) -> tuple[int, str]:
@@ -136,6 +170,11 @@ def build_tools_tab(app, commands: tuple[str, ...]) -> None:
             sub = subs[command]
             gr.Markdown(f"`lorad {command}` — {sub.description or _help_of(command)}")
             specs = arg_specs(sub)
+            if command in JOB_FILL:
+                with gr.Row():
+                    job_pick = gr.Dropdown([], label="files of a finished job", value=None, scale=3,
+                                           elem_id=f"tool-job-{command}", allow_custom_value=True)
+                    fill_btn = gr.Button("Fill from job", scale=1, elem_id=f"tool-fill-{command}")
             comps = [_component(gr, s, command) for s in specs]
             run_btn = gr.Button(f"Run {command}", variant="primary", elem_id=f"tool-run-{command}")
             out = gr.Textbox(label="output", lines=12, interactive=False, elem_id=f"tool-out-{command}")
@@ -151,6 +190,21 @@ def build_tools_tab(app, commands: tuple[str, ...]) -> None:
                 return f"$ lorad {_command} {' '.join(argv)}\n(exit {rc})\n{text}", _plots(_specs, values, app)
 
             run_btn.click(on_run, comps, [out, gallery])
+            if command in JOB_FILL:
+                def on_fill(job_id, _specs=specs, _command=command):
+                    if not job_id:
+                        return [gr.skip()] * len(_specs)
+                    try:
+                        return job_values(_command, _specs, job_files(app, job_id))
+                    except KeyError:
+                        return [gr.skip()] * len(_specs)
+
+                def finished_jobs():
+                    return gr.update(choices=[(f"{j.id} · {j.title}", j.id) for j in app.jobs()
+                                              if j.status in ("finished", "stopped")])
+
+                job_pick.focus(finished_jobs, None, job_pick)
+                fill_btn.click(on_fill, [job_pick], comps)
 
 
 def _help_of(command: str) -> str:
