@@ -22,7 +22,6 @@ from wadi_lorad.trainer.tab.tools import (  # noqa: E402
 
 TEACHER = ASSETS / "tinyworld" / "teacher"
 pytestmark = pytest.mark.skipif(not (TEACHER / "model_index.json").is_file(), reason="no shipped tiny world")
-SEM = "needs branch sem (the lorad CLI reads the tiny world's layout from the file)"
 
 
 @pytest.fixture(scope="module")
@@ -66,14 +65,12 @@ def test_job_files_fill_the_tools(finished):
     assert rc == 0, text
 
 
-@pytest.mark.xfail(strict=True, reason=SEM)
 def test_validate_the_tabs_student(finished):
     app, job_id = finished
     rc, text = run_tool("validate", _argv(app, job_id, "validate"), app.roots.base)
     assert rc == 0, text
 
 
-@pytest.mark.xfail(strict=True, reason=SEM)
 def test_merge_then_analyze_the_tabs_student(finished):
     app, job_id = finished
     rc, text = run_tool("merge", _argv(app, job_id, "merge"), app.roots.base)
