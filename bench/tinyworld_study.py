@@ -50,10 +50,10 @@ def parse(argv=None) -> argparse.Namespace:
 
 
 def evaluate(d, prompts: list[str], seeds: list[int], ema=None) -> dict[str, float]:
+    """Scores of the raw student, or of ``ema`` applied to it."""
     from wadi_lorad.trainer.sampling import one_step
 
     per = []
-    ema = ema if ema is not None else d.ema
     applied = ema.applied() if ema is not None else contextlib.nullcontext()
     with torch.no_grad(), d.views.student_view() as m, applied:
         for seed in seeds:
@@ -96,8 +96,8 @@ def run(a: argparse.Namespace) -> Path:
     seeds = [int(x) for x in a.eval_seeds.split(",")]
     d = Distiller(cfg, extra_prompts=prompts, progress=False)
     d.setup()
-    shadow = None
-    if d.ema is None and a.shadow_ema > 0:
+    shadow = d.ema  # the config's EMA, else a shadow one: both are scored beside the raw student
+    if shadow is None and a.shadow_ema > 0:
         from wadi_lorad.trainer.ema import EMA
 
         shadow = EMA(d.views.student.params, a.shadow_ema)
@@ -114,7 +114,8 @@ def run(a: argparse.Namespace) -> Path:
               "fd": sc["fd_mean"], "fd_std": sc["fd_std"]}
         if shadow is not None and d.step > 0:
             se = evaluate(d, prompts, seeds, shadow)
-            pt.update(ema_decay=a.shadow_ema, ema_alignment=se["alignment_mean"], ema_fd=se["fd_mean"])
+            decay = d.cfg.train.ema_decay if shadow is d.ema else a.shadow_ema
+            pt.update(ema_decay=decay, ema_alignment=se["alignment_mean"], ema_fd=se["fd_mean"])
         for k in ("loss_student", "loss_fake", "grad_norm_student", "grad_norm_fake"):
             if losses:
                 pt[k] = sum(x[k] for x in losses) / len(losses)
@@ -131,7 +132,7 @@ def run(a: argparse.Namespace) -> Path:
     while d.step < a.steps:
         t0 = time.perf_counter()
         losses.append(d.train_step())
-        if shadow is not None:
+        if shadow is not None and shadow is not d.ema:  # the trainer updates its own
             shadow.update()
         train_s += time.perf_counter() - t0
         if d.step % a.eval_every == 0 or d.step == a.steps:
@@ -157,7 +158,7 @@ def save_outputs(d, shadow, prompts: list[str], out: Path) -> None:
     rows, labels = [], []
     noise = metrics.eval_noise(len(prompts), 0, d.latent)[:8]
     cond = d.extra_cond.index(slice(0, 8))
-    for label, ema in (("raw", None), ("EMA", shadow or d.ema)):
+    for label, ema in (("raw", None), ("EMA", shadow)):
         if label == "EMA" and ema is None:
             continue
         applied = ema.applied() if ema is not None else contextlib.nullcontext()
