@@ -7,7 +7,7 @@ prompts x 2 noise seeds in one step and the classifier scores them; the curve is
 A finished run is not repeated.  ``--plot`` draws every curve under ``--out`` into one figure.
 
     OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name lorad-s0 --steps 3000 --eval-every 500
-    python bench/tinyworld_study.py --plot docs/img/tinyworld_curves.png --out outputs/study
+    python bench/tinyworld_study.py --plot docs/img/tinyworld_curves.png --json docs/perf/tinyworld_study.json
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ def parse(argv=None) -> argparse.Namespace:
                    help="at the end, write the run's outputs as `wadi distill` does (the .lorad student in "
                         "<out>/<name>/run/) with the trainer's own exporter")
     p.add_argument("--plot", default="", help="draw every curve under --out into this PNG and exit")
+    p.add_argument("--json", default="", help="with --plot: also collect every curve under --out into this JSON")
     return p.parse_args(argv)
 
 
@@ -171,6 +172,13 @@ def save_outputs(d, shadow, prompts: list[str], out: Path) -> None:
     save_grid(rows, labels, out / "grid.png", captions=prompts[:8])
 
 
+# Reference lines on the plot: the teacher's fixed-eval scores (README, same 256 prompts x 2 seeds)
+# and the issue's quality targets (0.8x the teacher's 25-step alignment, 1.3x its FD).
+TEACHER_1STEP = {"alignment": 0.023, "fd": 917}
+TEACHER_25STEP_CFG3 = {"alignment": 0.391, "fd": 331}
+TARGET = {"alignment": 0.31, "fd": 430}
+
+
 def plot(a: argparse.Namespace) -> None:
     import matplotlib
 
@@ -178,19 +186,36 @@ def plot(a: argparse.Namespace) -> None:
     import matplotlib.pyplot as plt
 
     curves = [json.loads(p.read_text()) for p in sorted(Path(a.out).glob("*/curve.json"))]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for c in curves:
-        st = [p["step"] for p in c["points"]]
-        ax1.plot(st, [p["alignment"] for p in c["points"]], marker=".", label=c["name"])
-        ax2.plot(st, [p["fd"] for p in c["points"]], marker=".", label=c["name"])
-    for ax, title in ((ax1, "alignment (higher is better)"), (ax2, "FD (lower is better)")):
-        ax.set_xlabel("student steps")
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    for i, c in enumerate(curves):
+        color = f"C{i % 10}"
+        pts = [p for p in c["points"] if p["step"] > 0]
+        st = [p["step"] for p in pts]
+        has_ema = bool(pts) and "ema_fd" in pts[0]
+        for ax, key in zip(axes, ("alignment", "fd")):
+            ax.plot([0] + st, [c["points"][0][key]] + [p[key] for p in pts], ls="--", lw=0.8, color=color, alpha=0.6,
+                    label=None if has_ema else f"{c['name']} (raw only)")
+            if has_ema:
+                ax.plot(st, [p.get(f"ema_{key}") for p in pts], marker=".", color=color, label=f"{c['name']} (EMA)")
+    for ax, key, title in ((axes[0], "alignment", "alignment (higher is better)"),
+                           (axes[1], "fd", "FD (lower is better)")):
+        ax.axhline(TEACHER_25STEP_CFG3[key], color="k", lw=1, label="teacher 25-step CFG 3")
+        ax.axhline(TEACHER_1STEP[key], color="gray", lw=1, ls=":", label="teacher 1-step")
+        ax.axhline(TARGET[key], color="red", lw=1, ls="-.", label="quality target")
+        ax.set_xlabel("student steps (batch 16)")
         ax.set_title(title)
         ax.grid(alpha=0.3)
-    ax2.legend(fontsize=7)
+    axes[1].legend(fontsize=7, loc="upper right")
+    fig.suptitle("WaDi on the tiny world: one training seed per run; solid = EMA 0.99, dashed = raw student")
     fig.tight_layout()
     fig.savefig(a.plot, dpi=110)
     print(f"wrote {a.plot}")
+    if a.json:
+        both = [p for c in curves for p in c["points"] if "ema_fd" in p and p["step"] > 0]
+        summary = {"ema_fd_below_raw": sum(p["ema_fd"] < p["fd"] for p in both), "points_with_both": len(both)}
+        atomic_write_text(Path(a.json), json.dumps({"summary": summary, "curves": curves}, indent=1))
+        print(f"wrote {a.json}: EMA FD below the raw student's at {summary['ema_fd_below_raw']} of "
+              f"{summary['points_with_both']} points")
 
 
 def main(argv=None) -> int:

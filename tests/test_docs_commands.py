@@ -173,6 +173,12 @@ PLAN: dict[str, Run | Options | Skip | Covered] = {
         "python {root}/bench/apply_cost.py --help", "a timing inside a ComfyUI install"),
     "python bench/onestep_cost.py --models sd15-lite --threads 1 --repeats 3 --json onestep_cpu.json": Options(
         "python {root}/bench/onestep_cost.py --help", "a timing: minutes"),
+    # -- docs/quality-study.md ---------------------------------------------------------------
+    "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name cosine-s0 --steps 2000 --eval-every 250 --set "
+    "optim.lr_scheduler=cosine": Options(
+        "python {root}/bench/tinyworld_study.py --help", "trains a student: half an hour or more on a CPU"),
+    "python bench/tinyworld_study.py --plot docs/img/tinyworld_curves.png --json docs/perf/tinyworld_study.json":
+        Options("python {root}/bench/tinyworld_study.py --help", "plots the study's runs (outputs/study)"),
     "bench/gpu/run.sh": Skip("needs a GPU (the lent H100/H200 run)"),
     "PYTHON=.venv/bin/python bench/gpu/run.sh --cpu-smoke": Options(
         "bash -n {root}/bench/gpu/run.sh && grep -e --cpu-smoke {root}/bench/gpu/run.sh",
