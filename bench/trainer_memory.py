@@ -49,12 +49,13 @@ MIB = 2**20
 GPU_GIB = (12, 16, 24, 48, 80)
 CUDA_OVERHEAD_GIB = 1.0  # CUDA context + allocator slack a GPU run adds on top of the tensors (not measured here)
 MAX_BATCH = 256
+LOOPS = ("ours", "official", "official-shared")
 
 
 @dataclass(frozen=True)
 class Case:
     model: str
-    candidate: str  # ours | official
+    candidate: str  # ours | official | official-shared
     dtype: str  # fp32 | bf16 (frozen weights; adapters stay float32)
     ckpt: bool
     batch: int
@@ -73,7 +74,9 @@ class Case:
 def parse(argv=None) -> argparse.Namespace:
     p = harness.base_parser(__doc__.split("\n")[0])
     p.add_argument("--models", nargs="+", default=["sd15"], help="sd15 | sd21 | sdxl | sd15-lite | sd15-toy")
-    p.add_argument("--candidates", nargs="+", default=["ours", "official"], choices=["ours", "official"])
+    p.add_argument("--candidates", nargs="+", default=["ours", "official"], choices=list(LOOPS),
+                   help="official-shared: the official loop whose three models share the frozen tensors (what a "
+                        "case over the cap can still measure: its activations; the two copies are then counted)")
     p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     p.add_argument("--checkpointing", nargs="+", default=["off", "on"], choices=["off", "on"])
     p.add_argument("--batch", nargs="+", type=int, default=[1])
@@ -83,6 +86,11 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--guidance", type=float, default=1.5)
     p.add_argument("--device", default="cpu", choices=["cpu"], help="resident-set peaks: CPU only")
     p.add_argument("--cap-mib", type=float, default=11000, help="stop a child whose resident set passes this")
+    p.add_argument("--cases", nargs="*", default=None, metavar="KEY",
+                   help="explicit cases model:loop:dtype:ckpt|nockpt:bN:lN, in this order (instead of the product)")
+    p.add_argument("--counted", nargs="+", default=None, metavar="MODEL",
+                   help="also count (meta device, nothing run) the fixed bytes of these models: weights, adapters, "
+                        "grads, AdamW state")
     p.add_argument("--report", default=None, metavar="JSON", help="only print the tables of a JSON written before")
     return p.parse_args(argv)
 
@@ -142,8 +150,8 @@ def mem_child(args: argparse.Namespace) -> None:
         runner = vsd_step.Ours(base, vargs)
         trainable = runner.views.student.parameters() + runner.views.fake.parameters()
     else:
-        runner = official.OfficialLoop(base, args.student_rank, args.fake_rank, copies=True, guidance=args.guidance,
-                                       gradient_checkpointing=case.ckpt, teacher_is_base=True)
+        runner = official.OfficialLoop(base, args.student_rank, args.fake_rank, copies=case.candidate == "official",
+                                       guidance=args.guidance, gradient_checkpointing=case.ckpt, teacher_is_base=True)
         trainable = runner.p_student + runner.p_fake
     del base
     after_adapters = _rss()
@@ -154,11 +162,11 @@ def mem_child(args: argparse.Namespace) -> None:
     _STAGE[0] = "step"
     peak = harness.measure_peak(lambda: runner.step(d, cond, null))
     a_bytes = sum(p.numel() * p.element_size() for p in trainable)
-    copies = 1 if case.candidate == "ours" else 3
+    copies = 3 if case.candidate == "official" else 1
+    split = case.candidate != "ours"  # the official loop makes its copies and adapters together: split by count
     mib = {
-        # The official style makes its two extra copies together with its adapters: split by count.
-        "weights": (after_weights - zero) / MIB if copies == 1 else (after_adapters - zero - a_bytes) / MIB,
-        "adapters": (after_adapters - after_weights) / MIB if copies == 1 else a_bytes / MIB,
+        "weights": (after_adapters - zero - a_bytes) / MIB if split else (after_weights - zero) / MIB,
+        "adapters": a_bytes / MIB if split else (after_adapters - after_weights) / MIB,
         "optimizer": (after_opt - after_adapters) / MIB,
         "grads": a_bytes / MIB,
     }
@@ -172,6 +180,8 @@ def mem_child(args: argparse.Namespace) -> None:
 
 # ----------------------------------------------------------------------------- parent
 def cases(args: argparse.Namespace) -> list[Case]:
+    if args.cases is not None:  # given, even empty (--counted alone)
+        return [Case.parse(k) for k in args.cases]
     return [Case(m, c, dt, ck == "on", b, args.latent) for m in args.models for dt in args.dtypes
             for ck in args.checkpointing for b in args.batch for c in args.candidates]
 
@@ -187,6 +197,8 @@ def run(args: argparse.Namespace, info: dict) -> dict:
     data.setdefault("results", {})
     data.setdefault("machines", []).append(info)
     argv = harness.strip_child_args(sys.argv[1:])
+    for model in args.counted or []:
+        data.setdefault("counted", {})[model] = counted(model, args)
     for case in cases(args):
         t0 = time.monotonic()
         print(f"== {case.key} ...", file=sys.stderr, flush=True)
@@ -201,6 +213,24 @@ def run(args: argparse.Namespace, info: dict) -> dict:
         if args.json:  # after every case: a long run keeps what it measured
             harness.write_json(args.json, data)
     return data
+
+
+def counted(model: str, args: argparse.Namespace) -> dict:
+    """Parameter counts of the trainer's setup on the meta device (no memory, no compute): the exact fixed bytes."""
+    from diffusers import UNet2DConditionModel
+    from wadi_lorad.trainer import adapters
+    from wadi_lorad.trainer.config import AdapterConfig
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**models.unet_config(model))
+    frozen = sum(p.numel() for p in unet.parameters())
+    views = adapters.build_views(unet, AdapterConfig(kind="lorad", student_rank=args.student_rank,
+                                                     fake_rank=args.fake_rank))
+    student, fake = views.student.num_params(), views.fake.num_params()
+    train = student + fake
+    return {"frozen_params": frozen, "student_params": student, "fake_params": fake,
+            "mib": {"weights_fp32": frozen * 4 / MIB, "weights_bf16": frozen * 2 / MIB, "adapters": train * 4 / MIB,
+                    "grads": train * 4 / MIB, "optimizer": train * 8 / MIB}}
 
 
 def _gib(mib: float) -> str:
@@ -252,8 +282,11 @@ def fit_table(results: dict) -> str:
             continue
         two = results.get(Case(c.model, c.candidate, c.dtype, c.ckpt, 2, c.latent).key, {})
         per = (two["total_mib"] - r["total_mib"]) if "total_mib" in two else r["breakdown_mib"]["activations"]
-        fixed = r["total_mib"] - per
-        cells = [c.model, c.candidate, c.dtype, "on" if c.ckpt else "off", _gib(r["total_mib"] + CUDA_OVERHEAD_GIB * 1024),
+        # official-shared measured one copy of the frozen weights; the official loop holds three (counted).
+        extra = 2 * r["breakdown_mib"]["weights"] if c.candidate == "official-shared" else 0.0
+        fixed = r["total_mib"] + extra - per
+        loop = "official (shared, +2 copies counted)" if extra else c.candidate
+        cells = [c.model, loop, c.dtype, "on" if c.ckpt else "off", _gib(r["total_mib"] + extra + CUDA_OVERHEAD_GIB * 1024),
                  _gib(per) + (" (measured)" if "total_mib" in two else "")]
         for g in GPU_GIB:
             room = g * 1024 - CUDA_OVERHEAD_GIB * 1024 - fixed
@@ -271,6 +304,12 @@ def report(data: dict) -> None:
     if ratios:
         print("\nBatch 2 vs 1: (peak(2) - peak(1)) / activations(1) = "
               + ", ".join(f"{k}: {v:.2f}" for k, v in ratios.items()))
+    for model, c in data.get("counted", {}).items():
+        m = c["mib"]
+        print(f"\nCounted {model} (meta device): {c['frozen_params'] / 1e6:.1f}M frozen, student "
+              f"{c['student_params'] / 1e6:.2f}M + fake {c['fake_params'] / 1e6:.2f}M trainable; GiB: weights fp32 "
+              f"{_gib(m['weights_fp32'])} / bf16 {_gib(m['weights_bf16'])}, adapters {_gib(m['adapters'])}, grads "
+              f"{_gib(m['grads'])}, AdamW {_gib(m['optimizer'])}")
     print(f"\nExtrapolated largest batch per GPU (+{CUDA_OVERHEAD_GIB:g} GiB CUDA overhead, GB read as GiB):\n")
     print(fit_table(res))
 
