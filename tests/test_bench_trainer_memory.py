@@ -76,3 +76,16 @@ def test_one_memory_child_at_toy_size_reports_a_consistent_breakdown(tm, tmp_pat
     assert b["weights"] >= 0.95 * r["counted_mib"]["weights"]
     assert b["optimizer"] == pytest.approx(r["counted_mib"]["optimizer"], rel=0.25, abs=2.0)
     assert r["trainable_params"] * 4 / 2**20 == pytest.approx(b["grads"])
+
+
+def test_report_of_the_committed_json():
+    """The documented ``--report`` command, as written, from the checkout: one table row per measured case."""
+    root = BENCH.parent
+    proc = subprocess.run([sys.executable, "bench/trainer_memory.py", "--report", "docs/perf/trainer_memory_cpu.json"],
+                          cwd=root, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((root / "docs/perf/trainer_memory_cpu.json").read_text())["results"]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| sd15 |")]
+    measured = [k for k, r in results.items() if "total_mib" in r]
+    # every case once in the measured table; every batch-1 case again in the GPU-fit table
+    assert len(rows) == len(results) + sum(":b1:" in k for k in measured)

@@ -176,6 +176,16 @@ PLAN: dict[str, Run | Options | Skip | Covered] = {
         "python {root}/bench/apply_cost.py --help", "a timing inside a ComfyUI install"),
     "python bench/onestep_cost.py --models sd15-lite --threads 1 --repeats 3 --json onestep_cpu.json": Options(
         "python {root}/bench/onestep_cost.py --help", "a timing: minutes"),
+    "OMP_NUM_THREADS=1 python bench/trainer_memory.py --models sd15 --latent 64 --dtypes fp32 bf16 --checkpointing "
+    "off on --candidates ours --threads 1 --json docs/perf/trainer_memory_cpu.json": Options(
+        "python {root}/bench/trainer_memory.py --help",
+        "full-size SD1.5 training steps: minutes each (tests/test_bench_trainer_memory.py runs one at toy size)"),
+    "OMP_NUM_THREADS=1 python bench/trainer_memory.py --threads 1 --counted sd15 sdxl --cases "
+    "sd15:official:bf16:nockpt:b1:l64 sd15:ours:bf16:nockpt:b2:l64 sd15:official-shared:fp32:nockpt:b1:l64 --json "
+    "docs/perf/trainer_memory_cpu.json": Options(
+        "python {root}/bench/trainer_memory.py --help", "full-size SD1.5 training steps: minutes each"),
+    "python bench/trainer_memory.py --report docs/perf/trainer_memory_cpu.json": Covered(
+        "tests/test_bench_trainer_memory.py::test_report_of_the_committed_json (run as written, from the checkout)"),
     "bench/gpu/run.sh": Skip("needs a GPU (the lent H100/H200 run)"),
     "PYTHON=.venv/bin/python bench/gpu/run.sh --cpu-smoke": Options(
         "bash -n {root}/bench/gpu/run.sh && grep -e --cpu-smoke {root}/bench/gpu/run.sh",
