@@ -291,7 +291,7 @@ def fit_table(results: dict) -> str:
         for g in GPU_GIB:
             room = g * 1024 - CUDA_OVERHEAD_GIB * 1024 - fixed
             b = min(MAX_BATCH, int(room // per)) if room > 0 else 0
-            cells.append(str(b) if b > 0 else "-")
+            cells.append("-" if b <= 0 else f">= {MAX_BATCH}" if b == MAX_BATCH else str(b))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
