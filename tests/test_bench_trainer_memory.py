@@ -89,3 +89,26 @@ def test_report_of_the_committed_json():
     measured = [k for k, r in results.items() if "total_mib" in r]
     # every case once in the measured table; every batch-1 case again in the GPU-fit table
     assert len(rows) == len(results) + sum(":b1:" in k for k in measured)
+
+
+def test_ours_step_runs_on_an_sdxl_shaped_unet(tm):
+    """SDXL's UNet needs the pooled text vector and size ids: the bench step gives them (toy widths)."""
+    import argparse
+
+    import torch
+    import vsd_step
+    from diffusers import UNet2DConditionModel
+
+    cfg = tm.models.unet_config("sdxl")
+    cfg.update(block_out_channels=[32, 64, 64], transformer_layers_per_block=[1, 1, 1], attention_head_dim=[2, 4, 4],
+               cross_attention_dim=64, projection_class_embeddings_input_dim=6 * 256 + 32, sample_size=8)
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**cfg).requires_grad_(False).eval()
+    args = argparse.Namespace(model="x", batch=2, latent=8, device="cpu", student_rank=4, fake_rank=2, guidance=1.5,
+                              autocast=None, gradient_checkpointing=False)
+    d, cond, null = vsd_step.inputs(args, unet)
+    ours = vsd_step.Ours(unet, args)
+    assert ours.bb.kind == "sdxl" and tuple(ours.pooled.shape) == (1, 32)  # 1568 - 6 x 256 time-id features
+    before = {k: p.detach().clone() for k, p in ours.views.student.params.items()}
+    ours.step(d, cond, null)
+    assert any(not torch.equal(before[k], p) for k, p in ours.views.student.params.items())
