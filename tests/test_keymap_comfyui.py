@@ -200,3 +200,36 @@ def test_full_size_file_keys_resolve_through_comfyui_model_lora_keys_unet(arch, 
     assert len(lorad_io.validate_layers(file, keymap.comfy_weight_shapes(arch, file_layers, shapes))) == len(names)
     print(f"{arch} {preset} r{rank}: {len(names)} layers, {len(header)} tensors, all resolve in ComfyUI "
           f"{type(cmodel.model_config).__name__}/{type(cmodel).__name__}")
+
+
+@pytest.mark.slow
+def test_full_size_sd15_file_written_read_back_and_resolved_by_the_pack(tmp_path):
+    """One real full-size file (SD1.5 paper-student r256, fp16, 168 MB): written by ``save_lorad``, read by the
+    pack's reader, every layer resolved against ComfyUI's own SD15 model and key map."""
+    _real_comfy()
+    import comfy.lora
+    import torch
+    from wadi_lorad.lorad import inject
+    from wadi_lorad.lorad import io as lorad_io
+    from wadi_lorad.lorad.metadata import build_metadata
+    from wadi_lorad.nodes import resolve
+    from wadi_lorad.nodes.lorad_file import read_lorad
+
+    model = build_meta("sd15")
+    inject.inject(model, "student", "paper-student", rank=256)
+    shapes = {name: {k: t.shape for k, t in parts.items()} for name, parts in inject.adapter_state(model, "student").items()}
+    g = torch.Generator().manual_seed(0)
+    state = {name: {"A": torch.randn(s["A"], generator=g) * 1e-3, "B": torch.randn(s["B"], generator=g) * 0.05}
+             for name, s in shapes.items()}  # random non-zero angles
+    layers = lorad_io.layers_from_adapter_state("sd15", state)
+    path = lorad_io.save_lorad(tmp_path / "sd15_student.lorad.safetensors", layers,
+                               build_metadata(arch="sd15", rank=256, target_preset="paper-student", title="full size"),
+                               dtype=torch.float16)
+    info = read_lorad(str(path))
+    assert len(info.layers) == 182 and info.rank == 256
+    cmodel = _comfy_model_meta("sd15")
+    model_shapes = {k: tuple(v.shape) for k, v in cmodel.state_dict().items()}
+    resolved, unknown = resolve.resolve(info.layers, comfy.lora.model_lora_keys_unet(cmodel, {}), model_shapes,
+                                        str(path))
+    assert unknown == [] and len(resolved) == 182
+    assert sum(t.numel() for parts in info.layers.values() for t in parts.values()) == 83_795_968
