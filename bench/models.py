@@ -47,6 +47,19 @@ UNET_CONFIGS: dict[str, dict] = {
     # SD1.5's structure (blocks, layers, cross-attention 768) at toy widths: smoke runs of the GPU script.
     "sd15-toy": {**SD15, "block_out_channels": (32, 64, 64, 64), "sample_size": 16},
 }
+# Full-size UNets of other families, from the configs stored with the library (lorad/archs).
+ARCH_UNETS = ("sd21", "sdxl")
+
+
+def unet_config(kind: str) -> dict:
+    """The diffusers config of a bench UNet: :data:`UNET_CONFIGS` or a full-size arch of :data:`ARCH_UNETS`."""
+    if kind in UNET_CONFIGS:
+        return dict(UNET_CONFIGS[kind])
+    if kind in ARCH_UNETS:
+        from wadi_lorad.lorad.archs import load_config
+
+        return {k: v for k, v in load_config(kind).items() if not k.startswith("_")}
+    raise KeyError(f"unknown UNet {kind!r}; choose from {sorted(UNET_CONFIGS) + list(ARCH_UNETS)} or 'tiny'")
 CANDIDATES = ("lorad", "lorad-naive", "hook", "lora", "dora")
 
 
@@ -72,31 +85,45 @@ def build_unet(kind: str, seed: int = 0, dtype: torch.dtype = torch.float32, dev
             raise FileNotFoundError(f"tiny-world teacher not found at {folder}")
         unet = UNet2DConditionModel.from_pretrained(folder)
     else:
-        if kind not in UNET_CONFIGS:
-            raise KeyError(f"unknown UNet {kind!r}; choose from {sorted(UNET_CONFIGS)} or 'tiny'")
-        unet = _random_unet(kind, seed)
+        unet_config(kind)  # unknown kinds fail here, before any work
+        # fp32 builds are cached in fp32; a low-precision build of a model whose fp32 copy would not fit
+        # (SDXL: 10.3 GB) is initialised and cached in that dtype directly.
+        init_dtype = torch.float32 if kind in UNET_CONFIGS or dtype == torch.float32 else dtype
+        unet = _random_unet(kind, seed, init_dtype)
     unet.requires_grad_(False)
     return unet.to(device=device, dtype=dtype).eval()
 
 
-def _random_unet(kind: str, seed: int) -> nn.Module:
+def _random_unet(kind: str, seed: int, dtype: torch.dtype = torch.float32) -> nn.Module:
     """Default-init random UNet, cached as safetensors (torch's init of 0.6-0.9B params takes ~20 s).
 
     The memory children of every script load the same weights from the cache, so all
     processes see one identical model.
     """
     from diffusers import UNet2DConditionModel
-    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+    from safetensors.torch import save_file
 
     cache = Path(os.environ.get("WADI_BENCH_CACHE", Path.home() / ".cache" / "wadi-bench"))
-    path = cache / f"unet-{kind}-seed{seed}.safetensors"
+    tag = "" if dtype == torch.float32 else "-" + str(dtype).removeprefix("torch.")
+    path = cache / f"unet-{kind}-seed{seed}{tag}.safetensors"
+    config = unet_config(kind)
     if path.is_file():
         with torch.device("meta"):
-            unet = UNet2DConditionModel(**UNET_CONFIGS[kind])
-        unet.load_state_dict(load_file(path), assign=True, strict=True)
+            unet = UNet2DConditionModel(**config)
+        # Copied out of the file mapping: tensors that stay file-backed would enter the resident set only
+        # when first touched, inside a measured step, and a memory child would count weights as activations.
+        with safe_open(str(path), "pt") as f:
+            state = {k: f.get_tensor(k).clone() for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
+        unet.load_state_dict(state, assign=True, strict=True)
         return unet
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(**UNET_CONFIGS[kind])
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # torch's own init, straight in the target dtype (no fp32 peak)
+    try:
+        unet = UNet2DConditionModel(**config)
+    finally:
+        torch.set_default_dtype(previous)
     cache.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     save_file({k: v.contiguous() for k, v in unet.state_dict().items()}, str(tmp))

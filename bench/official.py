@@ -62,11 +62,13 @@ class OfficialLoop:
     def __init__(self, base: nn.Module, student_rank: int = 256, fake_rank: int = 32, copies: bool = True,
                  lr_student: float = 1e-4, lr_fake: float = 1e-2, guidance: float = 1.5,
                  alpha_bar_T: float = 0.0047, autocast: torch.dtype | None = None,
-                 gradient_checkpointing: bool = False) -> None:
+                 gradient_checkpointing: bool = False, teacher_is_base: bool = False) -> None:
         # ``copies=False`` lets the three models share the frozen tensors (time only: the
         # arithmetic is the same; the memory children always use real copies).
+        # ``teacher_is_base``: the caller hands ``base`` over as the teacher, so a memory
+        # child never holds a fourth copy while the three are made.
         dup = copy.deepcopy if copies else models.share_base_copy
-        self.teacher = dup(base)
+        self.teacher = base if teacher_is_base else dup(base)
         self.student = dup(base)
         self.fake = dup(base)
         for m in (self.teacher, self.student, self.fake):

@@ -67,8 +67,14 @@ class Ours:
         self.trainer_step, self.backbones = trainer_step, backbones  # imported here: trainer/ may be absent
         self.unet = models.share_base_copy(base)
         ac = scaled_linear_alphas_cumprod()
-        self.bb = backbones.Backbone(folder=models.ROOT, kind="sd", index={}, denoiser=self.unet, vae=None, text=[],
-                                     scheduler_config={}, alphas_cumprod=ac, prediction_type="epsilon")
+        # SDXL's UNet also takes a pooled text vector (and size ids, which the backbone builds).
+        sdxl = getattr(base.config, "addition_embed_type", None) == "text_time"
+        self.bb = backbones.Backbone(folder=models.ROOT, kind="sdxl" if sdxl else "sd", index={}, denoiser=self.unet,
+                                     vae=None, text=[], scheduler_config={}, alphas_cumprod=ac,
+                                     prediction_type="epsilon")
+        pooled_dim = int(base.config.projection_class_embeddings_input_dim or 0) - 6 * int(
+            base.config.addition_time_embed_dim or 0) if sdxl else 0
+        self.pooled = torch.randn(1, pooled_dim, generator=torch.Generator().manual_seed(2)) if sdxl else None
         cfg = AdapterConfig(kind=student_kind, student_rank=args.student_rank, fake_rank=args.fake_rank)
         self.views = adapters.build_views(self.unet, cfg)
         # Off zero (never time on zeros): LoRaD A, LoRA B start at 0.
@@ -89,8 +95,9 @@ class Ours:
         trainer_step, backbones = self.trainer_step, self.backbones
         batch = trainer_step.Batch(d.prompt_idx, d.z, d.t, d.noise, d.t_fake, d.noise_fake, d.drop)
         kw = {"autocast": self.autocast} if self.autocast else {}
-        trainer_step.micro_step(self.bb, self.views, batch, backbones.TextCond(cond), backbones.TextCond(null),
-                                self.settings, **kw)
+        pool = None if self.pooled is None else self.pooled.to(cond.device)
+        text = backbones.TextCond(cond, None if pool is None else pool.expand(cond.shape[0], -1))
+        trainer_step.micro_step(self.bb, self.views, batch, text, backbones.TextCond(null, pool), self.settings, **kw)
         for params, opt in ((self.views.student.parameters(), self.opt_s), (self.views.fake.parameters(), self.opt_f)):
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()

@@ -179,6 +179,16 @@ PLAN: dict[str, Run | Options | Skip | Covered] = {
         "python {root}/bench/tinyworld_study.py --help", "trains a student: half an hour or more on a CPU"),
     "python bench/tinyworld_study.py --plot docs/img/tinyworld_curves.png --json docs/perf/tinyworld_study.json":
         Options("python {root}/bench/tinyworld_study.py --help", "plots the study's runs (outputs/study)"),
+    "OMP_NUM_THREADS=1 python bench/trainer_memory.py --models sd15 --latent 64 --dtypes fp32 bf16 --checkpointing "
+    "off on --candidates ours --threads 1 --json docs/perf/trainer_memory_cpu.json": Options(
+        "python {root}/bench/trainer_memory.py --help",
+        "full-size SD1.5 training steps: minutes each (tests/test_bench_trainer_memory.py runs one at toy size)"),
+    "OMP_NUM_THREADS=1 python bench/trainer_memory.py --threads 1 --counted sd15 sdxl --cases "
+    "sd15:official:bf16:nockpt:b1:l64 sd15:ours:bf16:nockpt:b2:l64 sd15:official-shared:fp32:nockpt:b1:l64 --json "
+    "docs/perf/trainer_memory_cpu.json": Options(
+        "python {root}/bench/trainer_memory.py --help", "full-size SD1.5 training steps: minutes each"),
+    "python bench/trainer_memory.py --report docs/perf/trainer_memory_cpu.json": Covered(
+        "tests/test_bench_trainer_memory.py::test_report_of_the_committed_json (run as written, from the checkout)"),
     "bench/gpu/run.sh": Skip("needs a GPU (the lent H100/H200 run)"),
     "PYTHON=.venv/bin/python bench/gpu/run.sh --cpu-smoke": Options(
         "bash -n {root}/bench/gpu/run.sh && grep -e --cpu-smoke {root}/bench/gpu/run.sh",

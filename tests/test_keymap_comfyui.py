@@ -121,3 +121,115 @@ def test_no_comfyui_adapter_claims_lorad_suffixes():
         claimed |= set(re.findall(r'"\{\}([._][A-Za-z0-9_.]+)"', f.read_text(encoding="utf-8")))
     assert ".lora_A" in claimed and ".alpha" in claimed  # the scan works
     assert not set(SUFFIXES.values()) & claimed
+
+
+# -- full size, through ComfyUI's own model object and key map ---------------------------------------------
+# The tests above read ComfyUI's tables without importing it.  These import the real ComfyUI (skipped where
+# it cannot be imported: run them with scripts/comfyui-tests.sh) and build its MODEL for each full-size
+# architecture on the meta device: ComfyUI's own detection from the diffusers layout (what its Load Diffusion
+# Model does with a diffusers folder), its own model class, its own ``comfy.lora.model_lora_keys_unet``.
+# Names and shapes only: no weight is allocated, so SDXL's 2.6B parameters cost nothing.
+def _real_comfy():
+    import comfy_live
+
+    why = comfy_live.comfy_importable()
+    if why:
+        pytest.skip(why)
+    comfy_live.import_comfy()
+    import comfy_env
+
+    comfy_env.comfy_for_tests()  # the pack's ``nodes`` import against the real ComfyUI
+
+
+def _comfy_model_meta(arch: str):
+    import comfy.model_detection as detection
+    from wadi_lorad.lorad.archs import get_arch
+
+    sd = build_meta(arch).state_dict()
+    if get_arch(arch).family == "dit":  # diffusers PixArt -> native keys, ComfyUI's own converter
+        native = detection.convert_diffusers_mmdit(dict(sd), "")
+        config = detection.model_config_from_unet(native, "")
+    else:
+        native, config = sd, detection.model_config_from_diffusers_unet(sd)
+    assert config is not None, f"ComfyUI does not detect {arch}"
+    return config.get_model(native, "", device="meta")
+
+
+# (arch, preset, rank, layers): the paper's layer counts where the paper gives them (tests/test_archs_counts.py);
+# SDXL's and the conv preset's counts are whatever the preset selects (checked against inject's own list).
+FULL_SIZE = [
+    ("sd15", "paper-student", 256, 182),
+    ("sd15", "paper-fake", 32, 160),
+    ("sd21", "paper-student", 256, 214),
+    ("sdxl", "paper-student", 256, None),
+    ("sdxl", "blocks-linear-conv", 256, None),
+    ("pixart-alpha", "paper-student", 128, 283),
+    ("pixart-alpha-512", "paper-student", 128, 283),
+]
+
+
+@pytest.mark.parametrize("arch, preset, rank, layers", FULL_SIZE)
+def test_full_size_file_keys_resolve_through_comfyui_model_lora_keys_unet(arch, preset, rank, layers):
+    _real_comfy()
+    import comfy.lora
+    from wadi_lorad.lorad import inject
+    from wadi_lorad.lorad import io as lorad_io
+    from wadi_lorad.nodes import resolve
+
+    model = build_meta(arch)
+    names = inject.inject(model, "student", preset, rank=rank)
+    assert layers is None or len(names) == layers
+    # The writer's key logic (save_lorad writes exactly these tensor names; only the values are missing).
+    file_layers = lorad_io.layers_from_adapter_state(arch, inject.adapter_state(model, "student"))
+    header = [key + SUFFIXES[part] for key, parts in file_layers.items() for part in parts]
+    assert len(file_layers) == len(names) and len(header) == 2 * len(names)
+
+    cmodel = _comfy_model_meta(arch)
+    key_map = comfy.lora.model_lora_keys_unet(cmodel, {})
+    shapes = {k: tuple(v.shape) for k, v in cmodel.state_dict().items()}
+    # The Load LoRaD node's resolution (nodes/resolve.py) against ComfyUI's own key map: all or nothing.
+    resolved, unknown = resolve.resolve(file_layers, key_map, shapes, f"{arch}.lorad")
+    assert unknown == [] and len(resolved) == len(names)
+    resolve.check_unique(resolved, f"{arch}.lorad")
+    # The library's own view of each target (lorad/keymap.py) is ComfyUI's.
+    for r in resolved:
+        target, offset = keymap.comfy_target(arch, r.prefix)
+        assert r.patch_key == (target if offset is None else (target, offset))
+    # The library's validation with ComfyUI's shapes: every key matched, every A/B shape fits.
+    file = lorad_io.LoRaDFile(None, file_layers, {})
+    assert len(lorad_io.validate_layers(file, keymap.comfy_weight_shapes(arch, file_layers, shapes))) == len(names)
+    print(f"{arch} {preset} r{rank}: {len(names)} layers, {len(header)} tensors, all resolve in ComfyUI "
+          f"{type(cmodel.model_config).__name__}/{type(cmodel).__name__}")
+
+
+@pytest.mark.slow
+def test_full_size_sd15_file_written_read_back_and_resolved_by_the_pack(tmp_path):
+    """One real full-size file (SD1.5 paper-student r256, fp16, 168 MB): written by ``save_lorad``, read by the
+    pack's reader, every layer resolved against ComfyUI's own SD15 model and key map."""
+    _real_comfy()
+    import comfy.lora
+    import torch
+    from wadi_lorad.lorad import inject
+    from wadi_lorad.lorad import io as lorad_io
+    from wadi_lorad.lorad.metadata import build_metadata
+    from wadi_lorad.nodes import resolve
+    from wadi_lorad.nodes.lorad_file import read_lorad
+
+    model = build_meta("sd15")
+    inject.inject(model, "student", "paper-student", rank=256)
+    shapes = {name: {k: t.shape for k, t in parts.items()} for name, parts in inject.adapter_state(model, "student").items()}
+    g = torch.Generator().manual_seed(0)
+    state = {name: {"A": torch.randn(s["A"], generator=g) * 1e-3, "B": torch.randn(s["B"], generator=g) * 0.05}
+             for name, s in shapes.items()}  # random non-zero angles
+    layers = lorad_io.layers_from_adapter_state("sd15", state)
+    path = lorad_io.save_lorad(tmp_path / "sd15_student.lorad.safetensors", layers,
+                               build_metadata(arch="sd15", rank=256, target_preset="paper-student", title="full size"),
+                               dtype=torch.float16)
+    info = read_lorad(str(path))
+    assert len(info.layers) == 182 and info.rank == 256
+    cmodel = _comfy_model_meta("sd15")
+    model_shapes = {k: tuple(v.shape) for k, v in cmodel.state_dict().items()}
+    resolved, unknown = resolve.resolve(info.layers, comfy.lora.model_lora_keys_unet(cmodel, {}), model_shapes,
+                                        str(path))
+    assert unknown == [] and len(resolved) == 182
+    assert sum(t.numel() for parts in info.layers.values() for t in parts.values()) == 83_795_968
