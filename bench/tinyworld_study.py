@@ -194,7 +194,7 @@ def plot(a: argparse.Namespace) -> None:
         has_ema = bool(pts) and "ema_fd" in pts[0]
         for ax, key in zip(axes, ("alignment", "fd")):
             ax.plot([0] + st, [c["points"][0][key]] + [p[key] for p in pts], ls="--", lw=0.8, color=color, alpha=0.6,
-                    label=None if has_ema else f"{c['name']} (raw only)")
+                    label=None if has_ema else f"{c['name']} ({'EMA: see its note' if 'note' in c else 'raw only'})")
             if has_ema:
                 ax.plot(st, [p.get(f"ema_{key}") for p in pts], marker=".", color=color, label=f"{c['name']} (EMA)")
     for ax, key, title in ((axes[0], "alignment", "alignment (higher is better)"),
