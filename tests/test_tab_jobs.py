@@ -10,36 +10,16 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tab_runner_helpers import make_runner, wait_for
 from wadi_lorad.trainer.jobs import EVENTS_FILE_NAME, STOP_FILE_ENV, procs
-from wadi_lorad.trainer.jobs.runner import JobRefused, JobRunner, cli_command, parse_devices
+from wadi_lorad.trainer.jobs.runner import JobRefused, cli_command, parse_devices
 from wadi_lorad.trainer.jobs.store import Job, JobStore
 from wadi_lorad.trainer.jobs.tail import EventTail
-
-FAKE = Path(__file__).with_name("tab_fake_trainer.py")
-
-
-def fake_command(subcommand, args, devices, python):
-    return [python, str(FAKE), *args]
-
-
-def make_runner(tmp_path, **kw) -> JobRunner:
-    return JobRunner(JobStore(tmp_path / "jobs"), command=fake_command, **kw)
 
 
 def submit(runner, tmp_path, name="run", devices="cpu", queue=True, extra=(), **cfg):
     cfg.setdefault("out", str(tmp_path / name))
     return runner.submit("distill", list(extra), cfg["out"], devices, queue=queue, config_yaml=yaml.safe_dump(cfg))
-
-
-def wait_for(runner, job_id, pred, timeout=30.0) -> Job:
-    end = time.time() + timeout
-    while time.time() < end:
-        runner.poll()
-        job = runner.store.get(job_id)
-        if pred(job):
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"timed out; job is {runner.store.get(job_id)}")
 
 
 def test_store_persists_across_instances(tmp_path):

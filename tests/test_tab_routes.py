@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import sys
 import time
@@ -10,46 +9,12 @@ from pathlib import Path
 
 import httpx
 import yaml
+from fake_aiohttp import Routes, Web, call
 from wadi_lorad.nodes.routes_tab import TabService, add_routes, register_routes
 from wadi_lorad.trainer.jobs.runner import JobRunner
 from wadi_lorad.trainer.jobs.store import JobStore
 
 FAKE = Path(__file__).with_name("tab_fake_trainer.py")
-
-
-class Routes:
-    """Collects handlers the way aiohttp's RouteTableDef decorators do."""
-
-    def __init__(self):
-        self.handlers = {}
-
-    def _add(self, method, path):
-        def deco(fn):
-            self.handlers[(method, path)] = fn
-            return fn
-
-        return deco
-
-    def get(self, path):
-        return self._add("GET", path)
-
-    def post(self, path):
-        return self._add("POST", path)
-
-
-class Web:
-    @staticmethod
-    def json_response(data, status=200):
-        return {"status": status, "data": data}
-
-
-class Request:
-    def __init__(self, **match_info):
-        self.match_info = match_info
-
-
-def call(routes, method, path, **match):
-    return asyncio.run(routes.handlers[(method, path)](Request(**match)))
 
 
 def test_routes_list_and_stop_jobs(tmp_path):

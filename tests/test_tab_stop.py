@@ -13,28 +13,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tab_runner_helpers import make_runner, wait_for
 from wadi_lorad.trainer.jobs import EVENTS_FILE_NAME
-from wadi_lorad.trainer.jobs.runner import JobRunner, last_checkpoint_step, run_pace, stop_grace
-from wadi_lorad.trainer.jobs.store import JobStore
+from wadi_lorad.trainer.jobs.runner import last_checkpoint_step, run_pace, stop_grace
 from wadi_lorad.trainer.jobs.tail import EventTail
 
-FAKE = Path(__file__).with_name("tab_fake_trainer.py")
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def make_runner(tmp_path, **kw) -> JobRunner:
-    return JobRunner(JobStore(tmp_path / "jobs"), command=lambda s, a, d, py: [py, str(FAKE), *a], **kw)
-
-
-def wait_for(runner, job_id, pred, timeout=60.0):
-    end = time.time() + timeout
-    while time.time() < end:
-        runner.poll()
-        job = runner.store.get(job_id)
-        if pred(job):
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"timed out; job is {runner.store.get(job_id)}")
 
 
 def _events(path: Path, records: list[dict]) -> None:

@@ -3,11 +3,11 @@ no process starts and the error names what is missing and the one command that a
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
 
 import pytest
+from fake_aiohttp import Routes, Web, call
 from wadi_lorad.nodes import routes_tab
 from wadi_lorad.nodes.routes_tab import TabService, add_routes
 
@@ -36,31 +36,10 @@ def test_start_without_trainer_packages_says_the_command(tmp_path, bare_python):
     assert svc._proc is None and not (tmp_path / "wadi").exists()  # nothing started, nothing written
 
     # the route answers 409 with that message (the sidebar shows `error` under its Start button)
-    class Routes:
-        def __init__(self):
-            self.handlers = {}
-
-        def _add(self, method, path):
-            def deco(fn):
-                self.handlers[(method, path)] = fn
-                return fn
-            return deco
-
-        def get(self, path):
-            return self._add("GET", path)
-
-        def post(self, path):
-            return self._add("POST", path)
-
-    class Web:
-        @staticmethod
-        def json_response(body, status=200):
-            return status, body
-
     routes = Routes()
     add_routes(routes, Web, svc)
-    status, body = asyncio.run(routes.handlers[("POST", "/wadi/tab/start")](None))
-    assert status == 409 and body["error"] == msg
+    resp = call(routes, "POST", "/wadi/tab/start")
+    assert resp["status"] == 409 and resp["data"]["error"] == msg
 
 
 def test_setup_command_names_a_script_that_exists():
