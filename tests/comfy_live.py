@@ -400,3 +400,19 @@ def controlnet_to_ldm(sd: dict) -> dict:
             raise KeyError(f"unmapped ControlNet key {k}")
         out["control_model." + new] = v.detach().contiguous()
     return out
+
+
+def require_comfy(reason: str) -> None:
+    """Skip (``reason``) without COMFYUI_DIR; with it, fail loudly unless the real ComfyUI imports
+    here, then import it and set it up for in-process tests."""
+    import pytest
+
+    if not os.environ.get("COMFYUI_DIR"):
+        pytest.skip(f"COMFYUI_DIR is not set: {reason}")
+    why = comfy_importable()
+    if why:
+        pytest.fail(f"COMFYUI_DIR is set but ComfyUI cannot be imported here: {why}")
+    import_comfy()
+    import comfy_env
+
+    comfy_env.comfy_for_tests()

@@ -12,13 +12,11 @@ ComfyUI ModelPatcher over two real SD1.5 weights (an attention Linear and a 1x1 
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-COMFY_DIR = os.environ.get("COMFYUI_DIR")
 pytestmark = [pytest.mark.comfyui]
 
 K1 = "diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q"
@@ -28,17 +26,9 @@ SHAPES = {K1: (320, 320), K2: (320, 320, 1, 1)}
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    if not COMFY_DIR:
-        pytest.skip("COMFYUI_DIR is not set: these run against a real ComfyUI")
     import comfy_live
 
-    why = comfy_live.comfy_importable()
-    if why:
-        pytest.fail(f"COMFYUI_DIR is set but ComfyUI cannot be imported here: {why}")
-    comfy_live.import_comfy()
-    import comfy_env
-
-    comfy_env.comfy_for_tests()
+    comfy_live.require_comfy("these run against a real ComfyUI")
     import folder_paths
     import wadi_lorad.nodes.pack  # noqa: F401  registers the weight adapter, as loading the pack does
 

@@ -123,7 +123,8 @@ def test_required_comfyui_test_may_not_skip(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("COMFYUI_DIR", "COMFY_PY", "COMFYUI_PYTHON", "CI")}
     argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_keymap_comfyui.py", "-k", "sd15"]
     skipped = run(argv, env={**env, "WADI_REQUIRE_COMFYUI": "0"}, cwd=ROOT)
-    assert skipped.returncode == 0 and "2 skipped" in skipped.stdout, skipped.stdout[-2000:]
+    n_skipped = re.search(r"(\d+) skipped", skipped.stdout)
+    assert skipped.returncode == 0 and n_skipped and int(n_skipped.group(1)) >= 1, skipped.stdout[-2000:]
     required = run(argv, env={**env, "WADI_REQUIRE_COMFYUI": "1"}, cwd=ROOT)
     assert required.returncode != 0 and "WADI_REQUIRE_COMFYUI=1 requires every ComfyUI test to run" in required.stdout
     assert "skipped" not in required.stdout.splitlines()[-1], required.stdout[-2000:]

@@ -49,7 +49,6 @@ FORMS = ("factored", "dense")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 LAYOUTS = ("tiny", "full")
 PATHS = ("api", "cli", "inject", "sample", "comfy_lorad", "comfy_stock", "comfy_lowvram")
-COMFY_DIR = os.environ.get("COMFYUI_DIR")
 
 # Real keys of each layout: attention Linear, a ResBlock Linear and a 1x1 Conv2d (tiny);
 # an attention Linear and a 1x1 Conv2d at full SD1.5 size (320 x 320).
@@ -326,17 +325,9 @@ def full_size_sample_loader(dtype: torch.dtype, path, strength: float) -> dict:
 # -- ComfyUI ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def comfy():
-    if not COMFY_DIR:
-        pytest.skip("COMFYUI_DIR is not set: the ComfyUI rows run where a real ComfyUI is present")
     import comfy_live
 
-    why = comfy_live.comfy_importable()
-    if why:
-        pytest.fail(f"COMFYUI_DIR is set but ComfyUI cannot be imported here: {why}")
-    comfy_live.import_comfy()
-    import comfy_env
-
-    comfy_env.comfy_for_tests()
+    comfy_live.require_comfy("the ComfyUI rows run where a real ComfyUI is present")
     import wadi_lorad.nodes.pack  # noqa: F401  registers the weight adapter, as loading the pack does
 
     return True
