@@ -234,8 +234,25 @@ def rows_json(rows: Sequence[Row]) -> list[dict[str, Any]]:
     return [asdict(r) for r in rows]
 
 
+def _shareable_tree(value: Any) -> Any:
+    """``value`` with every path reduced to its last part (``lorad.metadata.shareable``), all the way down."""
+    from wadi_lorad.lorad.metadata import shareable
+
+    if isinstance(value, Mapping):
+        return {k: _shareable_tree(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_shareable_tree(v) for v in value]
+    return shareable(value)
+
+
 def write_json(path: str | None, payload: Mapping[str, Any]) -> None:
-    """Write ``payload`` atomically to ``path`` (and under ``$OUT`` when that is set)."""
+    """Write ``payload`` atomically to ``path`` (and under ``$OUT`` when that is set).
+
+    The results are committed under docs/perf, so local folders (output paths among the
+    arguments) are reduced to file names first.
+    """
+    load_package()
+    payload = _shareable_tree(payload)
     targets = [Path(path)] if path else []
     if os.environ.get("OUT") and path:
         targets.append(Path(os.environ["OUT"]) / Path(path).name)

@@ -51,20 +51,16 @@ def parse(argv=None) -> argparse.Namespace:
 
 
 def evaluate(d, prompts: list[str], seeds: list[int], ema=None) -> dict[str, float]:
-    """Scores of the raw student, or of ``ema`` applied to it."""
-    from wadi_lorad.trainer.sampling import one_step
+    """Scores of the raw student, or of ``ema`` applied to it (images by the ablation's sampler)."""
+    from tinyworld_ablation import student_images
 
     per = []
     applied = ema.applied() if ema is not None else contextlib.nullcontext()
     with torch.no_grad(), d.views.student_view() as m, applied:
         for seed in seeds:
             noise = metrics.eval_noise(len(prompts), seed, d.latent)
-            imgs = []
-            for i in range(0, len(prompts), 128):
-                cond = d.extra_cond.index(slice(i, i + 128))
-                x0 = one_step(d.bb, m, cond, noise[i: i + 128], d.settings.alpha_bar_T, d.settings.timestep)
-                imgs.append(d.bb.decode(x0).cpu())
-            per.append(metrics.evaluate_images(torch.cat(imgs), prompts))
+            imgs = student_images(d.bb, m, d.extra_cond, noise, d.settings.alpha_bar_T, d.settings.timestep)
+            per.append(metrics.evaluate_images(imgs, prompts))
     return metrics.summarize(per)
 
 
