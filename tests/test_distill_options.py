@@ -1,5 +1,5 @@
 """Distillation options beyond the paper, against independent formulas: DMD weighting, a full
-fake score, extra fake-score updates (TTUR) and convolution targets."""
+fake score, extra fake-score updates (TTUR), convolution targets and DMD's regression term."""
 
 from __future__ import annotations
 
@@ -134,3 +134,115 @@ def test_conv_adapters_get_their_own_learning_rate(tiny_bases, tmp_path):
     assert len(lin["params"]) + len(conv["params"]) == len(d.views.student.parameters())
     d.train_step()  # the scheduler keeps each group's own rate
     assert [g["lr"] for g in d.opt_s.param_groups] == pytest.approx([1e-3, 1e-4])
+
+
+def _regression_setup(base):
+    from wadi_lorad.trainer.regression import PairBatch
+    from wadi_lorad.trainer.step import StepSettings
+
+    bb = load_backbone(base)
+    views = build_views(bb.denoiser, AdapterConfig(student_rank=4, fake_rank=2))
+    with torch.no_grad():  # a student away from the teacher, so every term has a gradient
+        for p in views.student.parameters():
+            p.normal_(0, 0.3)
+    cond = bb.encode_prompts(["a red circle", "green square on top"]).float()
+    g = torch.Generator().manual_seed(5)
+    pairs = PairBatch(torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g), cond)
+    ab_T = 0.0046601
+    s = StepSettings(999, ab_T, 1.5, 1.0, (20, 980), (0, 999), 0.1, regression_weight=0.7)
+    return bb, views, cond, bb.null_cond().float(), pairs, s
+
+
+def _student_grads(bb, views, cond, null, s, pairs):
+    from wadi_lorad.trainer.step import draw_batch, micro_step
+
+    for p in views.student.parameters() + views.fake.parameters():
+        p.grad = None
+    micro_step(bb, views, draw_batch(torch.Generator().manual_seed(0), 2, 2, (4, 8, 8), s, n_pairs=2), cond, null,
+               s, pairs=pairs)
+    return [p.grad.clone() for p in views.student.parameters()]
+
+
+def test_regression_term_adds_the_weighted_mse_gradient_to_the_teacher_pairs(tiny_bases):
+    bb, views, cond, null, pairs, s = _regression_setup(tiny_bases("sd"))
+    with_term = _student_grads(bb, views, cond, null, s, pairs)
+    without = _student_grads(bb, views, cond, null, s, None)
+    # Independent reference: x0 = (z - sqrt(1 - abar_T) eps) / sqrt(abar_T), loss = w * mean((x0 - x_teacher)^2)
+    params = views.student.parameters()
+    with views.student_view() as m:
+        eps = bb.eps(m, pairs.z, torch.full((2,), 999), cond)
+        x0 = (pairs.z - math.sqrt(1 - s.alpha_bar_T) * eps) / math.sqrt(s.alpha_bar_T)
+        ref = torch.autograd.grad(s.regression_weight * ((x0 - pairs.x0) ** 2).mean(), params)
+    assert any(r.abs().max() > 0 for r in ref)
+    for a, b, r in zip(with_term, without, ref):
+        torch.testing.assert_close(a - b, r, rtol=1e-4, atol=1e-7)
+
+
+def test_teacher_pairs_are_the_teachers_multistep_output_and_are_cached(tiny_bases, tmp_path):
+    from wadi_lorad.trainer.regression import load_or_make_pairs, make_pairs, pairs_identity
+    from wadi_lorad.trainer.sampling import teacher_multistep
+
+    bb = load_backbone(tiny_bases("sd"))
+    table = bb.encode_prompts(["a red circle", "green square on top", "a blue star"]).float()
+    null = bb.null_cond().float()
+
+    def sample(idx, z):
+        return teacher_multistep(bb, bb.denoiser, table.index(idx), null, z, 3, 2.0)
+
+    calls = []
+
+    def make():
+        calls.append(1)
+        return make_pairs(sample, 5, 3, (4, 8, 8), seed=1, batch=2)
+
+    path = tmp_path / f"pairs-{pairs_identity('fp', ['a'], 5, 3, 2.0, 1, (4, 8, 8))}.safetensors"
+    first = load_or_make_pairs(path, make, log=lambda *_: None)
+    again = load_or_make_pairs(path, make, log=lambda *_: None)
+    assert len(calls) == 1 and len(first) == 5
+    for a, b in ((first.z, again.z), (first.x0, again.x0), (first.prompt_idx, again.prompt_idx)):
+        assert torch.equal(a, b)
+    # each pair is the teacher's own sampler on that noise and prompt (batching does not change it)
+    one = teacher_multistep(bb, bb.denoiser, table.index(first.prompt_idx[3:4]), null, first.z[3:4], 3, 2.0)
+    torch.testing.assert_close(first.x0[3:4], one, rtol=1e-4, atol=1e-5)
+    # the cache name changes with anything the pairs depend on
+    ids = {pairs_identity("fp", ["a"], 5, 3, 2.0, 1, (4, 8, 8)), pairs_identity("fp", ["a"], 5, 4, 2.0, 1, (4, 8, 8)),
+           pairs_identity("fp", ["b"], 5, 3, 2.0, 1, (4, 8, 8)), pairs_identity("fp", ["a"], 5, 3, 3.0, 1, (4, 8, 8)),
+           pairs_identity("fp2", ["a"], 5, 3, 2.0, 1, (4, 8, 8)), pairs_identity("fp", ["a"], 5, 3, 2.0, 2, (4, 8, 8))}
+    assert len(ids) == 6
+
+
+def test_regression_run_resumes_exactly_and_old_hashes_hold(tiny_bases, tmp_path):
+    from distill_helpers import small_cfg, write_prompts
+    from wadi_lorad.trainer.distill import Distiller
+
+    cfg = DistillConfig()
+    before = config_hash(cfg)
+    cfg.vsd.regression_pairs, cfg.vsd.regression_steps = 2048, 25
+    assert config_hash(cfg) == before
+    cfg.vsd.regression_weight = 0.5
+    assert config_hash(cfg) != before
+    cfg.vsd.regression_weight = -1
+    cfg.model.base, cfg.data.prompts = "x", "y"
+    with pytest.raises(ConfigError, match="vsd.regression_weight"):
+        validate(cfg)
+
+    prompts = write_prompts(tmp_path / "p.txt")
+    over = {"vsd__regression_weight": 0.5, "vsd__regression_pairs": 6, "vsd__regression_steps": 2,
+            "train__max_steps": 3, "data__cache_dir": str(tmp_path / "cache")}
+    d = Distiller(small_cfg(tiny_bases("sd"), prompts, tmp_path / "a", **over), progress=False, log=lambda *_: None)
+    d.run()
+    assert len(d.pairs) == 6 and len(list((tmp_path / "cache").glob("pairs-*.safetensors"))) == 1
+    over2 = dict(over, train__max_steps=2, output__checkpoint_every=1)
+    Distiller(small_cfg(tiny_bases("sd"), prompts, tmp_path / "b", **over2), progress=False,
+              log=lambda *_: None).run()
+    r = Distiller(small_cfg(tiny_bases("sd"), prompts, tmp_path / "b", resume="latest", **over),
+                  progress=False, log=lambda *_: None)
+    r.run()
+    for k, p in d.views.student.params.items():
+        assert torch.equal(p, r.views.student.params[k]), k
+    # the same run without the term trains a different student
+    plain = Distiller(small_cfg(tiny_bases("sd"), prompts, tmp_path / "c", **dict(over, vsd__regression_weight=0.0)),
+                      progress=False, log=lambda *_: None)
+    plain.run()
+    assert plain.pairs is None
+    assert any(not torch.equal(p, plain.views.student.params[k]) for k, p in d.views.student.params.items())

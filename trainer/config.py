@@ -67,6 +67,12 @@ class VSDConfig:
     weighting: Literal["sigma2", "dmd"] = "sigma2"
     # Fake-score updates per student update (DMD2's two time-scale rule; the paper's loop is 1:1).
     fake_updates: int = 1
+    # DMD's regression term (beyond the paper): weight * MSE(one-step x0, the teacher's multi-step
+    # latent from the same noise) on regression_pairs fixed pairs, sampled once with
+    # regression_steps DDIM steps at guidance_scale and cached (trainer/regression.py).  0 = off.
+    regression_weight: float = 0.0
+    regression_pairs: int = 2048
+    regression_steps: int = 25
     timestep: int = 999  # the one-step generator's T
     # abar_T of the one-step formula: from the scheduler (0.0046601 for SD) or the official 0.0047.
     alpha_bar: Literal["scheduler", "official"] = "scheduler"
@@ -150,7 +156,8 @@ NOT_HASHED = {
 
 # Fields added after version 1 shipped: hashed only when set away from their default, so a
 # checkpoint written before they existed still resumes under an otherwise equal config.
-HASHED_WHEN_SET = {"vsd.fake_updates": 1, "vsd.weighting": "sigma2", "optim.conv_lr_scale": 1.0}
+HASHED_WHEN_SET = {"vsd.fake_updates": 1, "vsd.weighting": "sigma2", "optim.conv_lr_scale": 1.0,
+                   "vsd.regression_weight": 0.0, "vsd.regression_pairs": 2048, "vsd.regression_steps": 25}
 
 
 # -- type checking --------------------------------------------------------------------------------
@@ -374,6 +381,9 @@ def validate(cfg: DistillConfig) -> None:
         (0 <= v.fake_t_min <= v.fake_t_max <= 999, "vsd.fake_t_min/fake_t_max", "need 0 <= min <= max <= 999"),
         (0.0 <= v.null_prob <= 1.0, "vsd.null_prob", "must be in [0, 1]"),
         (v.fake_updates >= 1, "vsd.fake_updates", "must be >= 1"),
+        (v.regression_weight >= 0, "vsd.regression_weight", "must be >= 0 (0 = off)"),
+        (v.regression_pairs >= 1, "vsd.regression_pairs", "must be >= 1"),
+        (v.regression_steps >= 1, "vsd.regression_steps", "must be >= 1"),
         (0 <= v.timestep <= 999, "vsd.timestep", "must be in [0, 999]"),
         (v.resolution >= 0, "vsd.resolution", "must be >= 0"),
         (o.student_lr > 0 and o.fake_lr > 0, "optim.student_lr/fake_lr", "must be > 0"),

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from ..lorad.onestep import OFFICIAL_ALPHA_BAR_T, alpha_bar_at
 from . import checkpoint
@@ -27,7 +28,9 @@ from .fingerprint import base_fingerprint
 from .jobs import RunStopped, end_stopped, stop_requested
 from .optim import clip_and_norm, make_lr_schedule, make_optimizer, make_scaler, sync_gradients
 from .prompts import load_prompts
-from .step import StepSettings, draw_batch, fake_micro_step, micro_step, student_sample
+from .regression import PairBatch, Pairs, load_or_make_pairs, make_pairs, pairs_identity
+from .sampling import teacher_multistep
+from .step import Batch, StepSettings, draw_batch, fake_micro_step, micro_step, student_sample
 from .textcache import encode_cached
 
 __all__ = ["Distiller", "OutputExistsError", "RunStopped", "make_accelerator"]
@@ -125,8 +128,9 @@ class Distiller:
         ab_T = OFFICIAL_ALPHA_BAR_T if v.alpha_bar == "official" else alpha_bar_at(bb.alphas_cumprod, v.timestep)
         check_one_step_alpha_bar(ab_T, f"vsd.alpha_bar={v.alpha_bar} at vsd.timestep={v.timestep}")
         self.settings = StepSettings(v.timestep, ab_T, v.guidance_scale, v.fake_guidance_scale, (v.t_min, v.t_max),
-                                     (v.fake_t_min, v.fake_t_max), v.null_prob, v.weighting)
+                                     (v.fake_t_min, v.fake_t_max), v.null_prob, v.weighting, v.regression_weight)
         self.latent = bb.latent_shape(v.resolution)
+        self.pairs = self._regression_pairs() if v.regression_weight > 0 else None
         o = c.optim
         s_params, f_params = self.views.student_param_groups(o.conv_lr_scale), self.views.fake.parameters()
         self.opt_s = make_optimizer(s_params, o.student_lr, o, dev, self.log)
@@ -178,6 +182,41 @@ class Distiller:
         self.null = bb.null_cond(dev).float()
         if self.table is not None:
             bb.release_text_encoders()
+
+    def _regression_pairs(self) -> Pairs:
+        """The teacher's multi-step outputs for the regression term: cached beside the text features."""
+        c, dev, v = self.cfg, self.acc.device, self.cfg.vsd
+        ident = pairs_identity(self.base_fp, self.prompts, v.regression_pairs, v.regression_steps, v.guidance_scale,
+                               c.train.seed, tuple(self.latent))
+        folder = (Path(c.data.cache_dir) if c.data.cache_dir else self.out.parent / ".text_cache") \
+            if c.data.cache_text else self.out
+        bar = tqdm(total=v.regression_pairs, desc=f"teacher pairs ({v.regression_steps} steps)",
+                   disable=not (self.progress and self.main))
+
+        def sample(idx: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+            with self.views.teacher() as m:
+                return teacher_multistep(self.bb, m, self.batch_cond(idx), self.null, z.to(dev),
+                                         v.regression_steps, v.guidance_scale)
+
+        def make() -> Pairs:
+            self.log(f"regression pairs: sampling {v.regression_pairs} with the teacher "
+                     f"({v.regression_steps} steps, CFG {v.guidance_scale:g})")
+            return make_pairs(sample, v.regression_pairs, len(self.prompts), tuple(self.latent), c.train.seed,
+                              progress=lambda done, n: bar.update(done - bar.n))
+
+        with self.acc.main_process_first():  # the main process samples and caches, the others read
+            pairs = load_or_make_pairs(folder / f"pairs-{ident}.safetensors", make,
+                                       self.log if self.main else (lambda *_: None))
+        bar.close()
+        return pairs
+
+    def pair_batch(self, batch: Batch) -> PairBatch | None:
+        """The regression pairs picked by ``batch.pair_idx``, on the device (None when the term is off)."""
+        if self.pairs is None:
+            return None
+        idx, dev = batch.pair_idx.cpu(), self.acc.device
+        return PairBatch(self.pairs.z[idx].to(dev), self.pairs.x0[idx].to(dev),
+                         self.batch_cond(self.pairs.prompt_idx[idx]))
 
     def batch_cond(self, idx: torch.Tensor):
         """Text features of the prompts at ``idx`` (from the host-memory table, or encoded now)."""
@@ -237,12 +276,14 @@ class Distiller:
         c, dev = self.cfg, self.acc.device
         accum = c.train.grad_accum
         ls = lf = 0.0
-        step_draw = draw_batch(self.gen, len(self.prompts), self.global_batch * accum, self.latent, self.settings)
+        n_pairs = len(self.pairs) if self.pairs is not None else 0
+        step_draw = draw_batch(self.gen, len(self.prompts), self.global_batch * accum, self.latent, self.settings,
+                               n_pairs)
         for micro in range(accum):
             batch = step_draw.part(micro, self.rank, self.world, c.train.batch_size).to(dev)
             cond = self.batch_cond(batch.prompt_idx)
             a, b = micro_step(self.bb, self.views, batch, cond, self.null, self.settings, self.acc.autocast,
-                              1.0 / accum, self.scalers)
+                              1.0 / accum, self.scalers, self.pair_batch(batch))
             ls, lf = ls + a / accum, lf + b / accum
         norms = [self._optimizer_step(self.views.student.parameters(), self.opt_s, self.sched_s, self.scalers[0]),
                  self._optimizer_step(self.views.fake.parameters(), self.opt_f, self.sched_f, self.scalers[1])]

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from .adapters import ModelViews
 from .backbones import Backbone, TextCond
+from .regression import PairBatch, regression_loss
 from .vsd import cfg_eps, fake_loss, noisy, one_step_x0, student_loss, vsd_direction
 
 __all__ = ["Batch", "StepSettings", "draw_batch", "micro_step", "fake_micro_step", "student_sample"]
@@ -31,6 +32,7 @@ class Batch:
     t_fake: Tensor  # [B] fake-score timesteps
     noise_fake: Tensor  # [B, C, H, W]
     drop: Tensor  # [B] bool: null prompt for the fake score
+    pair_idx: Tensor  # [B] indices into the regression pairs (zeros when the regression term is off)
 
     def to(self, device) -> Batch:
         return Batch(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
@@ -51,15 +53,17 @@ class StepSettings:
     fake_t_range: tuple[int, int]
     null_prob: float
     weighting: str = "sigma2"  # "sigma2" (the paper's VSD) or "dmd" (DMD's per-sample normalisation)
+    regression_weight: float = 0.0  # DMD's regression term on teacher pairs (trainer/regression.py); 0 = off
 
 
 def draw_batch(gen: torch.Generator, n_prompts: int, total: int, latent: tuple[int, int, int],
-               s: StepSettings) -> Batch:
+               s: StepSettings, n_pairs: int = 0) -> Batch:
     """Draw every sample of one optimizer step (all processes x all micro-batches) from ``gen``.
 
     Each process draws the same numbers and takes its :meth:`Batch.part`; every draw is per
     sample and the losses are means, so the update depends on the global batch only, not on
-    how it is split into processes and micro-batches.
+    how it is split into processes and micro-batches.  The regression pairs' indices are drawn
+    last and only when there are pairs, so a run without them sees the stream it always did.
     """
     idx = torch.randint(0, n_prompts, (total,), generator=gen)
     z = torch.randn(total, *latent, generator=gen)
@@ -68,7 +72,9 @@ def draw_batch(gen: torch.Generator, n_prompts: int, total: int, latent: tuple[i
     t2 = torch.randint(s.fake_t_range[0], s.fake_t_range[1] + 1, (total,), generator=gen)
     n2 = torch.randn(total, *latent, generator=gen)
     drop = torch.rand(total, generator=gen) < s.null_prob
-    return Batch(idx, z, t, n1, t2, n2, drop)
+    pair_idx = (torch.randint(0, n_pairs, (total,), generator=gen) if n_pairs > 0
+                else torch.zeros(total, dtype=torch.long))
+    return Batch(idx, z, t, n1, t2, n2, drop, pair_idx)
 
 
 def _backward(loss: Tensor, scaler) -> None:
@@ -76,11 +82,14 @@ def _backward(loss: Tensor, scaler) -> None:
 
 
 def micro_step(bb: Backbone, views: ModelViews, batch: Batch, cond: TextCond, null: TextCond, s: StepSettings,
-               autocast=contextlib.nullcontext, scale: float = 1.0, scalers=(None, None)) -> tuple[float, float]:
+               autocast=contextlib.nullcontext, scale: float = 1.0, scalers=(None, None),
+               pairs: PairBatch | None = None) -> tuple[float, float]:
     """Accumulate student and fake gradients for one micro-batch; return (student loss, fake loss).
 
     ``scale`` divides the losses (1 / grad_accum).  Each backward runs inside its own
-    view so gradient checkpointing recomputes the forward with the right adapters.
+    view so gradient checkpointing recomputes the forward with the right adapters.  With
+    ``pairs`` and ``s.regression_weight`` > 0 the student loss adds the weighted regression
+    term on those pairs (its own forward: the pairs' noise is not the VSD batch's).
     """
     dev = batch.z.device
     T = torch.full((batch.z.shape[0],), s.timestep, device=dev, dtype=torch.long)
@@ -97,6 +106,11 @@ def micro_step(bb: Backbone, views: ModelViews, batch: Batch, cond: TextCond, nu
             e_fake = cfg_eps(partial(bb.eps, m), x_t, batch.t, cond, null, s.fake_guidance)
         g = vsd_direction(e_teacher, e_fake, ab, s.weighting, x0.detach(), x_t)
     loss_s = student_loss(x0, g)
+    if pairs is not None and s.regression_weight > 0:
+        T_r = torch.full((pairs.z.shape[0],), s.timestep, device=dev, dtype=torch.long)
+        with autocast(), views.student_view() as m:
+            x0_r = one_step_x0(bb.eps(m, pairs.z, T_r, pairs.cond), pairs.z, s.alpha_bar_T)
+        loss_s = loss_s + s.regression_weight * regression_loss(x0_r, pairs.x0)
     with views.student_view():
         _backward(loss_s * scale, scalers[0])
     # -- fake score: denoising loss on the detached student sample ----------------------------
