@@ -28,7 +28,7 @@ from .fingerprint import base_fingerprint
 from .jobs import RunStopped, end_stopped, stop_requested
 from .optim import clip_and_norm, make_lr_schedule, make_optimizer, make_scaler, sync_gradients
 from .prompts import load_prompts
-from .regression import PairBatch, Pairs, load_or_make_pairs, make_pairs, pairs_identity
+from .regression import PAIR_SEED, PairBatch, Pairs, load_or_make_pairs, make_pairs, pairs_identity
 from .sampling import teacher_multistep
 from .step import Batch, StepSettings, draw_batch, fake_micro_step, micro_step, student_sample
 from .textcache import encode_cached
@@ -187,7 +187,7 @@ class Distiller:
         """The teacher's multi-step outputs for the regression term: cached beside the text features."""
         c, dev, v = self.cfg, self.acc.device, self.cfg.vsd
         ident = pairs_identity(self.base_fp, self.prompts, v.regression_pairs, v.regression_steps, v.guidance_scale,
-                               c.train.seed, tuple(self.latent))
+                               PAIR_SEED, tuple(self.latent))
         folder = (Path(c.data.cache_dir) if c.data.cache_dir else self.out.parent / ".text_cache") \
             if c.data.cache_text else self.out
         bar = tqdm(total=v.regression_pairs, desc=f"teacher pairs ({v.regression_steps} steps)",
@@ -201,7 +201,7 @@ class Distiller:
         def make() -> Pairs:
             self.log(f"regression pairs: sampling {v.regression_pairs} with the teacher "
                      f"({v.regression_steps} steps, CFG {v.guidance_scale:g})")
-            return make_pairs(sample, v.regression_pairs, len(self.prompts), tuple(self.latent), c.train.seed,
+            return make_pairs(sample, v.regression_pairs, len(self.prompts), tuple(self.latent), PAIR_SEED,
                               progress=lambda done, n: bar.update(done - bar.n))
 
         with self.acc.main_process_first():  # the main process samples and caches, the others read
