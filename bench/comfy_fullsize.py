@@ -75,7 +75,7 @@ RUNS = {
     # the 23rd with the final norm (diffusers ships 23 layers, lorad/archs/clip_h_sd2.json).
     "sd21": ArchRun("sd21", 256, 0.18215, (("text_encoder", "cond_stage_model.model.transformer.", 0, 23),),
                     v_flag=True),
-    "sdxl": ArchRun("sdxl", 512, 0.13025, (("text_encoder", "conditioner.embedders.0.transformer.", 49407, None),
+    "sdxl": ArchRun("sdxl", 256, 0.13025, (("text_encoder", "conditioner.embedders.0.transformer.", 49407, None),
                                            ("text_encoder_2", "conditioner.embedders.1.model.transformer.", 0, None)),
                     unet_dtype="fp16", pooled=True),
 }
@@ -89,7 +89,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--rank", type=int, default=256)
     p.add_argument("--preset", default="paper-student")
     p.add_argument("--size", type=int, default=None, help="image side in pixels (default: per architecture)")
-    p.add_argument("--repeats", type=int, default=1, help="fresh servers per configuration (interleaved)")
+    p.add_argument("--repeats", type=int, default=3, help="fresh servers per configuration (interleaved)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed base servers first (page cache, imports)")
     p.add_argument("--workdir", default=str(Path.home() / ".cache" / "wadi-bench" / "comfy-fullsize"),
                    help="checkpoints, adapter files and the servers' folders (reused between runs)")
     p.add_argument("--json", default=None, metavar="PATH", help="merge this architecture's results into PATH")
@@ -431,7 +432,8 @@ def reference_latent(work: Path, run: ArchRun, size: int) -> torch.Tensor:
 
 
 # -- main ----------------------------------------------------------------------------------------------
-def prepare(work: Path, run: ArchRun, args) -> dict:
+def prepare(work: Path, run: ArchRun, preset: str = "paper-student", rank: int = 256) -> dict:
+    """The checkpoint (built once, reused) and both adapter files in ``work``; the files' sizes and counts."""
     work.mkdir(parents=True, exist_ok=True)
     ckpt = work / f"{run.arch}.safetensors"
     t0 = time.perf_counter()
@@ -440,7 +442,7 @@ def prepare(work: Path, run: ArchRun, args) -> dict:
         write_checkpoint(ckpt, run, unet, texts, vae)
         del unet, texts, vae
         gc.collect()
-    info = write_adapters(work, run, args.preset, args.rank)
+    info = write_adapters(work, run, preset, rank)
     info["checkpoint_gib"] = ckpt.stat().st_size / 2**30
     info["prepare_s"] = time.perf_counter() - t0
     return info
@@ -490,9 +492,11 @@ def main(argv=None) -> int:
     work = Path(args.workdir)
     machine = harness.machine_info("cpu")
     print(harness.machine_line(machine), file=sys.stderr)
-    info = prepare(work, run, args)
+    info = prepare(work, run, args.preset, args.rank)
     print(f"[{run.arch}] files ready: {json.dumps(info)}", file=sys.stderr, flush=True)
     root = server_root(work, run)
+    for _ in range(args.warmup):
+        measure_config(root, run, size, "base", "warmup", checks=False)
     runs: dict[str, list[dict]] = {c: [] for c in CONFIGS}
     for rep in range(args.repeats):
         order = CONFIGS[rep % 3:] + CONFIGS[: rep % 3]

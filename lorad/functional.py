@@ -162,7 +162,14 @@ def rotate_(weight: Tensor, theta: Tensor, strength: float = 1.0, name: str = "w
     _check_theta(weight, theta, name)
     if strength != 0:
         with torch.no_grad():
-            weight.copy_(_rotated32(weight, theta, strength))
+            if weight.dtype == torch.float32 and weight.is_contiguous():
+                # A float32 weight (ComfyUI patches a float32 copy) is multiplied in place as complex
+                # pairs: the same kernel and bits as ``_rotated32``, without the weight-sized product
+                # tensor and the pass that copies it back (about 20% of the rotation on a CPU).
+                t = up(theta) if strength == 1 else up(theta) * strength
+                torch.view_as_complex(_pairs(weight)).mul_(torch.complex(torch.cos(t), torch.sin(t)))
+            else:
+                weight.copy_(_rotated32(weight, theta, strength))
     return weight
 
 

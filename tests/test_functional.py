@@ -191,7 +191,14 @@ def test_rotate_inplace_same_bits_as_rotate(dtype):
     g = torch.Generator().manual_seed(5)
     w = (torch.randn(12, 20, generator=g) * 0.1).to(dtype)
     theta = torch.randn(12, 10, generator=g)
-    expected = functional.rotate(w, theta, 0.7)
-    out = w.clone()
-    assert functional.rotate_(out, theta, 0.7) is out
-    assert torch.equal(out, expected)
+    for strength in (0.7, 1.0):
+        expected = functional.rotate(w, theta, strength)
+        out = w.clone()  # contiguous: float32 takes the in-place complex multiply
+        assert functional.rotate_(out, theta, strength) is out
+        assert torch.equal(out, expected)
+        strided = w.t().contiguous().t()  # same values, not contiguous: the copy-back path
+        functional.rotate_(strided, theta, strength)
+        assert torch.equal(strided, expected)
+        fused = torch.cat([w, w]).clone()  # ComfyUI narrows fused weights to the adapter's rows
+        functional.rotate_(fused[12:], theta, strength)
+        assert torch.equal(fused[12:], expected) and torch.equal(fused[:12], w)
