@@ -159,5 +159,5 @@ class LayerSpec:
         """In-place :meth:`rotated` (same bits); returns ``weight``."""
         self.check_fit(weight.shape, weight.dtype)
         if strength != 0:
-            functional.rotate_(weight, self.angles(strength, weight.device), 1.0, name=self.key)
+            functional.rotate_(weight, self.angles(strength, weight.device), 1.0, name=self.key, scratch=True)
         return weight

@@ -44,8 +44,24 @@ def full_path(name: str) -> str:
     return path
 
 
+# The last file read and validated, keyed by where it is and its size/mtime/inode, as ComfyUI's LoraLoader
+# keeps its last LoRA: a strength change re-runs Load LoRaD, and reading, hashing and checking a
+# 160 MB file again cost more than the re-patch itself.  One entry: it holds nothing the patched
+# model does not already hold.
+_LAST: list[tuple[tuple, LoRaDInfo]] = []
+
+
 def load_info(name: str, header_only: bool = False) -> LoRaDInfo:
-    return read_lorad(full_path(name), header_only=header_only)
+    path = full_path(name)
+    if header_only:
+        return read_lorad(path, header_only=True)
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns, st.st_ino)
+    if _LAST and _LAST[0][0] == key:
+        return _LAST[0][1]
+    info = read_lorad(path)
+    _LAST[:] = [(key, info)]
+    return info
 
 
 def _patches(info: LoRaDInfo, resolved: list[Resolved]) -> dict:

@@ -90,10 +90,12 @@ def check_prediction(ms, onestep: OneStep | None) -> None:
 
 def wadi_sample(model, positive, negative, latent: dict, seed: int, steps: int, cfg: float, denoise: float,
                 onestep: OneStep | None, timesteps: list[float] | None = None) -> dict:
+    base_ms = model.get_model_object("model_sampling")
+    # Only settings that came from a file are checked: the default (no ONESTEP connected) claims no
+    # prediction type, so a v-prediction base (SD2.1 768-v) samples without a student too.
+    check_prediction(base_ms, onestep)
     onestep = onestep or OneStep()
     ts = timesteps or plan_timesteps(steps, onestep.timestep, denoise)
-    base_ms = model.get_model_object("model_sampling")
-    check_prediction(base_ms, onestep)
     ac = schedule_alphas_cumprod(base_ms.sigmas, getattr(base_ms, "linear_start", None), getattr(base_ms, "linear_end", None))
     ab_first = first_alpha_bar(denoise, onestep.alpha_bar, ts[0], onestep.timestep)
     table = sigma_table(ts, ac, ab_first)

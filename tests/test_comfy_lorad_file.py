@@ -74,3 +74,34 @@ def test_info_panel_reads_the_header_alone(tmp_path):
     info = read_lorad(path, header_only=True)
     assert all(t.device.type == "meta" for t in info.layers[KEY].values())
     assert info.onestep == OneStep(999.0, 0.0047, "epsilon") and "rank: 4" in summary_text(info)
+
+
+def test_load_info_reads_a_file_once_until_it_changes(tmp_path, monkeypatch):
+    """A strength change re-runs Load LoRaD: the validated file is reused (as ComfyUI's LoraLoader keeps its
+    last LoRA) while path, size, mtime and inode are the same; a replaced or damaged file is read again."""
+    import os
+
+    import comfy_env
+
+    comfy_env.comfy_for_tests()
+    from wadi_lorad.nodes import patching
+
+    path = write(tmp_path / "s.lorad.safetensors")
+    monkeypatch.setattr(patching, "full_path", lambda name: path)
+    monkeypatch.setattr(patching, "_LAST", [])
+    reads = []
+    real = patching.read_lorad
+    monkeypatch.setattr(patching, "read_lorad", lambda p, header_only=False: reads.append(p) or real(p, header_only))
+    first = patching.load_info("s.lorad.safetensors")
+    assert patching.load_info("s.lorad.safetensors") is first and len(reads) == 1
+    os.replace(write(tmp_path / "new.lorad.safetensors", {"timestep": 999, "alpha_bar_T": 0.0047,
+                                                          "prediction_type": "epsilon"}), path)
+    second = patching.load_info("s.lorad.safetensors")
+    assert second is not first and second.onestep == OneStep(999.0, 0.0047, "epsilon") and len(reads) == 2
+    with open(path, "r+b") as f:  # damaged in place: the size stays, the mtime moves
+        f.seek(-4, os.SEEK_END)
+        f.write(b"\xff\xff\xff\xff")
+    os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 1_000_000))
+    with pytest.raises(LoRaDReadError, match="s.lorad.safetensors"):
+        patching.load_info("s.lorad.safetensors")
+    assert patching.load_info("s.lorad.safetensors", header_only=True).layers  # the panel's read is never cached

@@ -189,6 +189,12 @@ PLAN: dict[str, Run | Options | Skip | Covered] = {
         "python {root}/bench/trainer_memory.py --help", "full-size SD1.5 training steps: minutes each"),
     "python bench/trainer_memory.py --report docs/perf/trainer_memory_cpu.json": Covered(
         "tests/test_bench_trainer_memory.py::test_report_of_the_committed_json (run as written, from the checkout)"),
+    **{f"python bench/comfy_fullsize.py --arch {arch}{extra} --json docs/perf/comfy_fullsize_cpu.json": Covered(
+        "tests/test_comfyui_fullsize.py (slow, live ComfyUI: the same functions on full-size SD1.5); the bench "
+        "itself needs a real ComfyUI, minutes per server and up to 14 GB (SDXL)",
+        check=f"python {{root}}/bench/comfy_fullsize.py --arch {arch}{extra} --dry-run --json x.json "
+              f"| grep -q '\"layers\": {n}'")
+       for arch, extra, n in (("sd15", "", 182), ("sd21", "", 214), ("sdxl", " --repeats 2", 739))},
     "bench/gpu/run.sh": Skip("needs a GPU (the lent H100/H200 run)"),
     "PYTHON=.venv/bin/python bench/gpu/run.sh --cpu-smoke": Options(
         "bash -n {root}/bench/gpu/run.sh && grep -e --cpu-smoke {root}/bench/gpu/run.sh",

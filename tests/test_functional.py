@@ -191,7 +191,36 @@ def test_rotate_inplace_same_bits_as_rotate(dtype):
     g = torch.Generator().manual_seed(5)
     w = (torch.randn(12, 20, generator=g) * 0.1).to(dtype)
     theta = torch.randn(12, 10, generator=g)
-    expected = functional.rotate(w, theta, 0.7)
-    out = w.clone()
-    assert functional.rotate_(out, theta, 0.7) is out
-    assert torch.equal(out, expected)
+    for strength in (0.7, 1.0):
+        expected = functional.rotate(w, theta, strength)
+        out = w.clone()  # contiguous: float32 takes the in-place complex multiply
+        assert functional.rotate_(out, theta, strength) is out
+        assert torch.equal(out, expected)
+        strided = w.t().contiguous().t()  # same values, not contiguous: the copy-back path
+        functional.rotate_(strided, theta, strength)
+        assert torch.equal(strided, expected)
+        fused = torch.cat([w, w]).clone()  # ComfyUI narrows fused weights to the adapter's rows
+        functional.rotate_(fused[12:], theta, strength)
+        assert torch.equal(fused[12:], expected) and torch.equal(fused[:12], w)
+
+
+@pytest.mark.parametrize("scale", [0.3, 10.0])  # in range (in-place wrap) / many angles to wrap (remainder)
+def test_scratch_paths_same_bits(scale):
+    """``angles`` wraps its own product in place and ``rotate_(scratch=True)`` takes the sine in place:
+    the same bits as the out-of-place formulas, and the caller's tensors other than theta untouched."""
+    g = torch.Generator().manual_seed(9)
+    a, b = torch.randn(16, 4, generator=g) * scale, torch.randn(4, 12, generator=g)
+    a.requires_grad_(True)
+    with_grad = functional.angles(a, b)  # autograd: the out-of-place wrap
+    with torch.no_grad():
+        plain = functional.angles(a, b)
+    assert torch.equal(plain, functional.wrap_angles(a.detach() @ b)) and torch.equal(plain, with_grad.detach())
+    w = torch.randn(16, 24, generator=g)
+    for strength in (1.0, 0.4):
+        expected = functional.rotate(w, plain, strength)
+        theta = plain.clone()
+        out = functional.rotate_(w.clone(), theta, strength, scratch=True)
+        assert torch.equal(out, expected)
+        kept = plain.clone()
+        functional.rotate_(w.clone(), kept, strength)  # not scratch: theta stays as it was
+        assert torch.equal(kept, plain)

@@ -303,9 +303,10 @@ def test_bad_tensors(tmp_path, tensors, key, fragment):
     expect_error(p, key, fragment, "expected")
 
 
-def test_non_finite_values(tmp_path):
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_values(tmp_path, bad):
     a = good_layer()["A"]
-    a[3, 1] = float("nan")
+    a[3, 1] = bad
     p = write_raw(tmp_path / "n.lorad.safetensors", {KEY + ".lorad_A": a, KEY + ".lorad_B": good_layer()["B"]}, meta())
     expect_error(p, KEY + ".lorad_A", "1 non-finite values", "expected finite values")
 
