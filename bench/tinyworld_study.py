@@ -109,6 +109,8 @@ def run(a: argparse.Namespace) -> Path:
         pt = {"step": d.step, "train_s": round(train_s, 1),
               "alignment": sc["alignment_mean"], "alignment_std": sc["alignment_std"],
               "fd": sc["fd_mean"], "fd_std": sc["fd_std"]}
+        # which attributes fail (colour and shape are where one step loses to the teacher's 25 steps)
+        pt.update({k[:-5]: sc[k] for k in sc if k.startswith("acc_") and k.endswith("_mean")})
         if shadow is not None and d.step > 0:
             se = evaluate(d, prompts, seeds, shadow)
             decay = d.cfg.train.ema_decay if shadow is d.ema else a.shadow_ema

@@ -177,6 +177,12 @@ PLAN: dict[str, Run | Options | Skip | Covered] = {
     "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name cosine-s0 --steps 2000 --eval-every 250 --set "
     "optim.lr_scheduler=cosine": Options(
         "python {root}/bench/tinyworld_study.py --help", "trains a student: half an hour or more on a CPU"),
+    "python bench/tinyworld_diagnose.py outputs/study/fakelr3e-2-s0/student_params_ema.safetensors "
+    "outputs/study/qreg-s0/student_params_ema.safetensors --json docs/perf/tinyworld_diagnose.json": Options(
+        "python {root}/bench/tinyworld_diagnose.py --help", "needs the study's trained students (outputs/study)"),
+    "wadi distill --config configs/tinyworld-regression.yaml": Run(
+        f"{DISTILL_SMALL} --vsd.regression_pairs 4 --vsd.regression_steps 2 --output.dir outputs/quality",
+        makes=("outputs/quality/student.lorad.safetensors",)),
     "python bench/tinyworld_study.py --plot docs/img/tinyworld_curves.png --json docs/perf/tinyworld_study.json":
         Options("python {root}/bench/tinyworld_study.py --help", "plots the study's runs (outputs/study)"),
     "OMP_NUM_THREADS=1 python bench/trainer_memory.py --models sd15 --latent 64 --dtypes fp32 bf16 --checkpointing "
@@ -299,6 +305,8 @@ class Workspace:
         teacher = ROOT / "assets" / "tinyworld" / "teacher"
         for name in ("sd15", "stable-diffusion-v1-5"):
             (root / name).symlink_to(teacher)
+        for name in ("configs", "assets"):  # commands documented "from the pack's root" run as written
+            (root / name).symlink_to(ROOT / name)
         from wadi_lorad.trainer.tinyworld import domain
 
         (root / "captions.txt").write_text("\n".join(domain.sample_captions(16, 0)) + "\n")
