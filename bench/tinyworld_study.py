@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import re
 import time
 from pathlib import Path
 
@@ -184,17 +185,34 @@ def plot(a: argparse.Namespace) -> None:
     import matplotlib.pyplot as plt
 
     curves = [json.loads(p.read_text()) for p in sorted(Path(a.out).glob("*/curve.json"))]
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
-    for i, c in enumerate(curves):
-        color = f"C{i % 10}"
-        pts = [p for p in c["points"] if p["step"] > 0]
-        st = [p["step"] for p in pts]
-        has_ema = bool(pts) and "ema_fd" in pts[0]
-        for ax, key in zip(axes, ("alignment", "fd")):
-            ax.plot([0] + st, [c["points"][0][key]] + [p[key] for p in pts], ls="--", lw=0.8, color=color, alpha=0.6,
-                    label=None if has_ema else f"{c['name']} ({'EMA: see its note' if 'note' in c else 'raw only'})")
-            if has_ema:
-                ax.plot(st, [p.get(f"ema_{key}") for p in pts], marker=".", color=color, label=f"{c['name']} (EMA)")
+    # Runs named <recipe>-s<seed> with several seeds are drawn as one mean line with a +-sd band of their
+    # EMA scores; single-seed runs as before (solid EMA, dashed raw).
+    groups: dict[str, list[dict]] = {}
+    for c in curves:
+        groups.setdefault(re.sub(r"-s\d+$", "", c["name"]), []).append(c)
+    palette = plt.get_cmap("tab20").colors
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
+    for i, (recipe, members) in enumerate(sorted(groups.items())):
+        color = palette[i % len(palette)]
+        if len(members) > 1 and all("ema_fd" in p for c in members for p in c["points"][1:]):
+            steps = sorted(set.intersection(*({p["step"] for p in c["points"] if p["step"] > 0} for c in members)))
+            for ax, key in zip(axes, ("alignment", "fd")):
+                vals = torch.tensor([[next(p[f"ema_{key}"] for p in c["points"] if p["step"] == s) for s in steps]
+                                     for c in members])
+                mean, sd = vals.mean(0), vals.std(0)
+                ax.plot(steps, mean, marker="o", lw=2, color=color, label=f"{recipe} (EMA, mean of {len(members)} seeds)")
+                ax.fill_between(steps, mean - sd, mean + sd, color=color, alpha=0.25)
+            continue
+        for c in members:
+            pts = [p for p in c["points"] if p["step"] > 0]
+            st = [p["step"] for p in pts]
+            has_ema = bool(pts) and "ema_fd" in pts[0]
+            for ax, key in zip(axes, ("alignment", "fd")):
+                ax.plot([0] + st, [c["points"][0][key]] + [p[key] for p in pts], ls="--", lw=0.8, color=color,
+                        alpha=0.6, label=None if has_ema else
+                        f"{c['name']} ({'EMA: see its note' if 'note' in c else 'raw only'})")
+                if has_ema:
+                    ax.plot(st, [p.get(f"ema_{key}") for p in pts], marker=".", color=color, label=f"{c['name']} (EMA)")
     for ax, key, title in ((axes[0], "alignment", "alignment (higher is better)"),
                            (axes[1], "fd", "FD (lower is better)")):
         ax.axhline(TEACHER_25STEP_CFG3[key], color="k", lw=1, label="teacher 25-step CFG 3")
@@ -203,8 +221,9 @@ def plot(a: argparse.Namespace) -> None:
         ax.set_xlabel("student steps (batch 16)")
         ax.set_title(title)
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7, loc="upper right")
-    fig.suptitle("WaDi on the tiny world: one training seed per run; solid = EMA 0.99, dashed = raw student")
+    axes[1].legend(fontsize=6.5, loc="upper right", ncol=2)
+    fig.suptitle("WaDi on the tiny world: thick = mean ± sd over 3 training seeds (EMA 0.99); "
+                 "thin = one seed, solid EMA, dashed raw")
     fig.tight_layout()
     fig.savefig(a.plot, dpi=110)
     print(f"wrote {a.plot}")
