@@ -212,7 +212,7 @@ class Distiller:
 
     def pair_batch(self, batch: Batch) -> PairBatch | None:
         """The regression pairs picked by ``batch.pair_idx``, on the device (None when the term is off)."""
-        if self.pairs is None:
+        if self.pairs is None or batch.pair_idx is None:
             return None
         idx, dev = batch.pair_idx.cpu(), self.acc.device
         return PairBatch(self.pairs.z[idx].to(dev), self.pairs.x0[idx].to(dev),

@@ -32,15 +32,19 @@ class Batch:
     t_fake: Tensor  # [B] fake-score timesteps
     noise_fake: Tensor  # [B, C, H, W]
     drop: Tensor  # [B] bool: null prompt for the fake score
-    pair_idx: Tensor  # [B] indices into the regression pairs (zeros when the regression term is off)
+    # [B] indices into the regression pairs; None (or zeros) when the regression term is off
+    pair_idx: Tensor | None = None
+
+    def _map(self, fn) -> Batch:
+        return Batch(*(None if getattr(self, f) is None else fn(getattr(self, f)) for f in self.__dataclass_fields__))
 
     def to(self, device) -> Batch:
-        return Batch(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
+        return self._map(lambda t: t.to(device))
 
     def part(self, micro: int, rank: int, world: int, per: int) -> Batch:
         """Micro-batch ``micro`` of process ``rank``: ``per`` samples of the step's draw."""
         start = (micro * world + rank) * per
-        return Batch(*(getattr(self, f)[start: start + per] for f in self.__dataclass_fields__))
+        return self._map(lambda t: t[start: start + per])
 
 
 @dataclass
