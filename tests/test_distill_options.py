@@ -93,6 +93,21 @@ def test_conv_presets_adapt_convolutions(tiny_bases):
     assert conv_grads and all(g is not None and g.abs().sum() > 0 for g in conv_grads)
 
 
+def _assert_resume_after_2_equals(d, tiny_bases, prompts, out, over) -> None:
+    """A run of ``over`` stopped after step 2 and resumed ends with ``d``'s student and fake, bit for bit."""
+    from distill_helpers import small_cfg
+    from wadi_lorad.trainer.distill import Distiller
+
+    Distiller(small_cfg(tiny_bases("sd"), prompts, out, **dict(over, train__max_steps=2, output__checkpoint_every=1)),
+              progress=False, log=lambda *_: None).run()
+    r = Distiller(small_cfg(tiny_bases("sd"), prompts, out, resume="latest", **over), progress=False,
+                  log=lambda *_: None)
+    r.run()
+    for part in ("fake", "student"):
+        for k, p in getattr(d.views, part).params.items():
+            assert torch.equal(p, getattr(r.views, part).params[k]), k
+
+
 def test_fake_updates_step_the_fake_more_often_and_resume_exactly(tiny_bases, tmp_path):
     from distill_helpers import small_cfg, write_prompts
     from wadi_lorad.trainer.distill import Distiller
@@ -105,16 +120,7 @@ def test_fake_updates_step_the_fake_more_often_and_resume_exactly(tiny_bases, tm
     fake_steps = {int(s["step"]) for s in d.opt_f.state_dict()["state"].values()}
     assert student_steps == {3} and fake_steps == {9}
     # a run stopped after step 2 and resumed equals the uninterrupted run (the extra draws are in the stream)
-    over2 = dict(over, train__max_steps=2, output__checkpoint_every=1)
-    Distiller(small_cfg(tiny_bases("sd"), prompts, tmp_path / "b", **over2), progress=False,
-              log=lambda *_: None).run()
-    r = Distiller(small_cfg(tiny_bases("sd"), prompts, tmp_path / "b", resume="latest", **over),
-                  progress=False, log=lambda *_: None)
-    r.run()
-    for k, p in d.views.fake.params.items():
-        assert torch.equal(p, r.views.fake.params[k]), k
-    for k, p in d.views.student.params.items():
-        assert torch.equal(p, r.views.student.params[k]), k
+    _assert_resume_after_2_equals(d, tiny_bases, prompts, tmp_path / "b", over)
 
 
 def test_conv_adapters_get_their_own_learning_rate(tiny_bases, tmp_path):
@@ -232,14 +238,7 @@ def test_regression_run_resumes_exactly_and_old_hashes_hold(tiny_bases, tmp_path
     d = Distiller(small_cfg(tiny_bases("sd"), prompts, tmp_path / "a", **over), progress=False, log=lambda *_: None)
     d.run()
     assert len(d.pairs) == 6 and len(list((tmp_path / "cache").glob("pairs-*.safetensors"))) == 1
-    over2 = dict(over, train__max_steps=2, output__checkpoint_every=1)
-    Distiller(small_cfg(tiny_bases("sd"), prompts, tmp_path / "b", **over2), progress=False,
-              log=lambda *_: None).run()
-    r = Distiller(small_cfg(tiny_bases("sd"), prompts, tmp_path / "b", resume="latest", **over),
-                  progress=False, log=lambda *_: None)
-    r.run()
-    for k, p in d.views.student.params.items():
-        assert torch.equal(p, r.views.student.params[k]), k
+    _assert_resume_after_2_equals(d, tiny_bases, prompts, tmp_path / "b", over)
     # the same run without the term trains a different student
     plain = Distiller(small_cfg(tiny_bases("sd"), prompts, tmp_path / "c", **dict(over, vsd__regression_weight=0.0)),
                       progress=False, log=lambda *_: None)

@@ -159,9 +159,7 @@ class Distiller:
         """
         c = self.cfg
         self.sample_prompts = list(c.output.sample_prompts) or self.prompts[: c.output.num_samples]
-        cache_dir = None
-        if c.data.cache_text:
-            cache_dir = Path(c.data.cache_dir) if c.data.cache_dir else self.out.parent / ".text_cache"
+        cache_dir = self._cache_dir() if c.data.cache_text else None
         ident = bb.encoder_identity()
 
         def enc(p):
@@ -183,13 +181,16 @@ class Distiller:
         if self.table is not None:
             bb.release_text_encoders()
 
+    def _cache_dir(self) -> Path:
+        """Where text features and regression pairs are cached: ``data.cache_dir``, else beside the output."""
+        return Path(self.cfg.data.cache_dir) if self.cfg.data.cache_dir else self.out.parent / ".text_cache"
+
     def _regression_pairs(self) -> Pairs:
         """The teacher's multi-step outputs for the regression term: cached beside the text features."""
         c, dev, v = self.cfg, self.acc.device, self.cfg.vsd
         ident = pairs_identity(self.base_fp, self.prompts, v.regression_pairs, v.regression_steps, v.guidance_scale,
                                PAIR_SEED, tuple(self.latent))
-        folder = (Path(c.data.cache_dir) if c.data.cache_dir else self.out.parent / ".text_cache") \
-            if c.data.cache_text else self.out
+        folder = self._cache_dir() if c.data.cache_text else self.out
         bar = tqdm(total=v.regression_pairs, desc=f"teacher pairs ({v.regression_steps} steps)",
                    disable=not (self.progress and self.main))
 

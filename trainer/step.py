@@ -32,7 +32,7 @@ class Batch:
     t_fake: Tensor  # [B] fake-score timesteps
     noise_fake: Tensor  # [B, C, H, W]
     drop: Tensor  # [B] bool: null prompt for the fake score
-    # [B] indices into the regression pairs; None (or zeros) when the regression term is off
+    # [B] indices into the regression pairs; None when the regression term is off
     pair_idx: Tensor | None = None
 
     def _map(self, fn) -> Batch:
@@ -76,8 +76,7 @@ def draw_batch(gen: torch.Generator, n_prompts: int, total: int, latent: tuple[i
     t2 = torch.randint(s.fake_t_range[0], s.fake_t_range[1] + 1, (total,), generator=gen)
     n2 = torch.randn(total, *latent, generator=gen)
     drop = torch.rand(total, generator=gen) < s.null_prob
-    pair_idx = (torch.randint(0, n_pairs, (total,), generator=gen) if n_pairs > 0
-                else torch.zeros(total, dtype=torch.long))
+    pair_idx = torch.randint(0, n_pairs, (total,), generator=gen) if n_pairs > 0 else None
     return Batch(idx, z, t, n1, t2, n2, drop, pair_idx)
 
 
