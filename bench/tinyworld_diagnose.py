@@ -7,7 +7,10 @@ and for the teacher, on the fixed evaluation (256 prompts, noise seed 0):
 * the colour and shape confusions on one-object prompts (what the prompt said -> what was drawn);
 * the per-channel spread of the latents against the teacher's 25-step latents from the same noise
   (residual input noise that the one-step formula amplifies shows as extra spread);
-* once, the teacher's own eps error at t = 999, 900, 700, 500 and 200 on real renders.
+* once, the teacher's own eps error at t = 999, 900, 700, 500 and 200 on real renders;
+* once, how much each latent channel matters to the scores: the teacher's 25-step latents with
+  Gaussian noise added to one channel, and with channel 3 taken from the teacher's own one step
+  (does the one-step residue in channel 3 cost anything?).
 
 Results go to stdout and, with ``--json``, to a file (paths reduced for sharing).
 """
@@ -85,6 +88,28 @@ def teacher_eps_error(d, prompts: list[str]) -> list[dict[str, float]]:
     return out
 
 
+def channel_sensitivity(teacher: torch.Tensor, teacher_one: torch.Tensor, decode, prompts: list[str],
+                        spread: float = 0.53) -> dict[str, dict[str, float]]:
+    """Scores of the teacher's 25-step latents with one channel disturbed (fixed noise, seed 1)."""
+    def scores(lat: torch.Tensor) -> dict[str, float]:
+        images = torch.cat([decode(lat[i: i + 64]).cpu() for i in range(0, len(lat), 64)])
+        r = metrics.evaluate_images(images, prompts)
+        return {k: round(r[k], 4) for k in ("alignment", "fd", "acc_color", "acc_shape")}
+
+    gen = torch.Generator().manual_seed(1)
+    out = {"unchanged": scores(teacher)}
+    for c in range(teacher.shape[1]):
+        lat = teacher.clone()
+        lat[:, c] += spread * torch.randn(lat[:, c].shape, generator=gen)
+        out[f"channel {c} + noise of std {spread}"] = scores(lat)
+    lat = teacher.clone()
+    lat[:, 3] = teacher_one[:, 3]
+    out["channel 3 from the teacher's one step"] = scores(lat)
+    for k, v in out.items():
+        print("teacher-25,", k, v, flush=True)
+    return out
+
+
 def main(argv=None) -> int:
     from safetensors.torch import load_file
     from wadi_lorad.trainer.distill import Distiller
@@ -112,6 +137,7 @@ def main(argv=None) -> int:
         name = f"{Path(f).parent.name}/{Path(f).stem}"
         result[name] = score(name, lat, teacher, d.bb.decode, prompts)
     result["teacher_eps_error"] = teacher_eps_error(d, prompts)
+    result["channel_sensitivity"] = channel_sensitivity(teacher, teacher_one, d.bb.decode, prompts)
     if a.json:
         H.write_json(a.json, result)
     return 0

@@ -245,3 +245,38 @@ def test_regression_run_resumes_exactly_and_old_hashes_hold(tiny_bases, tmp_path
     plain.run()
     assert plain.pairs is None
     assert any(not torch.equal(p, plain.views.student.params[k]) for k, p in d.views.student.params.items())
+
+
+def test_uniform_fake_weighting_is_the_plain_eps_mse_and_reaches_the_fake(tiny_bases, tmp_path):
+    from distill_helpers import small_cfg, write_prompts
+    from wadi_lorad.trainer.distill import Distiller
+    from wadi_lorad.trainer.vsd import fake_loss
+
+    eps, n, ab = torch.randn(2, 3, 2, 2), torch.randn(2, 3, 2, 2), torch.tensor([0.9, 0.004])
+    terms = [(float(eps[b, c, i, j]) - float(n[b, c, i, j])) ** 2
+             for b in range(2) for c in range(3) for i in range(2) for j in range(2)]
+    assert math.isclose(float(fake_loss(eps, n, ab, "uniform")), sum(terms) / len(terms), rel_tol=1e-6)
+    weighted = [float(ab[b]) * (float(eps[b, c, i, j]) - float(n[b, c, i, j])) ** 2
+                for b in range(2) for c in range(3) for i in range(2) for j in range(2)]
+    assert math.isclose(float(fake_loss(eps, n, ab)), sum(weighted) / len(weighted), rel_tol=1e-6)
+    with pytest.raises(ValueError, match="unknown weighting"):
+        fake_loss(eps, n, ab, "snr")
+
+    cfg = DistillConfig()
+    before = config_hash(cfg)
+    cfg.vsd.fake_weighting = "alpha_bar"
+    assert config_hash(cfg) == before  # old checkpoints still resume
+    cfg.vsd.fake_weighting = "uniform"
+    assert config_hash(cfg) != before
+
+    # one step: the student's update is taken before the fake's, so it is the same under both
+    # weightings; the fake's update differs
+    prompts = write_prompts(tmp_path / "p.txt")
+    runs = {}
+    for w in ("alpha_bar", "uniform"):
+        runs[w] = Distiller(small_cfg(tiny_bases("sd"), prompts, tmp_path / w, train__max_steps=1,
+                                      vsd__fake_weighting=w), progress=False, log=lambda *_: None)
+        runs[w].run()
+    a, u = runs["alpha_bar"].views, runs["uniform"].views
+    assert all(torch.equal(p, u.student.params[k]) for k, p in a.student.params.items())
+    assert any(not torch.equal(p, u.fake.params[k]) for k, p in a.fake.params.items())

@@ -67,6 +67,9 @@ class VSDConfig:
     weighting: Literal["sigma2", "dmd"] = "sigma2"
     # Fake-score updates per student update (DMD2's two time-scale rule; the paper's loop is 1:1).
     fake_updates: int = 1
+    # The fake score's denoising loss over t: "alpha_bar" = eps-MSE weighted by abar_t (the official
+    # code); "uniform" = the plain eps-MSE (DMD2's fake; beyond the paper).
+    fake_weighting: Literal["alpha_bar", "uniform"] = "alpha_bar"
     # DMD's regression term (beyond the paper): weight * MSE(one-step x0, the teacher's multi-step
     # latent from the same noise) on regression_pairs fixed pairs, sampled once with
     # regression_steps DDIM steps at guidance_scale and cached (trainer/regression.py).  0 = off.
@@ -156,7 +159,8 @@ NOT_HASHED = {
 
 # Fields added after version 1 shipped: hashed only when set away from their default, so a
 # checkpoint written before they existed still resumes under an otherwise equal config.
-HASHED_WHEN_SET = {"vsd.fake_updates": 1, "vsd.weighting": "sigma2", "optim.conv_lr_scale": 1.0,
+HASHED_WHEN_SET = {"vsd.fake_updates": 1, "vsd.weighting": "sigma2", "vsd.fake_weighting": "alpha_bar",
+                   "optim.conv_lr_scale": 1.0,
                    "vsd.regression_weight": 0.0, "vsd.regression_pairs": 2048, "vsd.regression_steps": 25}
 
 

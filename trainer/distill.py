@@ -128,7 +128,8 @@ class Distiller:
         ab_T = OFFICIAL_ALPHA_BAR_T if v.alpha_bar == "official" else alpha_bar_at(bb.alphas_cumprod, v.timestep)
         check_one_step_alpha_bar(ab_T, f"vsd.alpha_bar={v.alpha_bar} at vsd.timestep={v.timestep}")
         self.settings = StepSettings(v.timestep, ab_T, v.guidance_scale, v.fake_guidance_scale, (v.t_min, v.t_max),
-                                     (v.fake_t_min, v.fake_t_max), v.null_prob, v.weighting, v.regression_weight)
+                                     (v.fake_t_min, v.fake_t_max), v.null_prob, v.weighting, v.regression_weight,
+                                     v.fake_weighting)
         self.latent = bb.latent_shape(v.resolution)
         self.pairs = self._regression_pairs() if v.regression_weight > 0 else None
         o = c.optim
@@ -327,7 +328,7 @@ class Distiller:
             cond = self.batch_cond(batch.prompt_idx)
             x0 = student_sample(self.bb, self.views, batch, cond, self.settings, self.acc.autocast)
             lf += fake_micro_step(self.bb, self.views, x0, batch, cond, self.null, self.acc.autocast,
-                                  1.0 / accum, self.scalers[1]) / accum
+                                  1.0 / accum, self.scalers[1], self.settings.fake_weighting) / accum
         self._optimizer_step(self.views.fake.parameters(), self.opt_f, self.sched_f, self.scalers[1])
         return lf
 

@@ -58,6 +58,7 @@ class StepSettings:
     null_prob: float
     weighting: str = "sigma2"  # "sigma2" (the paper's VSD) or "dmd" (DMD's per-sample normalisation)
     regression_weight: float = 0.0  # DMD's regression term on teacher pairs (trainer/regression.py); 0 = off
+    fake_weighting: str = "alpha_bar"  # the fake's loss over t: "alpha_bar" (official) or "uniform" (DMD2)
 
 
 def draw_batch(gen: torch.Generator, n_prompts: int, total: int, latent: tuple[int, int, int],
@@ -117,12 +118,14 @@ def micro_step(bb: Backbone, views: ModelViews, batch: Batch, cond: TextCond, nu
     with views.student_view():
         _backward(loss_s * scale, scalers[0])
     # -- fake score: denoising loss on the detached student sample ----------------------------
-    loss_f = fake_micro_step(bb, views, x0.detach(), batch, cond, null, autocast, scale, scalers[1])
+    loss_f = fake_micro_step(bb, views, x0.detach(), batch, cond, null, autocast, scale, scalers[1],
+                             s.fake_weighting)
     return float(loss_s.detach()), loss_f
 
 
 def fake_micro_step(bb: Backbone, views: ModelViews, x0: Tensor, batch: Batch, cond: TextCond, null: TextCond,
-                    autocast=contextlib.nullcontext, scale: float = 1.0, scaler=None) -> float:
+                    autocast=contextlib.nullcontext, scale: float = 1.0, scaler=None,
+                    weighting: str = "alpha_bar") -> float:
     """Accumulate the fake score's gradient on the (detached) student sample ``x0``; return its loss."""
     ab2 = bb.alpha_bar(batch.t_fake)
     x_t2 = noisy(x0, batch.noise_fake, ab2)
@@ -130,7 +133,7 @@ def fake_micro_step(bb: Backbone, views: ModelViews, x0: Tensor, batch: Batch, c
     with views.fake_view() as m:
         with autocast():
             e = bb.eps(m, x_t2, batch.t_fake, cond2)
-        loss_f = fake_loss(e, batch.noise_fake, ab2)
+        loss_f = fake_loss(e, batch.noise_fake, ab2, weighting)
         _backward(loss_f * scale, scaler)
     return float(loss_f.detach())
 

@@ -83,7 +83,17 @@ def student_loss(x0: Tensor, g: Tensor) -> Tensor:
     return 0.5 * F.mse_loss(x0.float(), target.float(), reduction="mean")
 
 
-def fake_loss(eps_pred: Tensor, noise: Tensor, alpha_bar: Tensor) -> Tensor:
-    """eps-MSE weighted by abar_t: MSE(sqrt(abar) eps_pred, sqrt(abar) noise)."""
+def fake_loss(eps_pred: Tensor, noise: Tensor, alpha_bar: Tensor, weighting: str = "alpha_bar") -> Tensor:
+    """The fake score's denoising loss.
+
+    ``alpha_bar`` (the official code): eps-MSE weighted by abar_t, MSE(sqrt(abar) eps_pred, sqrt(abar) noise).
+    At t = 999 that weight is 0.005, so the fake barely learns the high t where the student's VSD
+    direction has its largest weight (1 - abar_t).  ``uniform`` (beyond the paper; DMD2 trains its
+    fake with the plain denoising loss): the plain eps-MSE, every t weighted alike.
+    """
+    if weighting == "uniform":
+        return F.mse_loss(eps_pred.float(), noise.float(), reduction="mean")
+    if weighting != "alpha_bar":
+        raise ValueError(f"fake_loss: unknown weighting {weighting!r}; expected 'alpha_bar' or 'uniform'")
     s = torch.sqrt(_b(alpha_bar, eps_pred))
     return F.mse_loss(s * eps_pred.float(), s * noise.float(), reduction="mean")
