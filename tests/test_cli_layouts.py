@@ -124,6 +124,30 @@ def test_wadi_eval_writes_its_json(tmp_path, capsys):
     assert list(res["rows"]) == ["noise"] and res["n_prompts"] == 4
 
 
+def test_wadi_eval_samples_a_student_at_its_own_timestep(tiny, tmp_path, monkeypatch):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    from wadi_lorad.lorad.onestep import alpha_bar_at, scaled_linear_alphas_cumprod
+    from wadi_lorad.trainer import evaluate
+
+    with safe_open(tiny["file"], "pt") as f:  # the tiny student, relabelled as trained at t = 800
+        tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata())
+    ab = alpha_bar_at(scaled_linear_alphas_cumprod(), 800)
+    meta.update({"wadi.timestep": "800", "wadi.alpha_bar_T": repr(ab), "wadi.prediction_type": "epsilon"})
+    student = tmp_path / "t800.lorad.safetensors"
+    save_file(tensors, str(student), metadata=meta)
+    seen = []
+    real = evaluate.onestep_generator
+    monkeypatch.setattr(evaluate, "onestep_generator",
+                        lambda pipe, guidance, timestep, alpha_bar=None: seen.append((timestep, alpha_bar))
+                        or real(pipe, guidance, timestep, alpha_bar=alpha_bar))
+    out = tmp_path / "t800.json"
+    assert wadi_main(["eval", "--mode", "onestep", "--lorad", str(student), "--n", "2", "--seeds", "0",
+                      "--out", str(out)]) == 0
+    assert seen == [(800, ab)]
+    assert json.loads(out.read_text())["one_step"] == {"timestep": 800, "alpha_bar_T": ab}
+
+
 def test_wadi_eval_and_sample_with_the_tiny_student(tiny, tmp_path, capsys):
     out = tmp_path / "student.json"
     assert wadi_main(["eval", "--mode", "onestep", "--lorad", tiny["file"], "--n", "4", "--seeds", "0",

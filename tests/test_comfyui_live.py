@@ -154,14 +154,18 @@ def test_txt2img_equals_diffusers_reference(server, world):
     assert (got - base).abs().max() > 100 * diff  # the LoRaD did something
 
 
-@pytest.mark.parametrize("steps,timesteps,expect", [(2, "", (999, 499)), (1, "999, 600, 250", (999, 600, 250))])
+@pytest.mark.parametrize("steps,timesteps,expect", [(2, "", (999, 499)), (1, "999, 600, 250", (999, 600, 250)),
+                                                     (1, "800", (800,))])
 def test_few_steps_equal_diffusers_reference(server, world, steps, timesteps, expect):
+    # (800,): one step from pure noise below 999, as a student trained with vsd.timestep 800 samples;
+    # away from the file's own timestep the sampler takes abar from the schedule
     g = api("wadi_onestep_txt2img")
     g["4"]["inputs"].update(steps=steps, timesteps=timesteps, seed=7)
     got = run_latent(server, g, "4", f"steps{len(expect)}")
     unet, clip = copy.deepcopy(world["unet"]), copy.deepcopy(world["clip"])
     L.rotate_reference_(world["layers"], unet, clip)
-    ref = L.reference_latent(unet, clip, g["2"]["inputs"]["text"], 7, got.shape, timesteps=expect, alpha_bar_first=0.0047)
+    ref = L.reference_latent(unet, clip, g["2"]["inputs"]["text"], 7, got.shape, timesteps=expect,
+                             alpha_bar_first=0.0047 if expect[0] == 999 else None)
     diff = (got - ref).abs().max().item()
     REPORT[f"max|comfy-diffusers| timesteps {expect}"] = diff
     assert diff <= 1e-5 * max(1.0, ref.abs().max().item()), diff

@@ -31,6 +31,17 @@ def test_onestep_generator_is_the_x0_formula(pipe):
     assert torch.allclose(images, E.decode_latents(pipe, x0), atol=1e-5)
 
 
+def test_onestep_generator_at_a_students_own_timestep(pipe):
+    prompts = M.fixed_eval_prompts(2)
+    noise = M.eval_noise(2, 0)
+    with torch.no_grad():
+        eps = pipe.unet(noise, torch.full((2,), 800), E.encode_prompts(pipe, prompts)).sample
+    for ab in (None, 0.03):  # the schedule's abar_800, or the file's own value
+        images = E.onestep_generator(pipe, timestep=800, alpha_bar=ab)(prompts, 0)
+        want = predict_x0(noise, eps, float(pipe.scheduler.alphas_cumprod[800]) if ab is None else ab)
+        assert torch.allclose(images, E.decode_latents(pipe, want), atol=1e-5)
+
+
 def test_multistep_generator_uses_the_shared_noise(pipe):
     gen = E.multistep_generator(pipe, steps=2, guidance=3.0)
     a, b = gen(["a red circle", "a blue square"], 0), gen(["a red circle", "a blue square"], 0)

@@ -73,8 +73,12 @@ def multistep_generator(pipe: Any, steps: int = 25, guidance: float = 3.0, sched
     return generate
 
 
-def onestep_generator(pipe: Any, guidance: float = 1.0, timestep: int = 999, batch: int = 256) -> Generator:
-    """x0 = (z - sqrt(1-abar_T) eps(z, T)) / sqrt(abar_T) from pure noise: what WaDi's student learns to do."""
+def onestep_generator(pipe: Any, guidance: float = 1.0, timestep: int = 999, batch: int = 256,
+                      alpha_bar: float | None = None) -> Generator:
+    """x0 = (z - sqrt(1-abar_T) eps(z, T)) / sqrt(abar_T) from pure noise: what WaDi's student learns to do.
+
+    ``alpha_bar`` None takes abar_T from the schedule at ``timestep``.
+    """
     from ..lorad.onestep import generate as onestep
 
     ac = pipe.scheduler.alphas_cumprod
@@ -95,7 +99,7 @@ def onestep_generator(pipe: Any, guidance: float = 1.0, timestep: int = 999, bat
                 e_u, e_c = pipe.unet(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([uncond, cond])).sample.chunk(2)
                 return e_u + guidance * (e_c - e_u)
 
-            x0 = onestep(eps_fn, noise[i : i + batch], ac, timesteps=(timestep,))
+            x0 = onestep(eps_fn, noise[i : i + batch], ac, timesteps=(timestep,), alpha_bar_first=alpha_bar)
             out.append(decode_latents(pipe, x0))
         return torch.cat(out)
 
@@ -140,7 +144,9 @@ def run_mode(mode: str, args: argparse.Namespace, prompts: list[str], pipe: Any)
         "noise": noise_generator,
         "vae": lambda: vae_roundtrip_generator(pipe),
         "multistep": lambda: multistep_generator(pipe, args.steps, args.guidance, args.scheduler),
-        "onestep": lambda: onestep_generator(pipe, args.guidance if args.onestep_cfg else 1.0),
+        # a student file's own timestep and abar_T (its wadi.* metadata, set in _main), else 999 from the schedule
+        "onestep": lambda: onestep_generator(pipe, args.guidance if args.onestep_cfg else 1.0,
+                                             getattr(args, "onestep_t", 999), alpha_bar=getattr(args, "onestep_ab", None)),
     }
     if mode not in gens:
         raise ValueError(f"--mode {mode!r}: expected one of {sorted(gens) + ['shuffled']}")
@@ -172,12 +178,18 @@ def _main(args: argparse.Namespace) -> int:
             raise ValueError(f"--lorad applies to the model's UNet; mode {args.mode!r} uses no model")
         from ..lorad.bridge import load_adapter
         from ..lorad.inject import set_active
+        from ..lorad.io import load_lorad
 
-        load_adapter(pipe.unet, "student", args.lorad)  # the file's own layout, validated against this UNet
+        f = load_lorad(args.lorad)
+        load_adapter(pipe.unet, "student", f)  # the file's own layout, validated against this UNet
         set_active(pipe.unet, "student")
+        if f.one_step is not None:  # sample the student as it was trained (vsd.timestep, abar_T)
+            args.onestep_t, args.onestep_ab = f.one_step.timestep, float(f.one_step.alpha_bar_T)
     jobs = BASELINES if args.baselines else [(args.mode, args.mode, {})]
     results: dict[str, Any] = {"model": str(args.model), "lorad": Path(args.lorad).name if args.lorad else None,
                                "n_prompts": args.n, "seeds": list(args.seeds), "rows": {}}
+    if getattr(args, "onestep_t", None) is not None:
+        results["one_step"] = {"timestep": args.onestep_t, "alpha_bar_T": args.onestep_ab}
     for label, mode, overrides in jobs:
         ns = argparse.Namespace(**{**vars(args), **overrides})
         t0 = time.perf_counter()
