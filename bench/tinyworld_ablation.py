@@ -40,7 +40,7 @@ from wadi_lorad.lorad.extract import extract_state  # noqa: E402
 from wadi_lorad.lorad.fsutil import atomic_write_text  # noqa: E402
 from wadi_lorad.lorad.presets import PRESETS  # noqa: E402
 from wadi_lorad.trainer.backbones import load_backbone  # noqa: E402
-from wadi_lorad.trainer.demo import DemoSettings, demo_config  # noqa: E402
+from wadi_lorad.trainer.demo import STUDY_BASE_OVERRIDES, DemoSettings, demo_config  # noqa: E402
 from wadi_lorad.trainer.tinyworld import domain, metrics  # noqa: E402
 
 # "kind" or "kind@lr" (plain: the demo's student lr 3e-3).  Each student kind runs at two or three
@@ -96,7 +96,7 @@ def run_child(a: argparse.Namespace, kind: str) -> None:
         s.overrides.append(("optim.student_lr", lr))
     prompts_file = out / "prompts.txt"
     eval_prompts = metrics.fixed_eval_prompts(s.eval_prompts)
-    d = Distiller(demo_config(s, prompts_file), extra_prompts=eval_prompts)
+    d = Distiller(demo_config(s, prompts_file, STUDY_BASE_OVERRIDES), extra_prompts=eval_prompts)
     d.run()
     seeds = [int(x) for x in a.eval_seeds.split(",")]
     per: dict[str, list[dict]] = {}

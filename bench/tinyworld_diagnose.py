@@ -26,7 +26,8 @@ import harness as H
 import torch
 
 H.load_package()
-from wadi_lorad.trainer.demo import DemoSettings, demo_config  # noqa: E402
+from wadi_lorad.lorad.onestep import alpha_bar_at  # noqa: E402
+from wadi_lorad.trainer.demo import STUDY_BASE_OVERRIDES, DemoSettings, demo_config  # noqa: E402
 from wadi_lorad.trainer.sampling import one_step, teacher_multistep  # noqa: E402
 from wadi_lorad.trainer.tinyworld import metrics  # noqa: E402
 from wadi_lorad.trainer.tinyworld.data import render_prompts  # noqa: E402
@@ -38,6 +39,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("students", nargs="*", help="student parameter files (student_params*.safetensors)")
     p.add_argument("--study", default="outputs/study", help="the study's folder (prompts and text cache)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--timestep", type=int, default=999,
+                   help="the students' one-step timestep (their vsd.timestep); the teacher rows stay at 999")
     p.add_argument("--json", default="", help="also write the results here")
     return p.parse_args(argv)
 
@@ -121,7 +124,8 @@ def main(argv=None) -> int:
     s.overrides = [("output.sample_every", "0"), ("output.checkpoint_every", "0"),
                    ("data.cache_dir", str(study / ".text_cache"))]
     prompts = metrics.fixed_eval_prompts(256)
-    d = Distiller(demo_config(s, study / "prompts.txt"), extra_prompts=prompts, progress=False, log=lambda *_: None)
+    d = Distiller(demo_config(s, study / "prompts.txt", STUDY_BASE_OVERRIDES), extra_prompts=prompts, progress=False,
+                  log=lambda *_: None)
     d.setup()
     noise = metrics.eval_noise(len(prompts), 0, d.latent)
     batches = [(slice(i, i + 64), noise[i: i + 64]) for i in range(0, len(prompts), 64)]
@@ -130,10 +134,11 @@ def main(argv=None) -> int:
         teacher_one = torch.cat([one_step(d.bb, m, d.extra_cond.index(sl), z, d.settings.alpha_bar_T) for sl, z in batches])
     result = {"teacher, 25 steps CFG 3": score("teacher-25", teacher, teacher, d.bb.decode, prompts),
               "teacher, 1 step": score("teacher-1", teacher_one, teacher, d.bb.decode, prompts)}
+    ab_student = alpha_bar_at(d.bb.alphas_cumprod, a.timestep)
     for f in a.students:
         d.views.student.load_state(load_file(f), f)
         with torch.no_grad(), d.views.student_view() as m:
-            lat = torch.cat([one_step(d.bb, m, d.extra_cond.index(sl), z, d.settings.alpha_bar_T) for sl, z in batches])
+            lat = torch.cat([one_step(d.bb, m, d.extra_cond.index(sl), z, ab_student, a.timestep) for sl, z in batches])
         name = f"{Path(f).parent.name}/{Path(f).stem}"
         result[name] = score(name, lat, teacher, d.bb.decode, prompts)
     result["teacher_eps_error"] = teacher_eps_error(d, prompts)

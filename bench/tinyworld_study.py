@@ -24,7 +24,7 @@ import torch
 
 H.load_package()
 from wadi_lorad.lorad.fsutil import atomic_write_text  # noqa: E402
-from wadi_lorad.trainer.demo import DemoSettings, demo_config  # noqa: E402
+from wadi_lorad.trainer.demo import STUDY_BASE_OVERRIDES, DemoSettings, demo_config  # noqa: E402
 from wadi_lorad.trainer.tinyworld import domain, metrics  # noqa: E402
 
 
@@ -83,7 +83,7 @@ def run(a: argparse.Namespace) -> Path:
     sets = [tuple(kv.split("=", 1)) for kv in a.set]
     s.overrides = [("output.sample_every", "0"), ("output.checkpoint_every", "0"), ("adapter.seed", str(a.seed)),
                    ("data.cache_dir", str(Path(a.out) / ".text_cache"))] + sets
-    cfg = demo_config(s, prompts_file)
+    cfg = demo_config(s, prompts_file, STUDY_BASE_OVERRIDES)
     if a.config:
         base = [("model.base", cfg.model.base), ("data.prompts", cfg.data.prompts), ("output.dir", cfg.output.dir),
                 ("output.force", "true"), ("data.cache_dir", cfg.data.cache_dir), ("train.seed", str(a.seed)),
