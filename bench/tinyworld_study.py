@@ -48,6 +48,7 @@ def parse(argv=None) -> argparse.Namespace:
                         "<out>/<name>/run/) with the trainer's own exporter")
     p.add_argument("--plot", default="", help="draw every curve under --out into this PNG and exit")
     p.add_argument("--json", default="", help="with --plot: also collect every curve under --out into this JSON")
+    p.add_argument("--only", default="", help="with --plot: draw only the runs whose name matches this regex")
     return p.parse_args(argv)
 
 
@@ -185,10 +186,11 @@ def plot(a: argparse.Namespace) -> None:
     import matplotlib.pyplot as plt
 
     curves = [json.loads(p.read_text()) for p in sorted(Path(a.out).glob("*/curve.json"))]
+    drawn = [c for c in curves if re.search(a.only, c["name"])] if a.only else curves
     # Runs named <recipe>-s<seed> with several seeds are drawn as one mean line with a +-sd band of their
     # EMA scores; single-seed runs as before (solid EMA, dashed raw).
     groups: dict[str, list[dict]] = {}
-    for c in curves:
+    for c in drawn:
         groups.setdefault(re.sub(r"-s\d+$", "", c["name"]), []).append(c)
     palette = plt.get_cmap("tab20").colors
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))

@@ -183,6 +183,22 @@ PLAN: dict[str, Run | Options | Skip | Covered] = {
     "wadi distill --config configs/tinyworld-regression.yaml": Run(
         f"{DISTILL_SMALL} --vsd.regression_pairs 4 --vsd.regression_steps 2 --output.dir outputs/quality",
         makes=("outputs/quality/student.lorad.safetensors",)),
+    "wadi distill --config configs/tinyworld-quality.yaml": Run(
+        f"{DISTILL_SMALL} --output.dir outputs/quality-recipe",
+        makes=("outputs/quality-recipe/student.lorad.safetensors",)),
+    "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name q2400-s0 --config configs/tinyworld-quality.yaml "
+    "--seed 0 --steps 2400 --eval-every 400 --export": Options(
+        "python {root}/bench/tinyworld_study.py --help", "trains the quality recipe: about 50 minutes on this CPU"),
+    "python bench/tinyworld_study.py --plot docs/img/tinyworld_curves_round4.png --only "
+    "\"^(ctrl|T[0-9]+|q2400|fwu)\"": Options(
+        "python {root}/bench/tinyworld_study.py --help", "plots the study's runs (outputs/study)"),
+    # the shipped quality student through every command that reads it (the real file, small eval)
+    "wadi sample --base assets/tinyworld/teacher --lorad assets/tinyworld/students/wadi-quality.lorad.safetensors "
+    "--prompt \"a red circle on the left\" --out outputs/quality.png": Run(makes=("outputs/quality.png",)),
+    "lorad merge assets/tinyworld/teacher assets/tinyworld/students/wadi-quality.lorad.safetensors "
+    "outputs/quality-merged": Run(makes=("outputs/quality-merged/unet",)),
+    "wadi eval --mode onestep --lorad assets/tinyworld/students/wadi-quality.lorad.safetensors "
+    "--out outputs/quality-eval.json": Run("--n 8 --seeds 0", makes=("outputs/quality-eval.json",)),
     "python bench/tinyworld_study.py --plot docs/img/tinyworld_curves.png --json docs/perf/tinyworld_study.json":
         Options("python {root}/bench/tinyworld_study.py --help", "plots the study's runs (outputs/study)"),
     "OMP_NUM_THREADS=1 python bench/trainer_memory.py --models sd15 --latent 64 --dtypes fp32 bf16 --checkpointing "
