@@ -186,12 +186,18 @@ PLAN: dict[str, Run | Options | Skip | Covered] = {
     "wadi distill --config configs/tinyworld-quality.yaml": Run(
         f"{DISTILL_SMALL} --output.dir outputs/quality-recipe",
         makes=("outputs/quality-recipe/student.lorad.safetensors",)),
-    "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name q2400-s0 --config configs/tinyworld-quality.yaml "
-    "--seed 0 --steps 2400 --eval-every 400 --export": Options(
-        "python {root}/bench/tinyworld_study.py --help", "trains the quality recipe: about 50 minutes on this CPU"),
+    "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name T800-s2 --config configs/tinyworld-quality.yaml "
+    "--seed 2 --steps 1200 --eval-every 300": Options(
+        "python {root}/bench/tinyworld_study.py --help", "trains the quality recipe: about 25 minutes on this CPU"),
+    "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name quality-s0 --config configs/tinyworld-quality.yaml "
+    "--seed 0 --steps 1200 --eval-every 1200 --export": Options(
+        "python {root}/bench/tinyworld_study.py --help", "trains and exports the shipped quality student"),
     "python bench/tinyworld_study.py --plot docs/img/tinyworld_curves_round4.png --only "
-    "\"^(ctrl|T[0-9]+|q2400|fwu)\"": Options(
+    "\"^(ctrl|T[0-9]+|fwu)\"": Options(
         "python {root}/bench/tinyworld_study.py --help", "plots the study's runs (outputs/study)"),
+    "python bench/tinyworld_diagnose.py outputs/study/T800-s0/student_params_ema.safetensors --timestep 800 "
+    "--json docs/perf/tinyworld_diagnose_t800.json": Options(
+        "python {root}/bench/tinyworld_diagnose.py --help", "needs the study's trained students (outputs/study)"),
     # the shipped quality student through every command that reads it (the real file, small eval)
     "wadi sample --base assets/tinyworld/teacher --lorad assets/tinyworld/students/wadi-quality.lorad.safetensors "
     "--prompt \"a red circle on the left\" --out outputs/quality.png": Run(makes=("outputs/quality.png",)),
