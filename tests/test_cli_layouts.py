@@ -145,7 +145,9 @@ def test_wadi_eval_samples_a_student_at_its_own_timestep(tiny, tmp_path, monkeyp
     assert wadi_main(["eval", "--mode", "onestep", "--lorad", str(student), "--n", "2", "--seeds", "0",
                       "--out", str(out)]) == 0
     assert seen == [(800, ab)]
-    assert json.loads(out.read_text())["one_step"] == {"timestep": 800, "alpha_bar_T": ab}
+    res = json.loads(out.read_text())
+    assert res["one_step"] == {"timestep": 800, "alpha_bar_T": ab}
+    assert res["model"] == "teacher" and res["lorad"] == "t800.lorad.safetensors"  # names, no local paths
 
 
 def test_wadi_eval_and_sample_with_the_tiny_student(tiny, tmp_path, capsys):

@@ -98,3 +98,14 @@ def test_real_demo_on_the_shipped_teacher(tmp_path):
     wadi, t1 = m["methods"]["wadi_1step"], m["methods"]["teacher_1step"]
     # The one-step student beats the teacher's own one step on both metrics.
     assert wadi["fd_mean"] < t1["fd_mean"] and wadi["alignment_mean"] > t1["alignment_mean"]
+    # The shipped quality student is the fourth row, and the demo's sampler scores it as `wadi eval`
+    # (the diffusers pipeline, another path through the same file) did in its metrics.json.
+    shipped = Path(D.QUALITY_STUDENT)
+    if shipped.is_file():
+        import json
+
+        q = m["methods"]["wadi_1step_quality"]
+        ref = json.loads((shipped.parent / "metrics.json").read_text())["rows"]["onestep"]["summary"]
+        assert abs(q["alignment_mean"] - ref["alignment_mean"]) <= 0.01, (q, ref)
+        assert abs(q["fd_mean"] - ref["fd_mean"]) <= 2.0, (q, ref)
+        assert q["alignment_mean"] > t1["alignment_mean"] and q["fd_mean"] < t1["fd_mean"]

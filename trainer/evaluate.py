@@ -186,7 +186,8 @@ def _main(args: argparse.Namespace) -> int:
         if f.one_step is not None:  # sample the student as it was trained (vsd.timestep, abar_T)
             args.onestep_t, args.onestep_ab = f.one_step.timestep, float(f.one_step.alpha_bar_T)
     jobs = BASELINES if args.baselines else [(args.mode, args.mode, {})]
-    results: dict[str, Any] = {"model": str(args.model), "lorad": Path(args.lorad).name if args.lorad else None,
+    # names only, no local paths: the JSON is meant to be shared (e.g. beside a shipped student)
+    results: dict[str, Any] = {"model": Path(args.model).name, "lorad": Path(args.lorad).name if args.lorad else None,
                                "n_prompts": args.n, "seeds": list(args.seeds), "rows": {}}
     if getattr(args, "onestep_t", None) is not None:
         results["one_step"] = {"timestep": args.onestep_t, "alpha_bar_T": args.onestep_ab}
