@@ -71,7 +71,7 @@ def test_demo_fourth_row_is_the_shipped_quality_student(tiny_bases, tmp_path, mo
     monkeypatch.setattr(D, "_tinyworld", _stub_world)
     base = tiny_bases("sd")
     over = [("adapter.student_rank", "4"), ("adapter.fake_rank", "2"), ("train.batch_size", "2")]
-    first = D.DemoSettings(out=tmp_path / "a", base=base, steps=2, num_prompts=20, eval_prompts=6,
+    first = D.DemoSettings(out=tmp_path / "a", base=base, steps=2, num_prompts=20, eval_prompts=6, quality_student=None,
                            eval_seeds=(0,), teacher_steps=2, overrides=over)
     D.run_demo(first)
     student = tmp_path / "a" / "student.lorad.safetensors"

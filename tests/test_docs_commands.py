@@ -202,7 +202,7 @@ PLAN: dict[str, Run | Options | Skip | Covered] = {
     "wadi sample --base assets/tinyworld/teacher --lorad assets/tinyworld/students/wadi-quality.lorad.safetensors "
     "--prompt \"a red circle on the left\" --out outputs/quality.png": Run(makes=("outputs/quality.png",)),
     "lorad merge assets/tinyworld/teacher assets/tinyworld/students/wadi-quality.lorad.safetensors "
-    "outputs/quality-merged": Run(makes=("outputs/quality-merged/unet",)),
+    "outputs/quality-merged": Run(makes=("outputs/quality-merged/diffusion_pytorch_model.safetensors",)),
     "wadi eval --mode onestep --lorad assets/tinyworld/students/wadi-quality.lorad.safetensors "
     "--out outputs/quality-eval.json": Run("--n 8 --seeds 0", makes=("outputs/quality-eval.json",)),
     "python bench/tinyworld_study.py --plot docs/img/tinyworld_curves.png --json docs/perf/tinyworld_study.json":
