@@ -60,8 +60,13 @@ def confusions(scenes, prompts: list[str]) -> dict[str, object]:
     return out
 
 
+def decode_all(latents: torch.Tensor, decode) -> torch.Tensor:
+    """Images of ``latents``, decoded 64 at a time (the whole eval set at once would hold every activation)."""
+    return torch.cat([decode(latents[i: i + 64]).cpu() for i in range(0, len(latents), 64)])
+
+
 def score(name: str, latents: torch.Tensor, ref: torch.Tensor, decode, prompts: list[str]) -> dict[str, object]:
-    images = torch.cat([decode(latents[i: i + 64]).cpu() for i in range(0, len(latents), 64)])
+    images = decode_all(latents, decode)
     row: dict[str, object] = {k: round(v, 4) for k, v in metrics.evaluate_images(images, prompts).items()}
     _, scenes = metrics.classify(images)
     row.update(confusions(scenes, prompts))
@@ -95,8 +100,7 @@ def channel_sensitivity(teacher: torch.Tensor, teacher_one: torch.Tensor, decode
                         spread: float = 0.53) -> dict[str, dict[str, float]]:
     """Scores of the teacher's 25-step latents with one channel disturbed (fixed noise, seed 1)."""
     def scores(lat: torch.Tensor) -> dict[str, float]:
-        images = torch.cat([decode(lat[i: i + 64]).cpu() for i in range(0, len(lat), 64)])
-        r = metrics.evaluate_images(images, prompts)
+        r = metrics.evaluate_images(decode_all(lat, decode), prompts)
         return {k: round(r[k], 4) for k in ("alignment", "fd", "acc_color", "acc_shape")}
 
     gen = torch.Generator().manual_seed(1)

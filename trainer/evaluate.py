@@ -135,7 +135,9 @@ def shuffled_evaluation(prompts: list[str], seeds: list[int], classifier: Path |
 
 
 # -- CLI ------------------------------------------------------------------------------------------
-def run_mode(mode: str, args: argparse.Namespace, prompts: list[str], pipe: Any) -> dict[str, Any]:
+def run_mode(mode: str, args: argparse.Namespace, prompts: list[str], pipe: Any,
+             one_step: tuple[int, float | None] = (999, None)) -> dict[str, Any]:
+    """Score one generator; ``one_step`` is the one-step mode's (timestep, abar_T or None = the schedule's)."""
     seeds = list(args.seeds)
     if mode == "shuffled":
         return shuffled_evaluation(prompts, seeds, args.classifier)
@@ -144,9 +146,8 @@ def run_mode(mode: str, args: argparse.Namespace, prompts: list[str], pipe: Any)
         "noise": noise_generator,
         "vae": lambda: vae_roundtrip_generator(pipe),
         "multistep": lambda: multistep_generator(pipe, args.steps, args.guidance, args.scheduler),
-        # a student file's own timestep and abar_T (its wadi.* metadata, set in _main), else 999 from the schedule
-        "onestep": lambda: onestep_generator(pipe, args.guidance if args.onestep_cfg else 1.0,
-                                             getattr(args, "onestep_t", 999), alpha_bar=getattr(args, "onestep_ab", None)),
+        "onestep": lambda: onestep_generator(pipe, args.guidance if args.onestep_cfg else 1.0, one_step[0],
+                                             alpha_bar=one_step[1]),
     }
     if mode not in gens:
         raise ValueError(f"--mode {mode!r}: expected one of {sorted(gens) + ['shuffled']}")
@@ -171,6 +172,7 @@ def _main(args: argparse.Namespace) -> int:
     from .tinyworld.models import load_pipeline
 
     prompts = metrics.fixed_eval_prompts(args.n)
+    one_step: tuple[int, float | None] = (999, None)  # t = 999 and the schedule's abar, unless a file says else
     needs_model = args.baselines or args.mode in ("multistep", "onestep", "vae")
     pipe = load_pipeline(Path(args.model)).to(args.device) if needs_model else None
     if args.lorad:
@@ -184,17 +186,17 @@ def _main(args: argparse.Namespace) -> int:
         load_adapter(pipe.unet, "student", f)  # the file's own layout, validated against this UNet
         set_active(pipe.unet, "student")
         if f.one_step is not None:  # sample the student as it was trained (vsd.timestep, abar_T)
-            args.onestep_t, args.onestep_ab = f.one_step.timestep, float(f.one_step.alpha_bar_T)
+            one_step = (f.one_step.timestep, float(f.one_step.alpha_bar_T))
     jobs = BASELINES if args.baselines else [(args.mode, args.mode, {})]
     # names only, no local paths: the JSON is meant to be shared (e.g. beside a shipped student)
     results: dict[str, Any] = {"model": Path(args.model).name, "lorad": Path(args.lorad).name if args.lorad else None,
                                "n_prompts": args.n, "seeds": list(args.seeds), "rows": {}}
-    if getattr(args, "onestep_t", None) is not None:
-        results["one_step"] = {"timestep": args.onestep_t, "alpha_bar_T": args.onestep_ab}
+    if one_step[1] is not None:
+        results["one_step"] = {"timestep": one_step[0], "alpha_bar_T": one_step[1]}
     for label, mode, overrides in jobs:
         ns = argparse.Namespace(**{**vars(args), **overrides})
         t0 = time.perf_counter()
-        res = run_mode(mode, ns, prompts, pipe)
+        res = run_mode(mode, ns, prompts, pipe, one_step)
         res["wall_s"] = round(time.perf_counter() - t0, 1)
         res["settings"] = {k: getattr(ns, k) for k in ("steps", "guidance", "scheduler")} if mode == "multistep" else {}
         results["rows"][label] = res
