@@ -47,7 +47,8 @@ def parse(argv=None) -> argparse.Namespace:
                    help="at the end, write the run's outputs as `wadi distill` does (the .lorad student in "
                         "<out>/<name>/run/) with the trainer's own exporter")
     p.add_argument("--plot", default="", help="draw every curve under --out into this PNG and exit")
-    p.add_argument("--json", default="", help="with --plot: also collect every curve under --out into this JSON")
+    p.add_argument("--json", default="", help="with --plot: also collect the drawn curves (all, or --only's) into "
+                                               "this JSON")
     p.add_argument("--only", default="", help="with --plot: draw only the runs whose name matches this regex")
     return p.parse_args(argv)
 
@@ -230,9 +231,10 @@ def plot(a: argparse.Namespace) -> None:
     fig.savefig(a.plot, dpi=110)
     print(f"wrote {a.plot}")
     if a.json:
-        both = [p for c in curves for p in c["points"] if "ema_fd" in p and p["step"] > 0]
+        # the JSON behind the figure: with --only, the drawn runs alone
+        both = [p for c in drawn for p in c["points"] if "ema_fd" in p and p["step"] > 0]
         summary = {"ema_fd_below_raw": sum(p["ema_fd"] < p["fd"] for p in both), "points_with_both": len(both)}
-        atomic_write_text(Path(a.json), json.dumps({"summary": summary, "curves": curves}, indent=1))
+        atomic_write_text(Path(a.json), json.dumps({"summary": summary, "curves": drawn}, indent=1))
         print(f"wrote {a.json}: EMA FD below the raw student's at {summary['ema_fd_below_raw']} of "
               f"{summary['points_with_both']} points")
 
