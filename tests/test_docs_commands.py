@@ -195,6 +195,19 @@ PLAN: dict[str, Run | Options | Skip | Covered] = {
     "python bench/tinyworld_study.py --plot docs/img/tinyworld_curves_round4.png --only "
     "\"^(ctrl|T[0-9]+|fwu)\"": Options(
         "python {root}/bench/tinyworld_study.py --help", "plots the study's runs (outputs/study)"),
+    "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name reg002-s1 --config configs/tinyworld-quality.yaml "
+    "--seed 1 --steps 1200 --eval-every 300 --set vsd.regression_weight=0.02": Options(
+        "python {root}/bench/tinyworld_study.py --help", "trains a student: 30-50 minutes on this CPU"),
+    "python bench/tinyworld_study.py --plot docs/img/tinyworld_curves_round5.png --only "
+    "\"^(T800-s|reg002|g4reg|q-(lora|dora|full)|demo)\" --json docs/perf/tinyworld_study_round5.json": Options(
+        "python {root}/bench/tinyworld_study.py --help",
+        "plots the study's runs (outputs/study); tests/test_bench_study_plot.py runs --plot --only --json on made-up runs"),
+    "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name q-lora3e-4-s0 --config configs/tinyworld-quality.yaml "
+    "--steps 1200 --eval-every 300 --set adapter.kind=lora --set optim.student_lr=3e-4": Options(
+        "python {root}/bench/tinyworld_study.py --help", "trains a student: 30-50 minutes on this CPU"),
+    "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name demo-s1 --seed 1 --steps 600 --eval-every 600 --set "
+    "vsd.timestep=800 --set optim.fake_lr=3e-2 --set optim.lr_scheduler=cosine": Options(
+        "python {root}/bench/tinyworld_study.py --help", "trains the demo's student: 10-35 minutes on this CPU"),
     "python bench/tinyworld_diagnose.py outputs/study/T800-s0/student_params_ema.safetensors --timestep 800 "
     "--json docs/perf/tinyworld_diagnose_t800.json": Options(
         "python {root}/bench/tinyworld_diagnose.py --help", "needs the study's trained students (outputs/study)"),
