@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -145,7 +146,8 @@ def run(a: argparse.Namespace) -> Path:
 
         d.train_time_s = train_s
         d.save_checkpoint()
-        curve["exports"] = {k: str(v) for k, v in export_outputs(d).items()}
+        # relative to the run's folder: curve.json is collected into shared JSON (--plot --json), no local paths
+        curve["exports"] = {k: Path(os.path.relpath(v, out)).as_posix() for k, v in export_outputs(d).items()}
     curve["done"] = True
     atomic_write_text(curve_path, json.dumps(curve, indent=1))
     return curve_path

@@ -42,3 +42,19 @@ def test_distilled_student_file_has_no_local_path(tiny_bases, tmp_path):
     assert leaks == {}
     assert md[PROVENANCE_PREFIX + "base_model"] == base.name and md[PROVENANCE_PREFIX + "prompts"] == "p.txt"
     assert md[PROVENANCE_PREFIX + "base_fingerprint"]  # the base is identified by its hash instead
+
+
+def test_committed_json_carries_no_local_paths():
+    """Shipped and shared JSON (docs/perf, workflows, assets) must not name this machine's folders."""
+    import re
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    files = subprocess.run(["git", "ls-files", "*.json"], cwd=root, capture_output=True, text=True,
+                           check=True).stdout.split()
+    assert files, "git ls-files found no JSON: the check would pass vacuously"
+    local = re.compile(r'"(/(?:work|root|home|tmp|Users)/[^"]*|[A-Za-z]:\\\\[^"]*)"')
+    hits = [f"{name}: {m.group(1)}" for name in files
+            for m in local.finditer((root / name).read_text(errors="replace"))]
+    assert not hits, "absolute local paths in committed JSON:\n" + "\n".join(hits[:20])
