@@ -11,51 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-from .fsutil import atomic_write_text
+from .cli_common import DTYPES, CLIError, dtype_of, progress, refuse_existing, say
+from .cli_reports import cmd_analyze, cmd_extract
 
 __all__ = ["main", "build_parser"]
-
-_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
-
-
-class CLIError(Exception):
-    """A user-facing failure; the message is printed as is."""
-
-
-def _dtype(name: str):
-    import torch
-
-    return getattr(torch, _DTYPES[name])
-
-
-def _progress(args: argparse.Namespace, desc: str) -> Callable[[Iterable], Iterable]:
-    from tqdm.auto import tqdm
-
-    def wrap(it: Iterable) -> Iterable:
-        return tqdm(it, desc=desc, unit="tensor", disable=args.quiet, file=sys.stderr, leave=False)
-
-    return wrap
-
-
-def _say(args: argparse.Namespace, msg: str) -> None:
-    if not args.quiet:
-        print(msg)
-
-
-def _refuse_existing(paths: Sequence[Path], force: bool) -> None:
-    existing = [str(p) for p in paths if p.exists()]
-    if existing and not force:
-        raise FileExistsError(f"{', '.join(existing)}: already exists (pass --force to overwrite)")
-
-
-def _fmt(x: float) -> str:
-    return f"{x:.3g}" if math.isfinite(x) else str(x)
-
 
 # -- inspect ------------------------------------------------------------------------------
 
@@ -168,7 +131,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     from .statekeys import layers_for_state, ldm_prefix, state_layout, state_to_ldm
 
     out = Path(args.out)
-    _refuse_existing([out], args.force)  # before the (slow) loading
+    refuse_existing([out], args.force)  # before the (slow) loading
     f = load_lorad(args.lorad)
     arch = args.arch or f.arch
     if not arch:
@@ -190,9 +153,9 @@ def cmd_merge(args: argparse.Namespace) -> int:
         layers = {k: v for k, v in layers.items() if k in ck.state}
     # merge_state checks every key, shape and result before returning anything (all or nothing).
     by_key = layers
-    merged = merge_state(ck.state, by_key, args.strength, progress=_progress(args, "merge"))
+    merged = merge_state(ck.state, by_key, args.strength, progress=progress(args, "merge"))
     if args.dtype:
-        dt = _dtype(args.dtype)
+        dt = dtype_of(args.dtype)
         merged = {k: v.to(dt) if v.is_floating_point() else v for k, v in merged.items()}
     md = {"lorad.merged_from": Path(args.lorad).name, "lorad.strength": repr(float(args.strength)),
           "lorad.arch": arch}
@@ -211,119 +174,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
         if prefix is None:
             merged = state_to_ldm(arch, merged, prefix=args.ldm_prefix, layout=layout)
         save_safetensors(merged, out, metadata=md, force=args.force)
-    _say(args, f"merged {len(by_key)} layers at strength {args.strength} into {out} ({to})")
-    return 0
-
-
-# -- extract -------------------------------------------------------------------------------
-
-
-def _report_paths(out: Path, report: str | None) -> tuple[Path, Path]:
-    if report:
-        r = Path(report)
-        stem = r.with_suffix("") if r.suffix in (".csv", ".json") else r
-    else:
-        name = out.name
-        for suf in (".lorad.safetensors", ".safetensors"):
-            if name.endswith(suf):
-                name = name[: -len(suf)]
-                break
-        stem = out.with_name(name + ".extract")
-    return stem.with_name(stem.name + ".csv"), stem.with_name(stem.name + ".json")
-
-
-def _write_rows_csv(rows: list[dict], path: Path) -> None:
-    import csv
-    import io as _io
-
-    buf = _io.StringIO()
-    if rows:
-        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
-
-
-def _json_safe(obj):
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
-def _merged_arch(path: Path) -> str:
-    """``lorad.arch`` that ``lorad merge`` records in its output, so extract needs no ``--arch`` for it."""
-    from .checkpoint import DIFFUSERS_WEIGHTS
-    from .io import read_header
-
-    weights = path / DIFFUSERS_WEIGHTS if path.is_dir() else path
-    if weights.name.endswith(".safetensors") and weights.is_file():
-        arch = read_header(weights).metadata.get("lorad.arch")
-        if arch:
-            return arch
-    raise CLIError(f"{path}: no lorad.arch in its metadata (it was not written by lorad merge); pass --arch")
-
-
-def cmd_extract(args: argparse.Namespace) -> int:
-    from .checkpoint import load_state_dict
-    from .extract import extract_state
-    from .io import build_metadata, layers_from_adapter_state, save_lorad
-    from .metadata import K_LAYOUT
-    from .statekeys import config_layout, ldm_prefix
-
-    out = Path(args.out)
-    csv_path, json_path = _report_paths(out, args.report)
-    _refuse_existing([out, csv_path, json_path], args.force)
-    base_ck = load_state_dict(args.base, args.component)
-    merged_ck = load_state_dict(args.merged, args.component)
-    base, merged = base_ck.state, merged_ck.state
-    if not args.arch:
-        args.arch = _merged_arch(merged_ck.path)
-    layout = config_layout(args.arch, base_ck.config or merged_ck.config)
-    for path, st in ((args.base, base), (args.merged, merged)):
-        if ldm_prefix(st) is not None:
-            raise CLIError(f"{path}: ldm keys; extract expects diffusers keys (as in the official rotated_*.safetensors)")
-    include, exclude = list(args.include or []), []
-    if args.preset:
-        from .archs import get_arch
-        from .presets import PRESETS
-
-        t = PRESETS[args.preset][get_arch(args.arch).family]
-        include += list(t.include)
-        exclude += list(t.exclude)
-    rank = None if args.rank == 0 else args.rank
-    res = extract_state(base, merged, rank=rank, tol=args.tol, include=include or None, exclude=exclude or None,
-                        include_conv=args.include_conv, progress=_progress(args, "extract"))
-    if not res.layers:
-        raise CLIError(f"{args.merged}: no rotated layer found against {args.base} (nothing written)")
-    layers = layers_from_adapter_state(args.arch, res.layers, args.component, layout)
-    summ = res.summary()
-    ranks = {t["A"].shape[1] for t in res.layers.values() if "A" in t}
-    file_rank = ranks.pop() if len(ranks) == 1 and summ["dense_fallback"] == 0 else None
-    md = build_metadata(
-        arch=args.arch, rank=file_rank, target_preset=args.preset or "extracted",
-        title=args.title or out.name.split(".")[0],
-        provenance={"extracted_from": Path(args.merged).name, "extraction_base": Path(args.base).name,
-                    "extraction_rank": args.rank, "extraction_tol": args.tol,
-                    "extraction_max_weight_err": summ["max_weight_err"]},
-    )
-    if layout is not None:
-        md[K_LAYOUT] = json.dumps(layout, sort_keys=True)
-    save_lorad(out, layers, md, force=args.force, dtype=_dtype(args.dtype))
-    _write_rows_csv(res.report_rows(), csv_path)
-    report = {"summary": summ, "layers": res.report_rows(), "other_differences": res.other_rows()}
-    atomic_write_text(json_path, json.dumps(_json_safe(report), indent=2) + "\n")
-    _say(args, f"extracted {summ['layers_extracted']} layers ({summ['factored']} factored at rank {args.rank}, "
-               f"{summ['dense_fallback']} dense) into {out}")
-    _say(args, f"  max weight error {_fmt(summ['max_weight_err'])}, max rotation residual "
-               f"{_fmt(summ['max_rotation_residual'])}, {summ['zero_pairs']} zero base pairs")
-    if res.others:
-        _say(args, f"  {len(res.others)} other tensor(s) differ (not rotations), e.g. "
-                   + ", ".join(f"{o.name} [{o.kind}]" for o in res.others[:3]))
-    _say(args, f"  report: {csv_path}, {json_path}")
+    say(args, f"merged {len(by_key)} layers at strength {args.strength} into {out} ({to})")
     return 0
 
 
@@ -334,80 +185,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from .convert import convert_official
 
     dst = Path(args.dst)
-    _refuse_existing([dst], args.force)
+    refuse_existing([dst], args.force)
     result = convert_official(args.src, dst, arch=args.arch, force=args.force)
-    _say(args, f"converted {args.src} -> {result if result is not None else dst}")
-    return 0
-
-
-# -- analyze -------------------------------------------------------------------------------
-
-
-def _is_lorad(path: Path) -> bool:
-    """A ``.lorad`` file (its header says so), as opposed to a model state dict."""
-    if not (path.is_file() and path.name.endswith(".safetensors")):
-        return False
-    from .io import read_header
-    from .metadata import K_VERSION
-
-    return K_VERSION in read_header(path).metadata
-
-
-def _lorad_student(args: argparse.Namespace, teacher):
-    """The student as ``teacher`` rotated by a ``.lorad`` file (any layout the file records)."""
-    from .checkpoint import Checkpoint, merge_state
-    from .io import load_lorad
-    from .statekeys import layers_for_state, state_layout
-
-    f = load_lorad(args.student)
-    layout = state_layout(f.arch, teacher.config, f.layout, str(args.teacher))
-    layers, _ = layers_for_state(f.arch, f.layers, teacher.state, args.component, layout)
-    return Checkpoint(merge_state(teacher.state, layers), Path(args.student), teacher.config)
-
-
-def cmd_analyze(args: argparse.Namespace) -> int:
-    from . import analysis
-    from .checkpoint import load_state_dict, save_safetensors, write_diffusers_folder
-
-    if not 0 < args.frac <= 1:
-        raise CLIError(f"--frac must be in (0, 1], got {args.frac}")
-    outdir = Path(args.outdir)
-    names = {"csv": "layers.csv", "summary": "summary.json", "fig_a": "norm_direction.png", "fig_b": "svd_energy.png"}
-    targets = [outdir / n for n in names.values()]
-    te = load_state_dict(args.teacher, args.component)
-    st = _lorad_student(args, te) if _is_lorad(Path(args.student)) else load_state_dict(args.student, args.component)
-    swap_paths: list[Path] = []
-    if args.write_swaps:
-        suffix = "" if st.config is not None else ".safetensors"
-        swap_paths = [outdir / f"norm_swapped{suffix}", outdir / f"direction_swapped{suffix}"]
-    _refuse_existing(targets + swap_paths, args.force)
-    res = analysis.analyze(st.state, te.state, include=args.include, frac=args.frac, progress=_progress(args, "analyze"))
-    if not res.layers:
-        from .statekeys import ldm_prefix
-
-        hint = ""
-        if (ldm_prefix(st.state) is None) != (ldm_prefix(te.state) is None):
-            hint = " (one uses ldm keys, the other diffusers keys: convert one so both use the same layout)"
-        raise CLIError(f"{args.student} / {args.teacher}: no weight matrices with matching keys and shapes "
-                       f"to compare{hint}")
-    summ = res.summary()
-    analysis.write_csv(res, outdir / names["csv"])
-    atomic_write_text(outdir / names["summary"], json.dumps(_json_safe(
-        {"student": str(args.student), "teacher": str(args.teacher), **summ, "skipped": res.skipped}), indent=2) + "\n")
-    title = args.title or f"{Path(args.student).name} vs {Path(args.teacher).name}"
-    analysis.plot_norm_direction(res, outdir / names["fig_a"], title=title)
-    analysis.plot_svd_energy(res, outdir / names["fig_b"], title=f"{title}: direction residual SVD energy")
-    for path, fn in zip(swap_paths, (analysis.norm_swapped, analysis.direction_swapped)):
-        swapped = fn(st.state, te.state, include=args.include)
-        if st.config is not None:
-            write_diffusers_folder(swapped, path, st.config, force=args.force)
-        else:
-            save_safetensors(swapped, path, force=args.force)
-    _say(args, f"{summ['layers']} layers: norm change {100 * summ['norm_mean']:.3g}% (std {100 * summ['norm_std_mean']:.3g}%), "
-               f"direction change {100 * summ['dir_mean']:.3g}% (std {100 * summ['dir_std_mean']:.3g}%); "
-               f"SVD energy at {args.frac:.0%} rank: mean {summ['energy_mean']:.3f} "
-               f"[{summ['energy_min']:.3f}, {summ['energy_max']:.3f}]")
-    _say(args, f"wrote {', '.join(str(p) for p in targets + swap_paths)}")
+    say(args, f"converted {args.src} -> {result if result is not None else dst}")
     return 0
 
 
@@ -449,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "from a diffusers base (default %(default)s)")
     p.add_argument("--arch", help="architecture id (default: from the file's metadata)")
     p.add_argument("--component", help="pipeline component folder (default unet, else transformer)")
-    p.add_argument("--dtype", choices=sorted(_DTYPES), help="cast floating tensors of the output (default: keep)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), help="cast floating tensors of the output (default: keep)")
     p.add_argument("--allow-partial", action="store_true", help="merge the layers that match; skip the rest")
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
     _common(p)
@@ -469,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include", action="append", metavar="REGEX", help="only module names matching (repeatable)")
     p.add_argument("--include-conv", action="store_true", help="also extract Conv2d weights")
     p.add_argument("--component", help="pipeline component folder")
-    p.add_argument("--dtype", choices=sorted(_DTYPES), default="fp32", help="storage dtype (default fp32)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="storage dtype (default fp32)")
     p.add_argument("--title", help="ModelSpec title (default: the output name)")
     p.add_argument("--report", help="report path stem (writes .csv and .json; default OUT stem + .extract)")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
