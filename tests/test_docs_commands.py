@@ -186,28 +186,55 @@ PLAN: dict[str, Run | Options | Skip | Covered] = {
     "wadi distill --config configs/tinyworld-quality.yaml": Run(
         f"{DISTILL_SMALL} --output.dir outputs/quality-recipe",
         makes=("outputs/quality-recipe/student.lorad.safetensors",)),
-    "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name T800-s2 --config configs/tinyworld-quality.yaml "
+    "wadi distill --config configs/tinyworld-quality-linear.yaml": Run(
+        f"{DISTILL_SMALL} --output.dir outputs/quality-linear",
+        makes=("outputs/quality-linear/student.lorad.safetensors",)),
+    "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name T800-s2 --config configs/tinyworld-quality-linear.yaml "
     "--seed 2 --steps 1200 --eval-every 300": Options(
         "python {root}/bench/tinyworld_study.py --help", "trains the quality recipe: about 25 minutes on this CPU"),
-    "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name quality-s0 --config configs/tinyworld-quality.yaml "
+    "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name quality-s0 --config configs/tinyworld-quality-linear.yaml "
     "--seed 0 --steps 1200 --eval-every 1200 --export": Options(
         "python {root}/bench/tinyworld_study.py --help", "trains and exports the shipped quality student"),
     "python bench/tinyworld_study.py --plot docs/img/tinyworld_curves_round4.png --only "
     "\"^(ctrl|T[0-9]+|fwu)\"": Options(
         "python {root}/bench/tinyworld_study.py --help", "plots the study's runs (outputs/study)"),
-    "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name reg002-s1 --config configs/tinyworld-quality.yaml "
+    "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name reg002-s1 --config configs/tinyworld-quality-linear.yaml "
     "--seed 1 --steps 1200 --eval-every 300 --set vsd.regression_weight=0.02": Options(
         "python {root}/bench/tinyworld_study.py --help", "trains a student: 30-50 minutes on this CPU"),
     "python bench/tinyworld_study.py --plot docs/img/tinyworld_curves_round5.png --only "
     "\"^(T800-s|reg002|g4reg|q-(lora|dora|full)|demo)\" --json docs/perf/tinyworld_study_round5.json": Options(
         "python {root}/bench/tinyworld_study.py --help",
         "plots the study's runs (outputs/study); tests/test_bench_study_plot.py runs --plot --only --json on made-up runs"),
-    "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name q-lora3e-4-s0 --config configs/tinyworld-quality.yaml "
+    "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name q-lora3e-4-s0 --config configs/tinyworld-quality-linear.yaml "
     "--steps 1200 --eval-every 300 --set adapter.kind=lora --set optim.student_lr=3e-4": Options(
         "python {root}/bench/tinyworld_study.py --help", "trains a student: 30-50 minutes on this CPU"),
     "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name demo-s1 --seed 1 --steps 600 --eval-every 600 --set "
     "vsd.timestep=800 --set optim.fake_lr=3e-2 --set optim.lr_scheduler=cosine": Options(
         "python {root}/bench/tinyworld_study.py --help", "trains the demo's student: 10-35 minutes on this CPU"),
+    # round 6
+    "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name q-full1e-4-s1 --config "
+    "configs/tinyworld-quality-linear.yaml --seed 1 --steps 1200 --eval-every 300 --set adapter.kind=full "
+    "--set optim.student_lr=1e-4": Options(
+        "python {root}/bench/tinyworld_study.py --help", "trains a student: 30-50 minutes on this CPU"),
+    "OMP_NUM_THREADS=1 python bench/tinyworld_fullft_parts.py outputs/study/q-full1e-4-s0/student_params_ema.safetensors "
+    "--lorad-students outputs/study/T800-s0/student_params_ema.safetensors "
+    "outputs/study/q-convall-c03-s0/student_params_ema.safetensors --json docs/perf/tinyworld_fullft_parts.json": Options(
+        "python {root}/bench/tinyworld_fullft_parts.py --help",
+        "needs the study's trained students (outputs/study); tests/test_bench_fullft_parts.py checks its hybrids"),
+    "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name q-convall-c3-s1 --config "
+    "configs/tinyworld-quality-linear.yaml --seed 1 --steps 1200 --eval-every 300 --set "
+    "adapter.student_targets=all-linear-conv --set optim.conv_lr_scale=3.0": Options(
+        "python {root}/bench/tinyworld_study.py --help", "trains a student: 30-50 minutes on this CPU"),
+    "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name quality-conv-s0 --config configs/tinyworld-quality.yaml "
+    "--seed 0 --steps 1200 --eval-every 1200 --export": Options(
+        "python {root}/bench/tinyworld_study.py --help", "trains and exports the shipped quality student"),
+    "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name q-c3reg005-s0 --config configs/tinyworld-quality.yaml "
+    "--steps 1200 --eval-every 300 --set vsd.regression_weight=0.05": Options(
+        "python {root}/bench/tinyworld_study.py --help", "trains a student: 30-50 minutes on this CPU"),
+    "python bench/tinyworld_study.py --plot docs/img/tinyworld_curves_round6.png --only "
+    "\"^(T800-s|q-full1e-4|q-convall-c(1|3)-|q-c3reg)\" --json docs/perf/tinyworld_study_round6.json": Options(
+        "python {root}/bench/tinyworld_study.py --help",
+        "plots the study's runs (outputs/study); tests/test_bench_study_plot.py runs --plot --only --json on made-up runs"),
     "python bench/tinyworld_diagnose.py outputs/study/T800-s0/student_params_ema.safetensors --timestep 800 "
     "--json docs/perf/tinyworld_diagnose_t800.json": Options(
         "python {root}/bench/tinyworld_diagnose.py --help", "needs the study's trained students (outputs/study)"),

@@ -57,7 +57,7 @@ STUDY_BASE_OVERRIDES: dict[str, str] = {
     "output.sample_every": "200",
     "output.num_samples": "8",
 }
-# The demo adds the three changes of the quality recipe (configs/tinyworld-quality.yaml; round 4 of
+# The demo adds the three changes of round 4's quality recipe (configs/tinyworld-quality-linear.yaml;
 # docs/quality-study.md), all beyond the paper: the generator starts from pure noise at t = 800
 # instead of 999 (the largest single gain measured: alignment 0.13 -> 0.27 at 300 steps), a fake
 # score 3x faster than the paper's, and cosine decay of both learning rates over the run.
