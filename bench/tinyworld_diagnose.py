@@ -22,10 +22,10 @@ import math
 from collections import Counter
 from pathlib import Path
 
-import harness as H
+import harness
 import torch
 
-H.load_package()
+harness.load_package()
 from wadi_lorad.lorad.onestep import alpha_bar_at  # noqa: E402
 from wadi_lorad.trainer.demo import STUDY_BASE_OVERRIDES, DemoSettings, demo_config  # noqa: E402
 from wadi_lorad.trainer.sampling import one_step, teacher_multistep  # noqa: E402
@@ -148,7 +148,7 @@ def main(argv=None) -> int:
     result["teacher_eps_error"] = teacher_eps_error(d, prompts)
     result["channel_sensitivity"] = channel_sensitivity(teacher, teacher_one, d.bb.decode, prompts)
     if a.json:
-        H.write_json(a.json, result)
+        harness.write_json(a.json, result)
     return 0
 
 

@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import argparse
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
-import harness as H
+import harness
 import torch
 from torch import Tensor
 
-H.load_package()
+harness.load_package()
 from wadi_lorad.lorad import functional  # noqa: E402
 from wadi_lorad.lorad.extract import pair_angles  # noqa: E402
 
@@ -100,7 +100,8 @@ def layer_kinds(teacher: Mapping[str, Tensor]) -> dict[str, set[str]]:
     }
 
 
-def variants(teacher: Mapping[str, Tensor], tuned: Mapping[str, Tensor]) -> dict[str, State]:
+def variants(teacher: Mapping[str, Tensor], tuned: Mapping[str, Tensor]) -> Iterator[tuple[str, State]]:
+    """``(name, state)`` for each hybrid, built one at a time as the caller scores it (each is a full state)."""
     kinds = layer_kinds(teacher)
     lin, conv = kinds["linear"], kinds["conv"]
     weights = lin | conv
@@ -108,24 +109,22 @@ def variants(teacher: Mapping[str, Tensor], tuned: Mapping[str, Tensor]) -> dict
     def on(names: set[str], fn):
         return lambda name: fn if name in names else None
 
-    out = {
-        "full FT (all changes)": hybrid(teacher, tuned, lambda k: True),
-        "teacher (no changes)": hybrid(teacher, tuned, lambda k: False),
-        "convolution weights only": hybrid(teacher, tuned, lambda k: k in conv),
-        "Linear weights only": hybrid(teacher, tuned, lambda k: k in lin),
-        "all but the time embedding": hybrid(teacher, tuned, lambda k: k not in kinds["time embedding"]),
-        "weights only (teacher's biases and norms)": hybrid(teacher, tuned, lambda k: k in weights),
-        "direction only (teacher's row norms)": hybrid(teacher, tuned, lambda k: True, on(weights, with_row_norms)),
-        "LoRaD projection of the Linear layers, rest full FT":
-            hybrid(teacher, tuned, lambda k: True, on(lin, lorad_projection)),
-        "LoRaD projection of the Linear layers only": hybrid(teacher, tuned, lambda k: k in lin, on(lin, lorad_projection)),
-        "LoRaD projection of Linear and convolutions, rest full FT":
-            hybrid(teacher, tuned, lambda k: True, on(weights, lorad_projection)),
-    }
+    yield "full FT (all changes)", hybrid(teacher, tuned, lambda k: True)
+    yield "teacher (no changes)", hybrid(teacher, tuned, lambda k: False)
+    yield "convolution weights only", hybrid(teacher, tuned, lambda k: k in conv)
+    yield "Linear weights only", hybrid(teacher, tuned, lambda k: k in lin)
+    yield "all but the time embedding", hybrid(teacher, tuned, lambda k: k not in kinds["time embedding"])
+    yield "weights only (teacher's biases and norms)", hybrid(teacher, tuned, lambda k: k in weights)
+    yield "direction only (teacher's row norms)", hybrid(teacher, tuned, lambda k: True, on(weights, with_row_norms))
+    yield ("LoRaD projection of the Linear layers, rest full FT",
+           hybrid(teacher, tuned, lambda k: True, on(lin, lorad_projection)))
+    yield ("LoRaD projection of the Linear layers only",
+           hybrid(teacher, tuned, lambda k: k in lin, on(lin, lorad_projection)))
+    yield ("LoRaD projection of Linear and convolutions, rest full FT",
+           hybrid(teacher, tuned, lambda k: True, on(weights, lorad_projection)))
     for group in ("conv_in", "conv_out", "resnet 3x3", "samplers 3x3", "projections 1x1", "shortcuts 1x1"):
         names = kinds[group]
-        out[f"all but {group} ({len(names)} layers)"] = hybrid(teacher, tuned, lambda k, names=names: k not in names)
-    return out
+        yield f"all but {group} ({len(names)} layers)", hybrid(teacher, tuned, lambda k, names=names: k not in names)
 
 
 def angle_rms(teacher: Mapping[str, Tensor], tuned: Mapping[str, Tensor] | None = None,
@@ -184,14 +183,14 @@ def main(argv=None) -> int:
     for f in a.lorad_students:
         result["angle_rms"][f"LoRaD {Path(f).parent.name}"] = angle_rms(teacher, lorad=load_file(f))
     print("RMS angle per layer kind:", result["angle_rms"], flush=True)
-    for name, state in variants(teacher, tuned).items():
+    for name, state in variants(teacher, tuned):
         d.views.student.load_state(state, name)
         sc = evaluate(d, prompts, [0, 1])
         row = {"alignment": round(sc["alignment_mean"], 4), "fd": round(sc["fd_mean"], 1)}
         result["hybrids"][name] = row
         print(f"{name}: alignment {row['alignment']:.3f}, FD {row['fd']:.0f}", flush=True)
     if a.json:
-        H.write_json(a.json, result)
+        harness.write_json(a.json, result)
     return 0
 
 

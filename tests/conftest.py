@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -17,6 +21,22 @@ _spec = importlib.util.spec_from_file_location("_wadi_bootstrap", ROOT / "_boots
 _boot = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_boot)
 _boot.register()
+
+
+@pytest.fixture(scope="module")
+def bench_import() -> Iterator[Callable[[str], ModuleType]]:
+    """``importlib.import_module`` with ``bench/`` on ``sys.path`` for one test module.
+
+    The bench scripts import each other by plain name (``from tinyworld_ablation import ...``), so they
+    need their folder on the path; it comes off again after the module so that their generic names
+    (``models``, ``plot``) cannot shadow anything in later test modules.
+    """
+    bench = str(ROOT / "bench")
+    sys.path.insert(0, bench)
+    try:
+        yield importlib.import_module
+    finally:
+        sys.path.remove(bench)
 
 
 # Where a real ComfyUI is required (scripts/comfyui-tests.sh, i.e. `make test-comfyui`, and CI: .ci/run sets

@@ -64,14 +64,18 @@ class Page:
     def text(self, elem_id: str) -> str:
         return self.page.locator(f"#{elem_id}").inner_text()
 
-    def wait(self, what: str, fn, timeout: float = 60.0, every: float = 0.25):
+    def wait(self, what: str, fn, timeout: float = 60.0, every: float = 0.25, progress=None):
+        """Poll ``fn`` until it is true; fail after ``timeout`` s, or, with ``progress``, after ``timeout`` s
+        in which ``progress()`` did not change (a job that keeps stepping on a loaded machine is not hung)."""
         end = time.time() + timeout
-        last = None
+        last, seen = None, None
         while time.time() < end:
             try:
                 last = fn()
                 if last:
                     return last
+                if progress is not None and (now := progress()) != seen:
+                    seen, end = now, time.time() + timeout
             except Exception as e:  # an element being re-rendered; try again
                 last = e
             self.page.wait_for_timeout(every * 1000)

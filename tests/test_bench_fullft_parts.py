@@ -7,24 +7,15 @@ factors give against the angles read back from the weight they rotate.
 
 from __future__ import annotations
 
-import importlib
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parent.parent / "bench"
-
 
 @pytest.fixture(scope="module")
-def parts():
-    sys.path.insert(0, str(BENCH))
-    try:
-        yield importlib.import_module("tinyworld_fullft_parts")
-    finally:
-        sys.path.remove(str(BENCH))
+def parts(bench_import):
+    return bench_import("tinyworld_fullft_parts")
 
 
 def _pairs(w: torch.Tensor) -> torch.Tensor:
@@ -91,9 +82,9 @@ def test_hybrid_puts_back_only_what_it_keeps(parts):
     doubled = parts.hybrid(teacher, tuned, lambda k: True, lambda k: (lambda t, u: 2 * u) if k == "conv_in.weight" else None)
     torch.testing.assert_close(doubled["conv_in.weight"], 2 * tuned["conv_in.weight"])
     assert doubled["conv_out.weight"] is tuned["conv_out.weight"]
-    names = set(parts.variants(teacher, tuned))
-    assert {"full FT (all changes)", "teacher (no changes)", "direction only (teacher's row norms)"} <= names
-    assert all(set(state) == set(teacher) for state in parts.variants(teacher, tuned).values())
+    built = dict(parts.variants(teacher, tuned))
+    assert {"full FT (all changes)", "teacher (no changes)", "direction only (teacher's row norms)"} <= set(built)
+    assert all(set(state) == set(teacher) for state in built.values())
 
 
 def test_angle_rms_agrees_between_factors_and_the_weights_they_rotate(parts):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import subprocess
 import sys
@@ -14,12 +13,8 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
 @pytest.fixture(scope="module")
-def tm():
-    sys.path.insert(0, str(BENCH))
-    try:
-        yield importlib.import_module("trainer_memory")
-    finally:
-        sys.path.remove(str(BENCH))
+def tm(bench_import):
+    return bench_import("trainer_memory")
 
 
 def test_case_keys_round_trip(tm):

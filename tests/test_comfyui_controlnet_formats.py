@@ -6,29 +6,29 @@ from __future__ import annotations
 
 import gc
 
-import comfy_live as L
+import comfy_live
 import pytest
 import torch
 
 pytestmark = [pytest.mark.comfyui]
-_why = L.comfy_importable()
+_why = comfy_live.comfy_importable()
 if _why:
     pytestmark.append(pytest.mark.skip(reason=_why))
 
 
 @pytest.fixture(scope="module")
 def tiny_controlnet():
-    L.import_comfy()
+    comfy_live.import_comfy()
     from diffusers import ControlNetModel
 
     torch.manual_seed(5)
-    return {k: v.contiguous() for k, v in ControlNetModel.from_unet(L.diffusers_unet()).state_dict().items()}
+    return {k: v.contiguous() for k, v in ControlNetModel.from_unet(comfy_live.diffusers_unet()).state_dict().items()}
 
 
 def test_ldm_keys_load_for_any_layout(tiny_controlnet):
     import comfy.controlnet
 
-    net = comfy.controlnet.load_controlnet_state_dict(L.controlnet_to_ldm(tiny_controlnet))
+    net = comfy.controlnet.load_controlnet_state_dict(comfy_live.controlnet_to_ldm(tiny_controlnet))
     assert type(net).__name__ == "ControlNet"
 
 
@@ -41,7 +41,7 @@ def test_diffusers_keys_of_an_unknown_layout_fail_with_a_type_error(tiny_control
 
 def test_diffusers_keys_of_the_sd15_layout_load():
     """A full-size SD1.5 ControlNet (diffusers' default config, 361M values, zeros in fp16: ~3 GB peak)."""
-    L.import_comfy()
+    comfy_live.import_comfy()
     import comfy.controlnet
     from diffusers import ControlNetModel
 

@@ -11,11 +11,11 @@ import json
 import re
 from pathlib import Path
 
-import comfy_live as L
+import comfy_live
 import pytest
 
 pytestmark = [pytest.mark.comfyui, pytest.mark.slow]
-_why = L.comfy_importable()
+_why = comfy_live.comfy_importable()
 if _why:
     pytestmark.append(pytest.mark.skip(reason=_why))
 
@@ -29,7 +29,7 @@ def fresh(tmp_path_factory):
     (root / "models" / "loras").mkdir(parents=True)  # a damaged LoRaD among the LoRAs; no models/lorad yet
     (root / "models" / "loras" / "broken.lorad.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
     assert not (root / "models" / "lorad").exists()
-    srv = L.Server(root, ROOT, folders=("input", "output"))
+    srv = comfy_live.Server(root, ROOT, folders=("input", "output"))
     yield srv
     srv.stop()
 

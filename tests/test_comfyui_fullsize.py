@@ -12,28 +12,21 @@ UNet (fp32, the checkpoint's weights rotated by ``lorad.layer_spec``) on the sam
 
 from __future__ import annotations
 
-import importlib
 import os
-import sys
 from pathlib import Path
 
 import comfy_live
 import pytest
 
 pytestmark = [pytest.mark.comfyui, pytest.mark.slow]
-BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
 @pytest.fixture(scope="module")
-def bench():
+def bench(bench_import):
     why = comfy_live.comfy_importable()
     if why:
         pytest.skip(why)
-    sys.path.insert(0, str(BENCH))
-    try:
-        yield importlib.import_module("comfy_fullsize")
-    finally:
-        sys.path.remove(str(BENCH))
+    return bench_import("comfy_fullsize")
 
 
 def test_full_size_sd15_live_keys_and_latent_equal_diffusers(bench, tmp_path):

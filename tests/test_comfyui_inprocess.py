@@ -6,19 +6,19 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import comfy_live as L
+import comfy_live
 import pytest
 import torch
 
 pytestmark = [pytest.mark.comfyui]
-_why = L.comfy_importable()
+_why = comfy_live.comfy_importable()
 if _why:
     pytestmark.append(pytest.mark.skip(reason=_why))
 
 
 @pytest.fixture(scope="module")
 def loaded(tmp_path_factory):
-    L.import_comfy()
+    comfy_live.import_comfy()
     import comfy.sd
     import comfy_env
 
@@ -26,13 +26,13 @@ def loaded(tmp_path_factory):
     import wadi_lorad.nodes.pack  # noqa: F401  what ComfyUI's pack loading does: registers the adapter
     cache = Path(os.environ.get("WADI_COMFY_CACHE", tmp_path_factory.mktemp("wadi_comfy_inproc")))
     cache.mkdir(parents=True, exist_ok=True)
-    unet, clip, vae = L.diffusers_unet(), L.clip_text(), L.sd_vae()
+    unet, clip, vae = comfy_live.diffusers_unet(), comfy_live.clip_text(), comfy_live.sd_vae()
     ckpt = cache / "tiny_sd15.safetensors"
     if not ckpt.exists():
-        L.build_checkpoint(ckpt, unet, clip, vae)
-    layers = L.student_layers(unet, clip)
+        comfy_live.build_checkpoint(ckpt, unet, clip, vae)
+    layers = comfy_live.student_layers(unet, clip)
     path = cache / "inproc_student.lorad.safetensors"
-    L.write_lorad(path, layers, unet, one_step=None)
+    comfy_live.write_lorad(path, layers, unet, one_step=None)
     model, clip_p, _vae = comfy.sd.load_checkpoint_guess_config(str(ckpt), output_vae=False, output_clip=True)[:3]
     return {"model": model, "clip": clip_p, "path": path}
 

@@ -11,13 +11,13 @@ import json
 import os
 from pathlib import Path
 
-import comfy_live as L
+import comfy_live
 import numpy as np
 import pytest
 import torch
 
 pytestmark = [pytest.mark.comfyui, pytest.mark.slow]
-_why = L.comfy_importable()
+_why = comfy_live.comfy_importable()
 if _why:
     pytestmark.append(pytest.mark.skip(reason=_why))
 
@@ -32,25 +32,25 @@ REPORT: dict[str, float] = {}
 @pytest.fixture(scope="session")
 def world(tmp_path_factory):
     """Tiny checkpoint, .lorad files and the diffusers twins (built once per session)."""
-    L.import_comfy()
+    comfy_live.import_comfy()
     cache = Path(os.environ.get("WADI_COMFY_CACHE", tmp_path_factory.mktemp("wadi_comfy")))
     cache.mkdir(parents=True, exist_ok=True)
-    unet, clip, vae = L.diffusers_unet(), L.clip_text(), L.sd_vae()
+    unet, clip, vae = comfy_live.diffusers_unet(), comfy_live.clip_text(), comfy_live.sd_vae()
     ckpt = cache / "tiny_sd15.safetensors"
     if not ckpt.exists():
-        L.build_checkpoint(ckpt, unet, clip, vae)
-    L.upcast_fp16_(unet, clip, vae)
-    layers = L.student_layers(unet, clip)
+        comfy_live.build_checkpoint(ckpt, unet, clip, vae)
+    comfy_live.upcast_fp16_(unet, clip, vae)
+    layers = comfy_live.student_layers(unet, clip)
     files = cache / "files"
     files.mkdir(exist_ok=True)
-    L.write_lorad(files / "student.lorad.safetensors", layers, unet)
-    L.write_lorad(files / "student_plain.lorad.safetensors", layers, unet, one_step=None)
-    style = L.student_layers(unet, clip, seed=11, scale=0.2)
-    L.write_lorad(files / "style.lorad.safetensors", style, unet, one_step=None, title="test style")
-    L.write_lorad(files / "sdxl.lorad.safetensors", layers, unet, arch="sdxl")
+    comfy_live.write_lorad(files / "student.lorad.safetensors", layers, unet)
+    comfy_live.write_lorad(files / "student_plain.lorad.safetensors", layers, unet, one_step=None)
+    style = comfy_live.student_layers(unet, clip, seed=11, scale=0.2)
+    comfy_live.write_lorad(files / "style.lorad.safetensors", style, unet, one_step=None, title="test style")
+    comfy_live.write_lorad(files / "sdxl.lorad.safetensors", layers, unet, arch="sdxl")
     bad = dict(layers)
     bad["diffusion_model.input_blocks.1.1.proj_in"] = {"A": torch.zeros(320, 4), "B": torch.zeros(4, 7)}
-    L.write_lorad(files / "mismatched.lorad.safetensors", bad, unet)
+    comfy_live.write_lorad(files / "mismatched.lorad.safetensors", bad, unet)
     (files / "corrupt.lorad.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json" + b"\0" * 64)
     nan_file(files / "student_plain.lorad.safetensors", files / "nan.lorad.safetensors")
     return {"cache": cache, "ckpt": ckpt, "files": files, "unet": unet, "clip": clip, "vae": vae,
@@ -71,7 +71,7 @@ def server(world, tmp_path_factory):
 
     Image.fromarray((np.random.default_rng(0).random((SIZE, SIZE, 3)) * 255).astype("uint8")).save(root / "input/example.png")
     controlnet_file(world, root / "models/controlnet/tiny_controlnet.safetensors")
-    srv = L.Server(root, ROOT)
+    srv = comfy_live.Server(root, ROOT)
     yield srv
     srv.stop()
     if REPORT:
@@ -102,7 +102,7 @@ def controlnet_file(world, path: Path) -> None:
         for name, p in cn.named_parameters():
             if torch.count_nonzero(p) == 0 and name.endswith("weight"):
                 p.normal_(0, 0.02)
-    save_file(L.controlnet_to_ldm(cn.state_dict()), str(path))
+    save_file(comfy_live.controlnet_to_ldm(cn.state_dict()), str(path))
 
 
 def api(name: str, **names) -> dict:
@@ -132,7 +132,7 @@ def run_latent(server, g: dict, src: str, prefix: str) -> torch.Tensor:
     nid = add_save_latent(g, src, prefix)
     entry = server.run(g)
     assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000]
-    return L.load_latent(L.output_file(server, entry, nid, "latents"))
+    return comfy_live.load_latent(comfy_live.output_file(server, entry, nid, "latents"))
 
 
 def error_of(entry: dict) -> str:
@@ -144,13 +144,13 @@ def test_txt2img_equals_diffusers_reference(server, world):
     g = api("wadi_onestep_txt2img")
     got = run_latent(server, g, "4", "ref")
     unet, clip = copy.deepcopy(world["unet"]), copy.deepcopy(world["clip"])
-    L.rotate_reference_(world["layers"], unet, clip)
-    ref = L.reference_latent(unet, clip, g["2"]["inputs"]["text"], 0, got.shape, alpha_bar_first=0.0047)
+    comfy_live.rotate_reference_(world["layers"], unet, clip)
+    ref = comfy_live.reference_latent(unet, clip, g["2"]["inputs"]["text"], 0, got.shape, alpha_bar_first=0.0047)
     diff = (got - ref).abs().max().item()
     REPORT["max|comfy-diffusers| latent (x0/0.18215)"] = diff
     REPORT["max|latent|"] = ref.abs().max().item()
     assert diff <= 1e-5 * max(1.0, ref.abs().max().item()), diff
-    base = L.reference_latent(world["unet"], world["clip"], g["2"]["inputs"]["text"], 0, got.shape, alpha_bar_first=0.0047)
+    base = comfy_live.reference_latent(world["unet"], world["clip"], g["2"]["inputs"]["text"], 0, got.shape, alpha_bar_first=0.0047)
     assert (got - base).abs().max() > 100 * diff  # the LoRaD did something
 
 
@@ -163,8 +163,8 @@ def test_few_steps_equal_diffusers_reference(server, world, steps, timesteps, ex
     g["4"]["inputs"].update(steps=steps, timesteps=timesteps, seed=7)
     got = run_latent(server, g, "4", f"steps{len(expect)}")
     unet, clip = copy.deepcopy(world["unet"]), copy.deepcopy(world["clip"])
-    L.rotate_reference_(world["layers"], unet, clip)
-    ref = L.reference_latent(unet, clip, g["2"]["inputs"]["text"], 7, got.shape, timesteps=expect,
+    comfy_live.rotate_reference_(world["layers"], unet, clip)
+    ref = comfy_live.reference_latent(unet, clip, g["2"]["inputs"]["text"], 7, got.shape, timesteps=expect,
                              alpha_bar_first=0.0047 if expect[0] == 999 else None)
     diff = (got - ref).abs().max().item()
     REPORT[f"max|comfy-diffusers| timesteps {expect}"] = diff
@@ -182,7 +182,7 @@ def test_strength_zero_is_base(server, world):
                                                         "strength_clip": 0.0, "lorad_name": "student.lorad.safetensors"}}
     base = run_latent(server, b, "4", "base")
     assert torch.equal(zero, base)
-    ref = L.reference_latent(world["unet"], world["clip"], g["2"]["inputs"]["text"], 0, base.shape, alpha_bar_first=0.0047)
+    ref = comfy_live.reference_latent(world["unet"], world["clip"], g["2"]["inputs"]["text"], 0, base.shape, alpha_bar_first=0.0047)
     assert (base - ref).abs().max() <= 1e-5 * max(1.0, ref.abs().max().item())
 
 
@@ -256,11 +256,11 @@ def test_hires_refine_is_exact_partial_denoise(server, world):
     base = run_latent(server, copy.deepcopy(g), "4", "hires_base")
     got = run_latent(server, g, "8", "hires")
     unet, clip = copy.deepcopy(world["unet"]), copy.deepcopy(world["clip"])
-    L.rotate_reference_(world["layers"], unet, clip)
+    comfy_live.rotate_reference_(world["layers"], unet, clip)
     side = round(base.shape[-1] * 1.5)  # LatentUpscaleBy: size = round(side * scale), then interpolate
     up = torch.nn.functional.interpolate(base, size=(side, side), mode="nearest-exact")
     denoise = g["8"]["inputs"]["denoise"]
-    ref = L.reference_latent(unet, clip, g["2"]["inputs"]["text"], 1, up.shape, timesteps=(denoise * 999,),
+    ref = comfy_live.reference_latent(unet, clip, g["2"]["inputs"]["text"], 1, up.shape, timesteps=(denoise * 999,),
                              start_latent=up)
     diff = (got - ref).abs().max().item()
     REPORT["max|comfy-diffusers| hires refine at t=0.45*999"] = diff

@@ -13,7 +13,7 @@ import torch
 from distill_helpers import tiny_bases_fixture  # noqa: F401  (fixture)
 from tiny_models import WORDS
 from wadi_lorad.lorad.io import load_lorad
-from wadi_lorad.trainer import demo as D
+from wadi_lorad.trainer import demo
 
 
 def _stub_world():
@@ -44,13 +44,13 @@ def _stub_world():
 
 
 def test_demo_writes_every_output(tiny_bases, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(D, "_tinyworld", _stub_world)
-    s = D.DemoSettings(out=tmp_path / "demo", base=tiny_bases("sd"), steps=2, num_prompts=20, eval_prompts=6,
+    monkeypatch.setattr(demo, "_tinyworld", _stub_world)
+    s = demo.DemoSettings(out=tmp_path / "demo", base=tiny_bases("sd"), steps=2, num_prompts=20, eval_prompts=6,
                        eval_seeds=(0, 1), teacher_steps=2,
                        overrides=[("adapter.student_rank", "4"), ("adapter.fake_rank", "2"),
                                   ("train.batch_size", "2"), ("output.checkpoint_every", "1"),
                                   ("output.sample_every", "1")])
-    m = D.run_demo(s)
+    m = demo.run_demo(s)
     out = tmp_path / "demo"
     assert (out / "grid.png").stat().st_size > 0 and (out / "prompts.txt").is_file()
     f = load_lorad(out / "student.lorad.safetensors")
@@ -68,39 +68,39 @@ def test_demo_writes_every_output(tiny_bases, tmp_path, monkeypatch, capsys):
 def test_demo_fourth_row_is_the_shipped_quality_student(tiny_bases, tmp_path, monkeypatch):
     """The quality row loads a .lorad onto its own teacher copy: given the demo's own student it must
     reproduce the demo's WaDi row from the same noise (independent path: file -> fresh base)."""
-    monkeypatch.setattr(D, "_tinyworld", _stub_world)
+    monkeypatch.setattr(demo, "_tinyworld", _stub_world)
     base = tiny_bases("sd")
     over = [("adapter.student_rank", "4"), ("adapter.fake_rank", "2"), ("train.batch_size", "2")]
-    first = D.DemoSettings(out=tmp_path / "a", base=base, steps=2, num_prompts=20, eval_prompts=6, quality_student=None,
+    first = demo.DemoSettings(out=tmp_path / "a", base=base, steps=2, num_prompts=20, eval_prompts=6, quality_student=None,
                            eval_seeds=(0,), teacher_steps=2, overrides=over)
-    D.run_demo(first)
+    demo.run_demo(first)
     student = tmp_path / "a" / "student.lorad.safetensors"
-    monkeypatch.setattr(D, "TEACHER", base)  # the quality row is shown for the shipped teacher only
-    again = D.DemoSettings(out=tmp_path / "b", base=base, steps=2, num_prompts=20, eval_prompts=6, eval_seeds=(0,),
+    monkeypatch.setattr(demo, "TEACHER", base)  # the quality row is shown for the shipped teacher only
+    again = demo.DemoSettings(out=tmp_path / "b", base=base, steps=2, num_prompts=20, eval_prompts=6, eval_seeds=(0,),
                            teacher_steps=2, overrides=over, quality_student=student)
-    m = D.run_demo(again)
+    m = demo.run_demo(again)
     assert list(m["methods"])[-1] == "wadi_1step_quality" and len(m["methods"]) == 4
-    got, want = m["methods"]["wadi_1step_quality"], D.run_demo(first)["methods"]["wadi_1step"]
+    got, want = m["methods"]["wadi_1step_quality"], demo.run_demo(first)["methods"]["wadi_1step"]
     assert got["alignment_mean"] == pytest.approx(want["alignment_mean"], abs=2e-3)
     assert got["fd_mean"] == pytest.approx(want["fd_mean"], abs=2e-3)
     assert m["files"]["quality_student"] == str(student)
     # another base: the row is left out (the student was distilled from the shipped teacher)
-    monkeypatch.setattr(D, "TEACHER", tmp_path / "elsewhere")
-    assert len(D.run_demo(again)["methods"]) == 3
+    monkeypatch.setattr(demo, "TEACHER", tmp_path / "elsewhere")
+    assert len(demo.run_demo(again)["methods"]) == 3
 
 
 @pytest.mark.slow
 def test_real_demo_on_the_shipped_teacher(tmp_path):
-    teacher = Path(D.TEACHER)
+    teacher = Path(demo.TEACHER)
     if not (teacher / "model_index.json").is_file():
         pytest.skip("the tiny-world teacher is not in this checkout")
-    m = D.run_demo(D.DemoSettings(out=tmp_path / "demo"))
+    m = demo.run_demo(demo.DemoSettings(out=tmp_path / "demo"))
     wadi, t1 = m["methods"]["wadi_1step"], m["methods"]["teacher_1step"]
     # The one-step student beats the teacher's own one step on both metrics.
     assert wadi["fd_mean"] < t1["fd_mean"] and wadi["alignment_mean"] > t1["alignment_mean"]
     # The shipped quality student is the fourth row, and the demo's sampler scores it as `wadi eval`
     # (the diffusers pipeline, another path through the same file) did in its metrics.json.
-    shipped = Path(D.QUALITY_STUDENT)
+    shipped = Path(demo.QUALITY_STUDENT)
     if shipped.is_file():
         import json
 

@@ -80,7 +80,7 @@ def drive_job(pg: tb.Page, kind: str, total: int, stopped=("stopped",), step_s: 
     page.click(f"#wadi-resume-{kind}")
     pg.wait("the resume message", lambda: "resuming" in pg.text(f"wadi-job-msg-{kind}"))
     pg.wait("the resumed job to finish", lambda: "finished" in pg.text(f"wadi-status-{kind}").split("·")[0],
-            timeout=300)
+            timeout=300, progress=lambda: pg.step(f"wadi-progress-{kind}"))
     assert pg.step(f"wadi-progress-{kind}") == (total, total)
     assert "resumes" in pg.text(f"wadi-status-{kind}")
     pg.shot("finished")
@@ -259,7 +259,7 @@ def test_browser_first_run_from_the_preset_to_a_downloaded_file(browser, tmp_pat
         pg.page.click("#wadi-start-distill")
         pg.wait("the job to start", lambda: "Started job" in pg.text("wadi-job-msg-distill"))
         pg.wait("the job to finish", lambda: pg.text("wadi-status-distill").split("·")[0].strip() == "finished",
-                timeout=600)
+                timeout=600, progress=lambda: pg.text("wadi-progress-distill"))
         link = pg.page.locator("#wadi-results-distill a[href*='student.lorad.safetensors']")
         pg.wait("the download link", lambda: link.count() > 0, timeout=60)
         pg.shot("finished-with-download")

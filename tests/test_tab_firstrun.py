@@ -13,7 +13,7 @@ import yaml
 from PIL import Image
 
 pytest.importorskip("wadi_lorad.trainer.config", reason="the distill trainer is not here")
-from wadi_lorad.trainer import config as C  # noqa: E402
+from wadi_lorad.trainer import config  # noqa: E402
 from wadi_lorad.trainer.jobs.runner import JobRunner  # noqa: E402
 from wadi_lorad.trainer.jobs.store import Job, JobStore  # noqa: E402
 from wadi_lorad.trainer.tab import checks  # noqa: E402
@@ -52,9 +52,9 @@ def test_shipped_prompts_are_the_domains_own_captions():
 def test_tinyworld_preset_is_the_demo_recipe():
     from wadi_lorad.trainer.demo import DEMO_OVERRIDES
 
-    preset = C.from_dict(yaml.safe_load((BUILTIN_PRESETS / "distill" / "tinyworld.yaml").read_text()))
-    demo = C.apply_overrides(C.DistillConfig(), list(DEMO_OVERRIDES.items()))
-    flat_preset, flat_demo = _flat(C.to_dict(preset)), _flat(C.to_dict(demo))
+    preset = config.from_dict(yaml.safe_load((BUILTIN_PRESETS / "distill" / "tinyworld.yaml").read_text()))
+    demo = config.apply_overrides(config.DistillConfig(), list(DEMO_OVERRIDES.items()))
+    flat_preset, flat_demo = _flat(config.to_dict(preset)), _flat(config.to_dict(demo))
     for key in DEMO_OVERRIDES:
         assert flat_preset[key] == flat_demo[key], key
     assert preset.model.base == "assets/tinyworld/teacher" and preset.data.prompts == "assets/tinyworld/prompts.txt"
@@ -218,8 +218,6 @@ def test_copy_to_comfy_models_lorad(tmp_path):
                    runner=JobRunner(JobStore(tmp_path / "other" / "jobs")))
     plain.store.add(Job(id="j1", kind="distill", argv=[], job_dir="j", out_dir=str(out), status="finished"))
     assert "not running beside ComfyUI" in plain.copy_to_comfy("j1")
-
-
 
 
 def test_linked_recipe_is_listed_once_its_file_exists(tmp_path, monkeypatch):

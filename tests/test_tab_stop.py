@@ -93,7 +93,7 @@ CKPT_WRITER = textwrap.dedent("""
 
 
 def test_a_kill_mid_checkpoint_leaves_the_previous_one_latest(tmp_path):
-    from wadi_lorad.trainer import checkpoint as CK
+    from wadi_lorad.trainer import checkpoint
 
     script = tmp_path / "writer.py"
     script.write_text(CKPT_WRITER)
@@ -108,13 +108,13 @@ def test_a_kill_mid_checkpoint_leaves_the_previous_one_latest(tmp_path):
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    assert [p.name for p in CK.list_checkpoints(root)] == ["step-00000008"]
-    assert CK.find_resume("latest", tmp_path / "out").name == "step-00000008"
+    assert [p.name for p in checkpoint.list_checkpoints(root)] == ["step-00000008"]
+    assert checkpoint.find_resume("latest", tmp_path / "out").name == "step-00000008"
     assert last_checkpoint_step(tmp_path / "out") == 8
-    assert float(CK.load_checkpoint(root / "step-00000008").student["w"][0, 0]) == 8.0
+    assert float(checkpoint.load_checkpoint(root / "step-00000008").student["w"][0, 0]) == 8.0
     subprocess.run([*run, "24", "ok", boot], check=True, cwd=tmp_path)
     assert not list(root.glob(".step-*")), list(root.iterdir())  # the torn temp folder is cleared
-    assert [p.name for p in CK.list_checkpoints(root)] == ["step-00000008", "step-00000024"]
+    assert [p.name for p in checkpoint.list_checkpoints(root)] == ["step-00000008", "step-00000024"]
 
 
 def test_a_stop_during_setup_does_not_rewind_the_progress(tmp_path):

@@ -9,9 +9,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from wadi_lorad.trainer.tinyworld import domain as W
-from wadi_lorad.trainer.tinyworld import models as M
-from wadi_lorad.trainer.tinyworld import tokenizer as T
+from wadi_lorad.trainer.tinyworld import domain, models
+from wadi_lorad.trainer.tinyworld import tokenizer as tinyworld_tokenizer
 from wadi_lorad.trainer.tinyworld.metrics import DEFAULT_TEACHER
 
 
@@ -29,19 +28,19 @@ def sd15_alpha_bar(t: int) -> float:
 def tokenizer(tmp_path_factory):
     from transformers import CLIPTokenizer
 
-    folder = T.write_tokenizer(tmp_path_factory.mktemp("tok"), W.caption_vocabulary())
+    folder = tinyworld_tokenizer.write_tokenizer(tmp_path_factory.mktemp("tok"), domain.caption_vocabulary())
     return CLIPTokenizer.from_pretrained(str(folder))
 
 
 def test_every_domain_word_is_one_token(tokenizer):
-    for word in W.caption_vocabulary():
+    for word in domain.caption_vocabulary():
         ids = tokenizer(word).input_ids
         assert len(ids) == 3, (word, tokenizer.convert_ids_to_tokens(ids))  # BOS, word, EOS
         assert tokenizer.convert_ids_to_tokens(ids[1]) == word + "</w>"
 
 
 def test_tokenizer_round_trip_on_captions(tokenizer):
-    captions = W.sample_captions(300, seed=5)
+    captions = domain.sample_captions(300, seed=5)
     enc = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True)
     assert tokenizer.model_max_length == 77  # SD1.5's prompt length
     for cap, ids in zip(captions, enc.input_ids):
@@ -61,7 +60,7 @@ def test_unknown_words_fall_back_to_characters(tokenizer):
 
 
 def test_merges_file_is_clip_format(tmp_path):
-    folder = T.write_tokenizer(tmp_path, ["red", "green"])
+    folder = tinyworld_tokenizer.write_tokenizer(tmp_path, ["red", "green"])
     lines = (folder / "merges.txt").read_text().splitlines()
     assert lines[0].startswith("#version")
     vocab = json.loads((folder / "vocab.json").read_text())
@@ -71,7 +70,7 @@ def test_merges_file_is_clip_format(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory):
-    return M.build_tiny_sd(tmp_path_factory.mktemp("sd") / "tiny", seed=0, dtype=torch.float16)
+    return models.build_tiny_sd(tmp_path_factory.mktemp("sd") / "tiny", seed=0, dtype=torch.float16)
 
 
 def test_random_tiny_folder_loads_offline_and_generates(tiny_folder, caplog):
@@ -96,14 +95,14 @@ def test_random_tiny_folder_loads_offline_and_generates(tiny_folder, caplog):
 def test_build_is_deterministic_and_refuses_to_overwrite(tmp_path):
     from safetensors.torch import load_file
 
-    a = M.build_tiny_sd(tmp_path / "a", seed=3)
-    b = M.build_tiny_sd(tmp_path / "b", seed=3)
+    a = models.build_tiny_sd(tmp_path / "a", seed=3)
+    b = models.build_tiny_sd(tmp_path / "b", seed=3)
     wa = load_file(str(a / "unet" / "diffusion_pytorch_model.safetensors"))
     wb = load_file(str(b / "unet" / "diffusion_pytorch_model.safetensors"))
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     with pytest.raises(FileExistsError, match="overwrite"):
-        M.build_tiny_sd(tmp_path / "a", seed=3)
-    M.build_tiny_sd(tmp_path / "a", seed=4, overwrite=True, unet={"block_out_channels": (32, 32, 64)})
+        models.build_tiny_sd(tmp_path / "a", seed=3)
+    models.build_tiny_sd(tmp_path / "a", seed=4, overwrite=True, unet={"block_out_channels": (32, 32, 64)})
     cfg = json.loads((tmp_path / "a" / "unet" / "config.json").read_text())
     assert cfg["block_out_channels"] == [32, 32, 64]
 
@@ -113,7 +112,7 @@ def test_scheduler_is_sd15(tiny_folder):
 
     cfg = json.loads((tiny_folder / "scheduler" / "scheduler_config.json").read_text())
     for k in ("beta_start", "beta_end", "beta_schedule", "num_train_timesteps", "steps_offset", "skip_prk_steps"):
-        assert cfg[k] == M.SD15_SCHEDULER[k]
+        assert cfg[k] == models.SD15_SCHEDULER[k]
     sched = PNDMScheduler.from_pretrained(str(tiny_folder / "scheduler"))
     assert abs(float(sched.alphas_cumprod[999]) - sd15_alpha_bar(999)) < 1e-6
     # As with SD1.5's own file, swapping in DDIM must not clip x0 to [-1, 1] (latents have unit std).
@@ -145,7 +144,7 @@ def test_shipped_teacher_loads_with_sd15_schedule():
 @pytest.mark.slow
 def test_shipped_teacher_follows_text():
     """Multi-step CFG samples of the teacher depend on the prompt: 'red' vs 'blue' shows in the pixels."""
-    pipe = M.load_pipeline(DEFAULT_TEACHER)
+    pipe = models.load_pipeline(DEFAULT_TEACHER)
     pipe.set_progress_bar_config(disable=True)
     noise = torch.randn((8, 4, 8, 8), generator=torch.Generator().manual_seed(0))
     reds = pipe(["a large red circle in the center on a white background"] * 8, latents=noise,

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from wadi_lorad.trainer import cli
-from wadi_lorad.trainer import pretrain as P
-from wadi_lorad.trainer.tinyworld import classifier as C
+from wadi_lorad.trainer import cli, pretrain
+from wadi_lorad.trainer.tinyworld import classifier as tinyworld_classifier
 from wadi_lorad.trainer.tinyworld import stages
 
 
 def test_config_yaml_and_overrides(tmp_path):
     y = tmp_path / "c.yaml"
     y.write_text("unet_steps: 10\nvae_lr: 0.002\nforce: true\n")
-    cfg = P.load_config(str(y), ["--unet_steps", "12", "--stage", "vae"])
+    cfg = pretrain.load_config(str(y), ["--unet_steps", "12", "--stage", "vae"])
     assert cfg.unet_steps == 12 and cfg.vae_lr == 0.002 and cfg.force is True and cfg.stages() == ("vae",)
     assert cfg.export.endswith("export")
 
@@ -33,15 +32,15 @@ def test_config_errors_name_the_field(tmp_path, yaml_text, overrides, match):
     y = tmp_path / "c.yaml"
     y.write_text(yaml_text)
     with pytest.raises(ValueError, match=match):
-        P.load_config(str(y), overrides)
+        pretrain.load_config(str(y), overrides)
 
 
 def test_existing_products_need_force(tmp_path):
     export = tmp_path / "export"
     (export / "teacher").mkdir(parents=True)
-    cfg = P.load_config(None, ["--output", str(tmp_path / "o"), "--export", str(export), "--stage", "unet"])
+    cfg = pretrain.load_config(None, ["--output", str(tmp_path / "o"), "--export", str(export), "--stage", "unet"])
     with pytest.raises(FileExistsError, match="--force"):
-        P.run(cfg)
+        pretrain.run(cfg)
 
 
 def _clf_args(tmp_path, name: str) -> list[str]:
@@ -50,10 +49,10 @@ def _clf_args(tmp_path, name: str) -> list[str]:
 
 
 def test_classifier_stage_resumes_exactly(tmp_path, monkeypatch):
-    P.run(P.load_config(None, _clf_args(tmp_path, "straight")))
-    reference = C.load_classifier(tmp_path / "straight" / "x" / "classifier.safetensors").state_dict()
+    pretrain.run(pretrain.load_config(None, _clf_args(tmp_path, "straight")))
+    reference = tinyworld_classifier.load_classifier(tmp_path / "straight" / "x" / "classifier.safetensors").state_dict()
 
-    real_lr = C.cosine_lr
+    real_lr = tinyworld_classifier.cosine_lr
 
     def crash_at_step_3(step, *a, **k):
         if step == 3:
@@ -62,18 +61,18 @@ def test_classifier_stage_resumes_exactly(tmp_path, monkeypatch):
 
     monkeypatch.setattr(stages.classifier, "cosine_lr", crash_at_step_3)
     with pytest.raises(KeyboardInterrupt):
-        P.run(P.load_config(None, _clf_args(tmp_path, "resumed")))
+        pretrain.run(pretrain.load_config(None, _clf_args(tmp_path, "resumed")))
     assert torch.load(tmp_path / "resumed" / "classifier" / "checkpoint.pt", weights_only=False)["step"] == 2
     monkeypatch.setattr(stages.classifier, "cosine_lr", real_lr)
-    P.run(P.load_config(None, _clf_args(tmp_path, "resumed")))
-    resumed = C.load_classifier(tmp_path / "resumed" / "x" / "classifier.safetensors").state_dict()
+    pretrain.run(pretrain.load_config(None, _clf_args(tmp_path, "resumed")))
+    resumed = tinyworld_classifier.load_classifier(tmp_path / "resumed" / "x" / "classifier.safetensors").state_dict()
     assert all(torch.equal(reference[k], resumed[k]) for k in reference)
 
     # A checkpoint from another config is refused, naming what differs.
     args = _clf_args(tmp_path, "resumed")
     args[args.index("--clf_batch") + 1] = "16"
     with pytest.raises(ValueError, match="clf_batch"):
-        P.run(P.load_config(None, args + ["--force"]))
+        pretrain.run(pretrain.load_config(None, args + ["--force"]))
 
 
 def test_cli_registers_pretrain_and_eval(capsys):

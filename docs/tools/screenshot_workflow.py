@@ -25,7 +25,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
-import comfy_live as L  # noqa: E402
+import comfy_live  # noqa: E402
 import conftest  # noqa: E402,F401
 
 
@@ -84,17 +84,17 @@ def main() -> int:
     ap.add_argument("--run", action="store_true", help="queue the workflow and wait for its result")
     ap.add_argument("--size", type=int, default=256, help="latent size used when running")
     args = ap.parse_args()
-    why = L.comfy_importable()
+    why = comfy_live.comfy_importable()
     if why:
         print(why, file=sys.stderr)
         return 2
-    L.import_comfy()
+    comfy_live.import_comfy()
     wf = json.loads(args.workflow.read_text())
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         for d in ("models/checkpoints", "models/lorad"):
             (root / d).mkdir(parents=True)
-        unet, clip, vae = L.diffusers_unet(), L.clip_text(), L.sd_vae()
+        unet, clip, vae = comfy_live.diffusers_unet(), comfy_live.clip_text(), comfy_live.sd_vae()
         names = {}
         for node in wf["nodes"]:  # use the workflow's own file names for the random stand-ins
             for v in node.get("widgets_values", []):
@@ -104,15 +104,15 @@ def main() -> int:
                 node["widgets_values"][:2] = [args.size, args.size]
         for name, kind in names.items():
             if kind == "checkpoints":
-                L.build_checkpoint(root / "models/checkpoints" / name, unet, clip, vae)
+                comfy_live.build_checkpoint(root / "models/checkpoints" / name, unet, clip, vae)
             else:
-                L.write_lorad(root / "models/lorad" / name, L.student_layers(unet, clip), unet,
+                comfy_live.write_lorad(root / "models/lorad" / name, comfy_live.student_layers(unet, clip), unet,
                               title="random stand-in (screenshot)")
         settings = root / "user" / "default"
         settings.mkdir(parents=True)
         (settings / "comfy.settings.json").write_text(json.dumps({"Comfy.TutorialCompleted": True}))
-        srv = L.Server(root, ROOT)
-        port = L.free_port()
+        srv = comfy_live.Server(root, ROOT)
+        port = comfy_live.free_port()
         browser = subprocess.Popen(["chromium", "--headless=new", "--no-sandbox", "--disable-gpu",
                                     f"--remote-debugging-port={port}", "--remote-debugging-address=127.0.0.1",
                                     "--user-data-dir=" + str(root / "chrome"), srv.url + "/"],
