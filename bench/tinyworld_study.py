@@ -20,10 +20,10 @@ import re
 import time
 from pathlib import Path
 
-import harness as H
+import harness
 import torch
 
-H.load_package()
+harness.load_package()
 from wadi_lorad.lorad.fsutil import atomic_write_text  # noqa: E402
 from wadi_lorad.trainer.demo import STUDY_BASE_OVERRIDES, DemoSettings, demo_config  # noqa: E402
 from wadi_lorad.trainer.tinyworld import domain, metrics  # noqa: E402
@@ -112,13 +112,14 @@ def run(a: argparse.Namespace) -> Path:
         sc = evaluate(d, prompts, seeds)
         pt = {"step": d.step, "train_s": round(train_s, 1),
               "alignment": sc["alignment_mean"], "alignment_std": sc["alignment_std"],
-              "fd": sc["fd_mean"], "fd_std": sc["fd_std"]}
+              "fd": sc["fd_mean"], "fd_std": sc["fd_std"], "fd_shift": sc["fd_shift_mean"], "spread": sc["spread_mean"]}
         # which attributes fail (colour and shape are where one step loses to the teacher's 25 steps)
         pt.update({k[:-5]: sc[k] for k in sc if k.startswith("acc_") and k.endswith("_mean")})
         if shadow is not None and d.step > 0:
             se = evaluate(d, prompts, seeds, shadow)
             decay = d.cfg.train.ema_decay if shadow is d.ema else a.shadow_ema
-            pt.update(ema_decay=decay, ema_alignment=se["alignment_mean"], ema_fd=se["fd_mean"])
+            pt.update(ema_decay=decay, ema_alignment=se["alignment_mean"], ema_fd=se["fd_mean"],
+                      ema_fd_shift=se["fd_shift_mean"], ema_spread=se["spread_mean"])
         for k in ("loss_student", "loss_fake", "grad_norm_student", "grad_norm_fake"):
             if losses:
                 pt[k] = sum(x[k] for x in losses) / len(losses)

@@ -46,6 +46,10 @@ def test_short_distillation_end_to_end(tiny_bases, tmp_path):
     assert float(md["lorad.provenance.teacher_cfg"]) == 1.5 and md["lorad.provenance.seed"] == "0"
     assert md["lorad.provenance.base_fingerprint"] == d.base_fp
     assert md["lorad.provenance.alpha_bar_source"] == "scheduler"
+    # what beyond the paper shaped the student travels with it
+    assert int(md["lorad.provenance.timestep"]) == d.cfg.vsd.timestep
+    assert float(md["lorad.provenance.regression_weight"]) == d.cfg.vsd.regression_weight
+    assert float(md["lorad.provenance.conv_lr_scale"]) == d.cfg.optim.conv_lr_scale
     assert load_lorad(out["fake"]).one_step is None
     # The exported file on a freshly loaded base reproduces the trained student's one-step output exactly.
     noise = seeded_noise([5, 6], d.latent)

@@ -202,7 +202,8 @@ def _main(args: argparse.Namespace) -> int:
         results["rows"][label] = res
         s = res["summary"]
         print(f"{label:34s} alignment {s['alignment_mean']:.3f} ± {s['alignment_std']:.3f}   "
-              f"FD {s['fd_mean']:8.3f} ± {s['fd_std']:.3f}   ({res['wall_s']} s)", flush=True)  # fmt: skip
+              f"FD {s['fd_mean']:8.3f} ± {s['fd_std']:.3f} (mean shift {s['fd_shift_mean']:.1f}, "
+              f"spread {s['spread_mean']:.2f})   ({res['wall_s']} s)", flush=True)  # fmt: skip
     if args.out:
         atomic_write_text(Path(args.out), json.dumps(results, indent=2))
     return 0

@@ -6,7 +6,11 @@ Both read the shipped attribute classifier (``assets/tinyworld/classifier.safete
   prompt says (count, colours, shapes, sizes, relation/position, background);
   per-attribute accuracies come along for diagnosis;
 * **fd**: the Frechet distance between Gaussians fitted to the classifier's 128-d
-  penultimate features of the images and of *real renders of the same prompts*.
+  penultimate features of the images and of *real renders of the same prompts*;
+  two parts of it come along to say *why* an FD is high:
+  ``fd_shift`` = |mu_gen - mu_real|^2 (the images are off on average; the rest of the
+  FD is the covariances' mismatch) and ``spread`` = tr(S_gen) / tr(S_real) (below 1:
+  the images vary less than real renders do, as a mode-seeking one-step student's tend to).
 
 The distillation code calls::
 
@@ -174,6 +178,8 @@ def evaluate_images(
     mu_g, s_g = gaussian_stats(feats)
     out = alignment(scenes, prompts)
     out["fd"] = frechet_distance(mu_g, s_g, mu_r, s_r)
+    out["fd_shift"] = float(((mu_g - mu_r) ** 2).sum())
+    out["spread"] = float(s_g.trace() / s_r.trace())
     out["n"] = float(len(prompts))
     return out
 
