@@ -184,8 +184,11 @@ PLAN: dict[str, Run | Options | Skip | Covered] = {
         f"{DISTILL_SMALL} --vsd.regression_pairs 4 --vsd.regression_steps 2 --output.dir outputs/quality",
         makes=("outputs/quality/student.lorad.safetensors",)),
     "wadi distill --config configs/tinyworld-quality.yaml": Run(
-        f"{DISTILL_SMALL} --output.dir outputs/quality-recipe",
+        f"{DISTILL_SMALL} --vsd.regression_pairs 4 --vsd.regression_steps 2 --output.dir outputs/quality-recipe",
         makes=("outputs/quality-recipe/student.lorad.safetensors",)),
+    "wadi distill --config configs/tinyworld-quality-conv.yaml": Run(
+        f"{DISTILL_SMALL} --output.dir outputs/quality-conv",
+        makes=("outputs/quality-conv/student.lorad.safetensors",)),
     "wadi distill --config configs/tinyworld-quality-linear.yaml": Run(
         f"{DISTILL_SMALL} --output.dir outputs/quality-linear",
         makes=("outputs/quality-linear/student.lorad.safetensors",)),
@@ -225,19 +228,32 @@ PLAN: dict[str, Run | Options | Skip | Covered] = {
     "configs/tinyworld-quality-linear.yaml --seed 1 --steps 1200 --eval-every 300 --set "
     "adapter.student_targets=all-linear-conv --set optim.conv_lr_scale=3.0": Options(
         "python {root}/bench/tinyworld_study.py --help", "trains a student: 30-50 minutes on this CPU"),
-    "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name quality-conv-s0 --config configs/tinyworld-quality.yaml "
+    "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name quality-conv-s0 --config "
+    "configs/tinyworld-quality-conv.yaml "
     "--seed 0 --steps 1200 --eval-every 1200 --export": Options(
         "python {root}/bench/tinyworld_study.py --help", "trains and exports the shipped quality student"),
-    "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name q-c3reg005-s0 --config configs/tinyworld-quality.yaml "
+    "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name q-c3reg005-s0 --config "
+    "configs/tinyworld-quality-conv.yaml "
     "--steps 1200 --eval-every 300 --set vsd.regression_weight=0.05": Options(
         "python {root}/bench/tinyworld_study.py --help", "trains a student: 30-50 minutes on this CPU"),
     "python bench/tinyworld_study.py --plot docs/img/tinyworld_curves_round6.png --only "
-    "\"^(T800-s|q-full1e-4|q-convall-c(1|3)-|q-c3reg)\" --json docs/perf/tinyworld_study_round6.json": Options(
+    "\"^(T800-s|q-full1e-4|q-convall-c(1|3)-|q-c3reg(005|01)-)\" --json docs/perf/tinyworld_study_round6.json": Options(
         "python {root}/bench/tinyworld_study.py --help",
         "plots the study's runs (outputs/study); tests/test_bench_study_plot.py runs --plot --only --json on made-up runs"),
     "python bench/tinyworld_diagnose.py outputs/study/T800-s0/student_params_ema.safetensors --timestep 800 "
     "--json docs/perf/tinyworld_diagnose_t800.json": Options(
         "python {root}/bench/tinyworld_diagnose.py --help", "needs the study's trained students (outputs/study)"),
+    # round 7
+    "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name q-c3reg001-s1 --config "
+    "configs/tinyworld-quality-conv.yaml --seed 1 --steps 1200 --eval-every 300 --set vsd.regression_weight=0.01": Options(
+        "python {root}/bench/tinyworld_study.py --help", "trains a student: 40-65 minutes on this CPU"),
+    "python bench/tinyworld_study.py --plot docs/img/tinyworld_curves_round7.png --only "
+    "\"^(q-convall-c3-|q-c3reg)\" --json docs/perf/tinyworld_study_round7.json": Options(
+        "python {root}/bench/tinyworld_study.py --help",
+        "plots the study's runs (outputs/study); tests/test_bench_study_plot.py runs --plot --only --json on made-up runs"),
+    "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name quality-reg-s0 --config configs/tinyworld-quality.yaml "
+    "--seed 0 --steps 1200 --eval-every 1200 --export": Options(
+        "python {root}/bench/tinyworld_study.py --help", "trains and exports the shipped quality student"),
     # the shipped quality student through every command that reads it (the real file, small eval)
     "wadi sample --base assets/tinyworld/teacher --lorad assets/tinyworld/students/wadi-quality.lorad.safetensors "
     "--prompt \"a red circle on the left\" --out outputs/quality.png": Run(makes=("outputs/quality.png",)),
