@@ -160,6 +160,10 @@ PLAN: dict[str, Run | Options | Skip | Covered] = {
         "python {root}/bench/tinyworld_ablation.py --help", "trains several students: hours on a CPU"),
     "python bench/distill_step_time.py --student-rank 64 --fake-rank 32 --batch 16 --steps 20 --threads 1": Options(
         "python {root}/bench/distill_step_time.py --help", "a timing on SD1.5-size layers: minutes"),
+    "python bench/distill_step_time.py --kinds lorad --targets paper-student,all-linear-conv --student-rank 64 "
+    "--fake-rank 32 --batch 16 --steps 20 --threads 2 --set vsd.timestep=800 --set optim.conv_lr_scale=3": Options(
+        "python {root}/bench/distill_step_time.py --help",
+        "a timing: minutes (tests/test_bench_step_time.py runs the same options at toy size)"),
     # -- docs/performance.md -----------------------------------------------------------------
     "python bench/adapter_cost.py --threads 1 --repeats 5 --warmup 1 --flops --json adapter_cost_cpu.json": Options(
         "python {root}/bench/adapter_cost.py --help", "a timing on full-size layers: minutes"),
