@@ -184,6 +184,12 @@ PLAN: dict[str, Run | Options | Skip | Covered] = {
     "python bench/tinyworld_diagnose.py outputs/study/fakelr3e-2-s0/student_params_ema.safetensors "
     "outputs/study/qreg-s0/student_params_ema.safetensors --json docs/perf/tinyworld_diagnose.json": Options(
         "python {root}/bench/tinyworld_diagnose.py --help", "needs the study's trained students (outputs/study)"),
+    "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name dq-s0 --config configs/tinyworld-quality.yaml --seed 0 "
+    "--steps 300 --eval-every 150 --set vsd.regression_pairs=256": Options(
+        "python {root}/bench/tinyworld_study.py --help", "trains a demo-length candidate: 20 minutes or more on a CPU"),
+    "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name dc400-s0 --config configs/tinyworld-quality-conv.yaml "
+    "--seed 0 --steps 400 --eval-every 200": Options(
+        "python {root}/bench/tinyworld_study.py --help", "trains a demo-length candidate: 20 minutes or more on a CPU"),
     "wadi distill --config configs/tinyworld-regression.yaml": Run(
         f"{DISTILL_SMALL} --vsd.regression_pairs 4 --vsd.regression_steps 2 --output.dir outputs/quality",
         makes=("outputs/quality/student.lorad.safetensors",)),
@@ -255,6 +261,13 @@ PLAN: dict[str, Run | Options | Skip | Covered] = {
     "\"^(q-convall-c3-|q-c3reg)\" --json docs/perf/tinyworld_study_round7.json": Options(
         "python {root}/bench/tinyworld_study.py --help",
         "plots the study's runs (outputs/study); tests/test_bench_study_plot.py runs --plot --only --json on made-up runs"),
+    "python bench/tinyworld_study.py --plot docs/img/tinyworld_curves_round8.png --only "
+    "\"^(demo-s|dq-|dqc-|dc400-|q-c3reg001-|qr-)\" --json docs/perf/tinyworld_study_round8.json": Options(
+        "python {root}/bench/tinyworld_study.py --help",
+        "plots the study's runs (outputs/study); tests/test_bench_study_plot.py runs --plot --only --json on made-up runs"),
+    "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name qr-lora3e-4-s0 --config configs/tinyworld-quality.yaml "
+    "--seed 0 --steps 1200 --eval-every 300 --set adapter.kind=lora --set optim.student_lr=3e-4": Options(
+        "python {root}/bench/tinyworld_study.py --help", "trains a student on the quality recipe: an hour or more on a CPU"),
     "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name quality-reg-s0 --config configs/tinyworld-quality.yaml "
     "--seed 0 --steps 1200 --eval-every 1200 --export": Options(
         "python {root}/bench/tinyworld_study.py --help", "trains and exports the shipped quality student"),
