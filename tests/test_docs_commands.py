@@ -265,6 +265,9 @@ PLAN: dict[str, Run | Options | Skip | Covered] = {
     "\"^(demo-s|dq-|dqc-|dc400-|q-c3reg001-|qr-)\" --json docs/perf/tinyworld_study_round8.json": Options(
         "python {root}/bench/tinyworld_study.py --help",
         "plots the study's runs (outputs/study); tests/test_bench_study_plot.py runs --plot --only --json on made-up runs"),
+    "OMP_NUM_THREADS=2 python bench/tinyworld_study.py --name demo-t2-s1 --seed 1 --steps 600 --eval-every 600 "
+    "--threads 2 --set vsd.timestep=800 --set optim.fake_lr=3e-2 --set optim.lr_scheduler=cosine": Options(
+        "python {root}/bench/tinyworld_study.py --help", "trains the demo's recipe: 10 minutes or more on a CPU"),
     "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name qr-lora3e-4-s0 --config configs/tinyworld-quality.yaml "
     "--seed 0 --steps 1200 --eval-every 300 --set adapter.kind=lora --set optim.student_lr=3e-4": Options(
         "python {root}/bench/tinyworld_study.py --help", "trains a student on the quality recipe: an hour or more on a CPU"),
