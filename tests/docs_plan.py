@@ -137,6 +137,11 @@ PLAN: dict[str, Run | Options | Skip | Covered] = {
     "--fake-rank 32 --batch 16 --steps 20 --threads 2 --set vsd.timestep=800 --set optim.conv_lr_scale=3": Options(
         "python {root}/bench/distill_step_time.py --help",
         "a timing: minutes (tests/test_bench_step_time.py runs the same options at toy size)"),
+    "python bench/distill_step_time.py --kinds lorad,lora,dora,full --targets all-linear-conv --student-rank 64 "
+    "--fake-rank 32 --batch 16 --steps 20 --threads 2 --set vsd.timestep=800 --set optim.conv_lr_scale=3 "
+    "--set vsd.regression_weight=0.01 --set vsd.regression_pairs=32 --set vsd.regression_steps=2": Options(
+        "python {root}/bench/distill_step_time.py --help",
+        "a timing: minutes (tests/test_bench_step_time.py runs --targets and --set at toy size)"),
     # -- docs/performance.md -----------------------------------------------------------------
     "python bench/adapter_cost.py --threads 1 --repeats 5 --warmup 1 --flops --json adapter_cost_cpu.json": Options(
         "python {root}/bench/adapter_cost.py --help", "a timing on full-size layers: minutes"),
@@ -241,6 +246,17 @@ PLAN: dict[str, Run | Options | Skip | Covered] = {
     "OMP_NUM_THREADS=2 python bench/tinyworld_study.py --name demo-t2-s1 --seed 1 --steps 600 --eval-every 600 "
     "--threads 2 --set vsd.timestep=800 --set optim.fake_lr=3e-2 --set optim.lr_scheduler=cosine": Options(
         "python {root}/bench/tinyworld_study.py --help", "trains the demo's recipe: 10 minutes or more on a CPU"),
+    "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name qr-full1e-4-s1 --config configs/tinyworld-quality.yaml "
+    "--seed 1 --steps 1200 --eval-every 300 --set adapter.kind=full --set optim.student_lr=1e-4": Options(
+        "python {root}/bench/tinyworld_study.py --help", "trains a student on the quality recipe: half an hour or more on a CPU"),
+    "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name qr-lora3e-4-r41-s0 --config configs/tinyworld-quality.yaml "
+    "--seed 0 --steps 1200 --eval-every 300 --set adapter.kind=lora --set optim.student_lr=3e-4 "
+    "--set adapter.student_rank=41": Options(
+        "python {root}/bench/tinyworld_study.py --help", "trains a student on the quality recipe: half an hour or more on a CPU"),
+    "python bench/tinyworld_study.py --plot docs/img/tinyworld_curves_round9.png --only \"^(q-c3reg001-|qr-)\" "
+    "--json docs/perf/tinyworld_study_round9.json": Options(
+        "python {root}/bench/tinyworld_study.py --help",
+        "plots the study's runs (outputs/study); tests/test_bench_study_plot.py runs --plot --only --json on made-up runs"),
     "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name qr-lora3e-4-s0 --config configs/tinyworld-quality.yaml "
     "--seed 0 --steps 1200 --eval-every 300 --set adapter.kind=lora --set optim.student_lr=3e-4": Options(
         "python {root}/bench/tinyworld_study.py --help", "trains a student on the quality recipe: an hour or more on a CPU"),
