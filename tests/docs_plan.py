@@ -41,6 +41,16 @@ class Options:
     examples: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
+STUDY_HELP = "python {root}/bench/tinyworld_study.py --help"
+PLOT_WHY = ("plots the study's runs (outputs/study); tests/test_bench_study_plot.py runs --plot --only --json "
+            "on made-up runs")
+
+
+def study(why: str) -> Options:
+    """A documented `bench/tinyworld_study.py` run: too long for the tests, its options checked against --help."""
+    return Options(STUDY_HELP, why)
+
+
 @dataclass(frozen=True)
 class Skip:
     why: str
@@ -157,17 +167,14 @@ PLAN: dict[str, Run | Options | Skip | Covered] = {
         "python {root}/bench/onestep_cost.py --help", "a timing: minutes"),
     # -- docs/quality-study.md ---------------------------------------------------------------
     "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name cosine-s0 --steps 2000 --eval-every 250 --set "
-    "optim.lr_scheduler=cosine": Options(
-        "python {root}/bench/tinyworld_study.py --help", "trains a student: half an hour or more on a CPU"),
+    "optim.lr_scheduler=cosine": study("trains a student: half an hour or more on a CPU"),
     "python bench/tinyworld_diagnose.py outputs/study/fakelr3e-2-s0/student_params_ema.safetensors "
     "outputs/study/qreg-s0/student_params_ema.safetensors --json docs/perf/tinyworld_diagnose.json": Options(
         "python {root}/bench/tinyworld_diagnose.py --help", "needs the study's trained students (outputs/study)"),
     "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name dq-s0 --config configs/tinyworld-quality.yaml --seed 0 "
-    "--steps 300 --eval-every 150 --set vsd.regression_pairs=256": Options(
-        "python {root}/bench/tinyworld_study.py --help", "trains a demo-length candidate: 20 minutes or more on a CPU"),
+    "--steps 300 --eval-every 150 --set vsd.regression_pairs=256": study("trains a demo-length candidate: 20 minutes or more on a CPU"),
     "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name dc400-s0 --config configs/tinyworld-quality-conv.yaml "
-    "--seed 0 --steps 400 --eval-every 200": Options(
-        "python {root}/bench/tinyworld_study.py --help", "trains a demo-length candidate: 20 minutes or more on a CPU"),
+    "--seed 0 --steps 400 --eval-every 200": study("trains a demo-length candidate: 20 minutes or more on a CPU"),
     "wadi distill --config configs/tinyworld-regression.yaml": Run(
         f"{DISTILL_SMALL} --vsd.regression_pairs 4 --vsd.regression_steps 2 --output.dir outputs/quality",
         makes=("outputs/quality/student.lorad.safetensors",)),
@@ -181,32 +188,23 @@ PLAN: dict[str, Run | Options | Skip | Covered] = {
         f"{DISTILL_SMALL} --output.dir outputs/quality-linear",
         makes=("outputs/quality-linear/student.lorad.safetensors",)),
     "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name T800-s2 --config configs/tinyworld-quality-linear.yaml "
-    "--seed 2 --steps 1200 --eval-every 300": Options(
-        "python {root}/bench/tinyworld_study.py --help", "trains the quality recipe: about 25 minutes on this CPU"),
+    "--seed 2 --steps 1200 --eval-every 300": study("trains the quality recipe: about 25 minutes on this CPU"),
     "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name quality-s0 --config configs/tinyworld-quality-linear.yaml "
-    "--seed 0 --steps 1200 --eval-every 1200 --export": Options(
-        "python {root}/bench/tinyworld_study.py --help", "trains and exports the shipped quality student"),
+    "--seed 0 --steps 1200 --eval-every 1200 --export": study("trains and exports the shipped quality student"),
     "python bench/tinyworld_study.py --plot docs/img/tinyworld_curves_round4.png --only "
-    "\"^(ctrl|T[0-9]+|fwu)\"": Options(
-        "python {root}/bench/tinyworld_study.py --help", "plots the study's runs (outputs/study)"),
+    "\"^(ctrl|T[0-9]+|fwu)\"": study("plots the study's runs (outputs/study)"),
     "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name reg002-s1 --config configs/tinyworld-quality-linear.yaml "
-    "--seed 1 --steps 1200 --eval-every 300 --set vsd.regression_weight=0.02": Options(
-        "python {root}/bench/tinyworld_study.py --help", "trains a student: 30-50 minutes on this CPU"),
+    "--seed 1 --steps 1200 --eval-every 300 --set vsd.regression_weight=0.02": study("trains a student: 30-50 minutes on this CPU"),
     "python bench/tinyworld_study.py --plot docs/img/tinyworld_curves_round5.png --only "
-    "\"^(T800-s|reg002|g4reg|q-(lora|dora|full)|demo)\" --json docs/perf/tinyworld_study_round5.json": Options(
-        "python {root}/bench/tinyworld_study.py --help",
-        "plots the study's runs (outputs/study); tests/test_bench_study_plot.py runs --plot --only --json on made-up runs"),
+    "\"^(T800-s|reg002|g4reg|q-(lora|dora|full)|demo)\" --json docs/perf/tinyworld_study_round5.json": study(PLOT_WHY),
     "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name q-lora3e-4-s0 --config configs/tinyworld-quality-linear.yaml "
-    "--steps 1200 --eval-every 300 --set adapter.kind=lora --set optim.student_lr=3e-4": Options(
-        "python {root}/bench/tinyworld_study.py --help", "trains a student: 30-50 minutes on this CPU"),
+    "--steps 1200 --eval-every 300 --set adapter.kind=lora --set optim.student_lr=3e-4": study("trains a student: 30-50 minutes on this CPU"),
     "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name demo-s1 --seed 1 --steps 600 --eval-every 600 --set "
-    "vsd.timestep=800 --set optim.fake_lr=3e-2 --set optim.lr_scheduler=cosine": Options(
-        "python {root}/bench/tinyworld_study.py --help", "trains the demo's student: 10-35 minutes on this CPU"),
+    "vsd.timestep=800 --set optim.fake_lr=3e-2 --set optim.lr_scheduler=cosine": study("trains the demo's student: 10-35 minutes on this CPU"),
     # round 6
     "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name q-full1e-4-s1 --config "
     "configs/tinyworld-quality-linear.yaml --seed 1 --steps 1200 --eval-every 300 --set adapter.kind=full "
-    "--set optim.student_lr=1e-4": Options(
-        "python {root}/bench/tinyworld_study.py --help", "trains a student: 30-50 minutes on this CPU"),
+    "--set optim.student_lr=1e-4": study("trains a student: 30-50 minutes on this CPU"),
     "OMP_NUM_THREADS=1 python bench/tinyworld_fullft_parts.py outputs/study/q-full1e-4-s0/student_params_ema.safetensors "
     "--lorad-students outputs/study/T800-s0/student_params_ema.safetensors "
     "outputs/study/q-convall-c03-s0/student_params_ema.safetensors --json docs/perf/tinyworld_fullft_parts.json": Options(
@@ -214,55 +212,38 @@ PLAN: dict[str, Run | Options | Skip | Covered] = {
         "needs the study's trained students (outputs/study); tests/test_bench_fullft_parts.py checks its hybrids"),
     "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name q-convall-c3-s1 --config "
     "configs/tinyworld-quality-linear.yaml --seed 1 --steps 1200 --eval-every 300 --set "
-    "adapter.student_targets=all-linear-conv --set optim.conv_lr_scale=3.0": Options(
-        "python {root}/bench/tinyworld_study.py --help", "trains a student: 30-50 minutes on this CPU"),
+    "adapter.student_targets=all-linear-conv --set optim.conv_lr_scale=3.0": study("trains a student: 30-50 minutes on this CPU"),
     "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name quality-conv-s0 --config "
     "configs/tinyworld-quality-conv.yaml "
-    "--seed 0 --steps 1200 --eval-every 1200 --export": Options(
-        "python {root}/bench/tinyworld_study.py --help", "trains and exports the shipped quality student"),
+    "--seed 0 --steps 1200 --eval-every 1200 --export": study("trains and exports the shipped quality student"),
     "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name q-c3reg005-s0 --config "
     "configs/tinyworld-quality-conv.yaml "
-    "--steps 1200 --eval-every 300 --set vsd.regression_weight=0.05": Options(
-        "python {root}/bench/tinyworld_study.py --help", "trains a student: 30-50 minutes on this CPU"),
+    "--steps 1200 --eval-every 300 --set vsd.regression_weight=0.05": study("trains a student: 30-50 minutes on this CPU"),
     "python bench/tinyworld_study.py --plot docs/img/tinyworld_curves_round6.png --only "
-    "\"^(T800-s|q-full1e-4|q-convall-c(1|3)-|q-c3reg(005|01)-)\" --json docs/perf/tinyworld_study_round6.json": Options(
-        "python {root}/bench/tinyworld_study.py --help",
-        "plots the study's runs (outputs/study); tests/test_bench_study_plot.py runs --plot --only --json on made-up runs"),
+    "\"^(T800-s|q-full1e-4|q-convall-c(1|3)-|q-c3reg(005|01)-)\" --json docs/perf/tinyworld_study_round6.json": study(PLOT_WHY),
     "python bench/tinyworld_diagnose.py outputs/study/T800-s0/student_params_ema.safetensors --timestep 800 "
     "--json docs/perf/tinyworld_diagnose_t800.json": Options(
         "python {root}/bench/tinyworld_diagnose.py --help", "needs the study's trained students (outputs/study)"),
     # round 7
     "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name q-c3reg001-s1 --config "
-    "configs/tinyworld-quality-conv.yaml --seed 1 --steps 1200 --eval-every 300 --set vsd.regression_weight=0.01": Options(
-        "python {root}/bench/tinyworld_study.py --help", "trains a student: 40-65 minutes on this CPU"),
+    "configs/tinyworld-quality-conv.yaml --seed 1 --steps 1200 --eval-every 300 --set vsd.regression_weight=0.01": study("trains a student: 40-65 minutes on this CPU"),
     "python bench/tinyworld_study.py --plot docs/img/tinyworld_curves_round7.png --only "
-    "\"^(q-convall-c3-|q-c3reg)\" --json docs/perf/tinyworld_study_round7.json": Options(
-        "python {root}/bench/tinyworld_study.py --help",
-        "plots the study's runs (outputs/study); tests/test_bench_study_plot.py runs --plot --only --json on made-up runs"),
+    "\"^(q-convall-c3-|q-c3reg)\" --json docs/perf/tinyworld_study_round7.json": study(PLOT_WHY),
     "python bench/tinyworld_study.py --plot docs/img/tinyworld_curves_round8.png --only "
-    "\"^(demo-s|dq-|dqc-|dc400-|q-c3reg001-|qr-)\" --json docs/perf/tinyworld_study_round8.json": Options(
-        "python {root}/bench/tinyworld_study.py --help",
-        "plots the study's runs (outputs/study); tests/test_bench_study_plot.py runs --plot --only --json on made-up runs"),
+    "\"^(demo-s|dq-|dqc-|dc400-|q-c3reg001-|qr-)\" --json docs/perf/tinyworld_study_round8.json": study(PLOT_WHY),
     "OMP_NUM_THREADS=2 python bench/tinyworld_study.py --name demo-t2-s1 --seed 1 --steps 600 --eval-every 600 "
-    "--threads 2 --set vsd.timestep=800 --set optim.fake_lr=3e-2 --set optim.lr_scheduler=cosine": Options(
-        "python {root}/bench/tinyworld_study.py --help", "trains the demo's recipe: 10 minutes or more on a CPU"),
+    "--threads 2 --set vsd.timestep=800 --set optim.fake_lr=3e-2 --set optim.lr_scheduler=cosine": study("trains the demo's recipe: 10 minutes or more on a CPU"),
     "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name qr-full1e-4-s1 --config configs/tinyworld-quality.yaml "
-    "--seed 1 --steps 1200 --eval-every 300 --set adapter.kind=full --set optim.student_lr=1e-4": Options(
-        "python {root}/bench/tinyworld_study.py --help", "trains a student on the quality recipe: half an hour or more on a CPU"),
+    "--seed 1 --steps 1200 --eval-every 300 --set adapter.kind=full --set optim.student_lr=1e-4": study("trains a student on the quality recipe: half an hour or more on a CPU"),
     "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name qr-lora3e-4-r41-s0 --config configs/tinyworld-quality.yaml "
     "--seed 0 --steps 1200 --eval-every 300 --set adapter.kind=lora --set optim.student_lr=3e-4 "
-    "--set adapter.student_rank=41": Options(
-        "python {root}/bench/tinyworld_study.py --help", "trains a student on the quality recipe: half an hour or more on a CPU"),
+    "--set adapter.student_rank=41": study("trains a student on the quality recipe: half an hour or more on a CPU"),
     "python bench/tinyworld_study.py --plot docs/img/tinyworld_curves_round9.png --only \"^(q-c3reg001-|qr-)\" "
-    "--json docs/perf/tinyworld_study_round9.json": Options(
-        "python {root}/bench/tinyworld_study.py --help",
-        "plots the study's runs (outputs/study); tests/test_bench_study_plot.py runs --plot --only --json on made-up runs"),
+    "--json docs/perf/tinyworld_study_round9.json": study(PLOT_WHY),
     "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name qr-lora3e-4-s0 --config configs/tinyworld-quality.yaml "
-    "--seed 0 --steps 1200 --eval-every 300 --set adapter.kind=lora --set optim.student_lr=3e-4": Options(
-        "python {root}/bench/tinyworld_study.py --help", "trains a student on the quality recipe: an hour or more on a CPU"),
+    "--seed 0 --steps 1200 --eval-every 300 --set adapter.kind=lora --set optim.student_lr=3e-4": study("trains a student on the quality recipe: an hour or more on a CPU"),
     "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name quality-reg-s0 --config configs/tinyworld-quality.yaml "
-    "--seed 0 --steps 1200 --eval-every 1200 --export": Options(
-        "python {root}/bench/tinyworld_study.py --help", "trains and exports the shipped quality student"),
+    "--seed 0 --steps 1200 --eval-every 1200 --export": study("trains and exports the shipped quality student"),
     # the shipped quality student through every command that reads it (the real file, small eval)
     "wadi sample --base assets/tinyworld/teacher --lorad assets/tinyworld/students/wadi-quality.lorad.safetensors "
     "--prompt \"a red circle on the left\" --out outputs/quality.png": Run(makes=("outputs/quality.png",)),
@@ -271,7 +252,7 @@ PLAN: dict[str, Run | Options | Skip | Covered] = {
     "wadi eval --mode onestep --lorad assets/tinyworld/students/wadi-quality.lorad.safetensors "
     "--out outputs/quality-eval.json": Run("--n 8 --seeds 0", makes=("outputs/quality-eval.json",)),
     "python bench/tinyworld_study.py --plot docs/img/tinyworld_curves.png --json docs/perf/tinyworld_study.json":
-        Options("python {root}/bench/tinyworld_study.py --help", "plots the study's runs (outputs/study)"),
+        study("plots the study's runs (outputs/study)"),
     "OMP_NUM_THREADS=1 python bench/trainer_memory.py --models sd15 --latent 64 --dtypes fp32 bf16 --checkpointing "
     "off on --candidates ours --threads 1 --json docs/perf/trainer_memory_cpu.json": Options(
         "python {root}/bench/trainer_memory.py --help",
