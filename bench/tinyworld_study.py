@@ -4,7 +4,8 @@ One run = one config (the demo's recipe plus ``--set key=value`` overrides) and 
 Every ``--eval-every`` steps the student (its EMA when on) generates the 256 fixed evaluation
 prompts x 2 noise seeds in one step and the classifier scores them; the curve is appended to
 ``<out>/<name>/curve.json`` as it grows, so a long run can be watched (and plotted) while it runs.
-A finished run is not repeated.  ``--plot`` draws every curve under ``--out`` into one figure.
+A finished run is not repeated.  ``--stop-at N`` ends a run at step N under the schedule of ``--steps``
+(its points are the full run's first ones: time to quality at a fine ``--eval-every``).  ``--plot`` draws every curve under ``--out`` into one figure.
 
     OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name lorad-s0 --steps 3000 --eval-every 500
     python bench/tinyworld_study.py --plot docs/img/tinyworld_curves.png --json docs/perf/tinyworld_study.json
@@ -37,6 +38,11 @@ def parse(argv=None) -> argparse.Namespace:
                                                  "the demo's recipe; --set still applies on top")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--eval-every", type=int, default=500)
+    p.add_argument("--stop-at", type=int, default=0,
+                   help="stop after this many steps; the learning-rate schedule still spans --steps, so the points "
+                        "are those of the full run (time to quality at a fine --eval-every without the full run)")
+    p.add_argument("--eval-prompts", type=int, default=256,
+                   help="how many of the fixed evaluation prompts to score (the study's figures use all 256)")
     p.add_argument("--seed", type=int, default=0, help="training seed (data stream and adapter init)")
     p.add_argument("--eval-seeds", default="0,1")
     p.add_argument("--threads", type=int, default=1)
@@ -93,7 +99,7 @@ def run(a: argparse.Namespace) -> Path:
                 ("adapter.seed", str(a.seed)), ("train.max_steps", str(a.steps)),
                 ("output.sample_every", "0"), ("output.checkpoint_every", "0")]
         cfg = apply_overrides(load_yaml(a.config), base + sets)
-    prompts = metrics.fixed_eval_prompts(256)
+    prompts = metrics.fixed_eval_prompts(a.eval_prompts)
     seeds = [int(x) for x in a.eval_seeds.split(",")]
     d = Distiller(cfg, extra_prompts=prompts, progress=False)
     d.setup()
@@ -102,8 +108,11 @@ def run(a: argparse.Namespace) -> Path:
         from wadi_lorad.trainer.ema import EMA
 
         shadow = EMA(d.views.student.params, a.shadow_ema)
+    stop = a.stop_at or a.steps
     curve = {"name": a.name, "seed": a.seed, "threads": a.threads, "overrides": dict(sets),
              "config": a.config, "steps": a.steps, "points": [], "done": False}
+    if stop != a.steps:
+        curve["stop_at"] = stop
     train_s = 0.0
     losses: list[dict[str, float]] = []
 
@@ -133,13 +142,13 @@ def run(a: argparse.Namespace) -> Path:
 
     out.mkdir(parents=True, exist_ok=True)
     record()
-    while d.step < a.steps:
+    while d.step < stop:
         t0 = time.perf_counter()
         losses.append(d.train_step())
         if shadow is not None and shadow is not d.ema:  # the trainer updates its own
             shadow.update()
         train_s += time.perf_counter() - t0
-        if d.step % a.eval_every == 0 or d.step == a.steps:
+        if d.step % a.eval_every == 0 or d.step == stop:
             record()
     save_outputs(d, shadow, prompts, out)
     if a.export:
@@ -249,6 +258,8 @@ def main(argv=None) -> int:
         return 0
     if not a.name:
         raise SystemExit("error: --name is required for a run")
+    if not 0 <= a.stop_at <= a.steps:
+        raise SystemExit(f"error: --stop-at {a.stop_at} must lie between 1 and --steps ({a.steps}); 0 = run them all")
     run(a)
     return 0
 
