@@ -5,7 +5,8 @@ Every ``--eval-every`` steps the student (its EMA when on) generates the 256 fix
 prompts x 2 noise seeds in one step and the classifier scores them; the curve is appended to
 ``<out>/<name>/curve.json`` as it grows, so a long run can be watched (and plotted) while it runs.
 A finished run is not repeated.  ``--stop-at N`` ends a run at step N under the schedule of ``--steps``
-(its points are the full run's first ones: time to quality at a fine ``--eval-every``).  ``--plot`` draws every curve under ``--out`` into one figure.
+(its points are the full run's first ones: time to quality at a fine ``--eval-every``).  ``--plot``
+draws every curve under ``--out`` into one figure.
 
     OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name lorad-s0 --steps 3000 --eval-every 500
     python bench/tinyworld_study.py --plot docs/img/tinyworld_curves.png --json docs/perf/tinyworld_study.json
