@@ -244,6 +244,30 @@ PLAN: dict[str, Run | Options | Skip | Covered] = {
     "--seed 0 --steps 1200 --eval-every 300 --set adapter.kind=lora --set optim.student_lr=3e-4": study("trains a student on the quality recipe: an hour or more on a CPU"),
     "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name quality-reg-s0 --config configs/tinyworld-quality.yaml "
     "--seed 0 --steps 1200 --eval-every 1200 --export": study("trains and exports the shipped quality student"),
+    # round 10
+    "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name qr-lora3e-4-r41-s1 --config configs/tinyworld-quality.yaml "
+    "--seed 1 --steps 1200 --eval-every 100 --set adapter.kind=lora --set optim.student_lr=3e-4 "
+    "--set adapter.student_rank=41": study("trains a student on the quality recipe: half an hour or more on a CPU"),
+    "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name qr-dora3e-4-s2 --config configs/tinyworld-quality.yaml "
+    "--seed 2 --steps 1200 --eval-every 100 --set adapter.kind=dora --set optim.student_lr=3e-4": study(
+        "trains a student on the quality recipe: 40 minutes or more on a CPU"),
+    "python bench/tinyworld_study.py --plot docs/img/tinyworld_curves_round10.png --only \"^(q-c3reg001-|qr-)\" "
+    "--json docs/perf/tinyworld_study_round10.json": study(PLOT_WHY),
+    "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name tq-lorad-s1 --config configs/tinyworld-quality.yaml "
+    "--seed 1 --steps 1200 --stop-at 600 --eval-every 100": study(
+        "trains half the quality recipe: 15 minutes or more on a CPU; tests/test_bench_study_stop.py runs --stop-at "
+        "at toy size"),
+    "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name tq-full1e-4-s1 --config configs/tinyworld-quality.yaml "
+    "--seed 1 --steps 1200 --stop-at 600 --eval-every 100 --set adapter.kind=full --set optim.student_lr=1e-4": study(
+        "trains half the quality recipe: 15 minutes or more on a CPU"),
+    "python bench/tinyworld_study.py --plot docs/img/tinyworld_time_to_quality_round10.png --only "
+    "\"^(tq-|qr-(lora3e-4-r41|dora3e-4)-s[12])\" --json docs/perf/tinyworld_time_to_quality_round10.json": study(
+        PLOT_WHY),
+    "python bench/distill_step_time.py --kinds lora --targets all-linear-conv --student-rank 41 --fake-rank 32 "
+    "--batch 16 --steps 20 --threads 2 --set vsd.timestep=800 --set optim.conv_lr_scale=3 "
+    "--set vsd.regression_weight=0.01 --set vsd.regression_pairs=32 --set vsd.regression_steps=2": Options(
+        "python {root}/bench/distill_step_time.py --help",
+        "a timing: minutes (tests/test_bench_step_time.py runs --targets and --set at toy size)"),
     # the shipped quality student through every command that reads it (the real file, small eval)
     "wadi sample --base assets/tinyworld/teacher --lorad assets/tinyworld/students/wadi-quality.lorad.safetensors "
     "--prompt \"a red circle on the left\" --out outputs/quality.png": Run(makes=("outputs/quality.png",)),
