@@ -82,7 +82,14 @@ def run(a: argparse.Namespace) -> Path:
     torch.set_num_threads(a.threads)
     out = Path(a.out) / a.name
     curve_path = out / "curve.json"
-    if curve_path.is_file() and json.loads(curve_path.read_text()).get("done"):
+    stop = a.stop_at or a.steps
+    before = json.loads(curve_path.read_text()) if curve_path.is_file() else {}
+    if before.get("done"):
+        ended = (before.get("steps"), before.get("stop_at", before.get("steps")))
+        if ended != (a.steps, stop):  # never hand back a shorter (or longer) run as this one
+            raise SystemExit(f"error: {curve_path} holds a finished run of --steps {ended[0]} stopped at step "
+                             f"{ended[1]}; this call asks for --steps {a.steps} stopped at step {stop}: "
+                             "give it another --name")
         print(f"{a.name}: done before, kept")
         return curve_path
     prompts_file = Path(a.out) / "prompts.txt"
@@ -109,7 +116,6 @@ def run(a: argparse.Namespace) -> Path:
         from wadi_lorad.trainer.ema import EMA
 
         shadow = EMA(d.views.student.params, a.shadow_ema)
-    stop = a.stop_at or a.steps
     curve = {"name": a.name, "seed": a.seed, "threads": a.threads, "overrides": dict(sets),
              "config": a.config, "steps": a.steps, "points": [], "done": False}
     if stop != a.steps:

@@ -45,6 +45,14 @@ def test_a_stopped_run_is_the_full_runs_prefix(tmp_path):
     # the same steps under a schedule that ends at step 2: step 1 (lr before the cosine's end) agrees, step 2 not
     assert short[1] == full[1]
     assert short[2]["fd"] != full[2]["fd"]
+    # a finished run is kept when asked for again, and never handed back as a run of another length
+    curve_before = (out / "stopped" / "curve.json").read_text()
+    again = _run(out, "stopped", "--steps", "4", "--stop-at", "2")
+    assert again.returncode == 0 and "done before, kept" in again.stdout
+    longer = _run(out, "stopped", "--steps", "4")
+    assert longer.returncode != 0
+    assert "curve.json" in longer.stderr and "stopped at step 2" in longer.stderr and "stopped at step 4" in longer.stderr
+    assert (out / "stopped" / "curve.json").read_text() == curve_before
 
 
 def test_stop_at_past_the_schedule_is_refused(tmp_path):
