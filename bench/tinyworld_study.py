@@ -5,8 +5,11 @@ Every ``--eval-every`` steps the student (its EMA when on) generates the 256 fix
 prompts x 2 noise seeds in one step and the classifier scores them; the curve is appended to
 ``<out>/<name>/curve.json`` as it grows, so a long run can be watched (and plotted) while it runs.
 A finished run is not repeated.  ``--stop-at N`` ends a run at step N under the schedule of ``--steps``
-(its points are the full run's first ones: time to quality at a fine ``--eval-every``).  ``--plot``
-draws every curve under ``--out`` into one figure.
+(its points are the full run's first ones: time to quality at a fine ``--eval-every``).  With
+``--checkpoint-every N`` the run keeps the trainer's own resume checkpoints: a run that was killed
+continues from its last one, and a run stopped with ``--stop-at`` can be continued to a later
+``--stop-at`` (or to the end), with the points it would have had in one go (curves of 10,000 steps
+are spread over several sittings this way).  ``--plot`` draws every curve under ``--out`` into one figure.
 
     OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name lorad-s0 --steps 3000 --eval-every 500
     python bench/tinyworld_study.py --plot docs/img/tinyworld_curves.png --json docs/perf/tinyworld_study.json
@@ -26,7 +29,9 @@ import harness
 import torch
 
 harness.load_package()
-from wadi_lorad.lorad.fsutil import atomic_write_text  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
+from wadi_lorad.lorad.fsutil import atomic_save, atomic_write_text  # noqa: E402
+from wadi_lorad.trainer.checkpoint import checkpoint_root, list_checkpoints  # noqa: E402
 from wadi_lorad.trainer.demo import STUDY_BASE_OVERRIDES, DemoSettings, demo_config  # noqa: E402
 from wadi_lorad.trainer.tinyworld import domain, metrics  # noqa: E402
 
@@ -42,6 +47,9 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--stop-at", type=int, default=0,
                    help="stop after this many steps; the learning-rate schedule still spans --steps, so the points "
                         "are those of the full run (time to quality at a fine --eval-every without the full run)")
+    p.add_argument("--checkpoint-every", type=int, default=0,
+                   help="keep a resume checkpoint every N steps (a multiple of --eval-every) and at the end: a killed "
+                        "run continues from its last one, a run stopped at --stop-at can be continued; 0 = none")
     p.add_argument("--eval-prompts", type=int, default=256,
                    help="how many of the fixed evaluation prompts to score (the study's figures use all 256)")
     p.add_argument("--seed", type=int, default=0, help="training seed (data stream and adapter init)")
@@ -84,12 +92,8 @@ def run(a: argparse.Namespace) -> Path:
     curve_path = out / "curve.json"
     stop = a.stop_at or a.steps
     before = json.loads(curve_path.read_text()) if curve_path.is_file() else {}
-    if before.get("done"):
-        ended = (before.get("steps"), before.get("stop_at", before.get("steps")))
-        if ended != (a.steps, stop):  # never hand back a shorter (or longer) run as this one
-            raise SystemExit(f"error: {curve_path} holds a finished run of --steps {ended[0]} stopped at step "
-                             f"{ended[1]}; this call asks for --steps {a.steps} stopped at step {stop}: "
-                             "give it another --name")
+    resume_at = continue_from(a, before, curve_path, stop)
+    if before.get("done") and resume_at is None:
         print(f"{a.name}: done before, kept")
         return curve_path
     prompts_file = Path(a.out) / "prompts.txt"
@@ -107,6 +111,8 @@ def run(a: argparse.Namespace) -> Path:
                 ("adapter.seed", str(a.seed)), ("train.max_steps", str(a.steps)),
                 ("output.sample_every", "0"), ("output.checkpoint_every", "0")]
         cfg = apply_overrides(load_yaml(a.config), base + sets)
+    if resume_at is not None:
+        cfg.resume = "latest"
     prompts = metrics.fixed_eval_prompts(a.eval_prompts)
     seeds = [int(x) for x in a.eval_seeds.split(",")]
     d = Distiller(cfg, extra_prompts=prompts, progress=False)
@@ -120,7 +126,19 @@ def run(a: argparse.Namespace) -> Path:
              "config": a.config, "steps": a.steps, "points": [], "done": False}
     if stop != a.steps:
         curve["stop_at"] = stop
+    if a.checkpoint_every:
+        curve["checkpoint_every"] = a.checkpoint_every
     train_s = 0.0
+    if resume_at is not None:
+        if d.step != resume_at:
+            raise SystemExit(f"error: {out / 'run'} resumed at step {d.step}, not at step {resume_at} where "
+                             f"{curve_path} has its last checkpointed point")
+        # the points after the checkpoint (written before the run was killed) are computed again
+        curve["points"] = [p for p in before["points"] if p["step"] <= d.step]
+        train_s = curve["points"][-1]["train_s"]
+        if shadow is not None and shadow is not d.ema:
+            shadow.load_state_dict(load_file(str(shadow_file(out, d.step))))
+        print(f"{a.name}: continuing from step {d.step} ({curve_path})", flush=True)
     losses: list[dict[str, float]] = []
 
     def record() -> None:
@@ -147,8 +165,20 @@ def run(a: argparse.Namespace) -> Path:
         print(f"{a.name} step {d.step}: alignment {pt['alignment']:.3f} FD {pt['fd']:.0f}{ema_txt} "
               f"({train_s:.0f} s training)", flush=True)
 
+    def keep_checkpoint() -> None:
+        # the shadow EMA (when the config has none) first, named by its step: a run killed between the two
+        # writes resumes from the previous checkpoint, whose shadow file is still there
+        if shadow is not None and shadow is not d.ema:
+            atomic_save(shadow_file(out, d.step), lambda tmp: save_file(shadow.state_dict(), str(tmp)))
+        d.save_checkpoint()
+        kept = {int(p.name.split("-")[1]) for p in list_checkpoints(checkpoint_root(d.out))}
+        for f in out.glob("shadow_ema/step-*.safetensors"):
+            if int(f.stem.split("-")[1]) not in kept:
+                f.unlink()
+
     out.mkdir(parents=True, exist_ok=True)
-    record()
+    if resume_at is None:
+        record()
     while d.step < stop:
         t0 = time.perf_counter()
         losses.append(d.train_step())
@@ -157,12 +187,15 @@ def run(a: argparse.Namespace) -> Path:
         train_s += time.perf_counter() - t0
         if d.step % a.eval_every == 0 or d.step == stop:
             record()
+        if a.checkpoint_every and (d.step % a.checkpoint_every == 0 or d.step == stop):
+            keep_checkpoint()
     save_outputs(d, shadow, prompts, out)
     if a.export:
         from wadi_lorad.trainer.export import export_outputs
 
         d.train_time_s = train_s
-        d.save_checkpoint()
+        if not a.checkpoint_every:  # else kept at the last step already
+            d.save_checkpoint()
         # relative to the run's folder: curve.json is collected into shared JSON (--plot --json), no local paths
         curve["exports"] = {k: Path(os.path.relpath(v, out)).as_posix() for k, v in export_outputs(d).items()}
     curve["done"] = True
@@ -170,9 +203,48 @@ def run(a: argparse.Namespace) -> Path:
     return curve_path
 
 
+def continue_from(a: argparse.Namespace, before: dict, curve_path: Path, stop: int) -> int | None:
+    """The step a run under ``curve_path`` continues from, or None (a new run, or a finished one to keep).
+
+    Refuses, naming the curve, a call that asks for another run under the same name: other settings, or a
+    finished run of another length that cannot be continued."""
+    if not before:
+        return None
+    asked = {"seed": a.seed, "config": a.config, "overrides": dict(kv.split("=", 1) for kv in a.set),
+             "steps": a.steps}
+    differ = [f"{k} {before.get(k)!r} (asked: {v!r})" for k, v in asked.items() if before.get(k) != v]
+    ended = before.get("stop_at", before.get("steps"))
+    saved = [int(p.name.split("-")[1]) for p in list_checkpoints(checkpoint_root(curve_path.parent / "run"))]
+    last = saved[-1] if saved else None
+    if before.get("done"):
+        if not differ and ended == stop:
+            return None
+        if not differ and stop > ended and last == ended:
+            return last
+        why = "" if differ or stop < ended else " and kept no checkpoint at its end (--checkpoint-every)"
+        raise SystemExit(f"error: {curve_path} holds a finished run of --steps {before.get('steps')} stopped at step "
+                         f"{ended}{why}; this call asks for --steps {a.steps} stopped at step {stop}"
+                         + (f" with {'; '.join(differ)}" if differ else "") + ": give it another --name")
+    if last is None:
+        return None  # killed before its first checkpoint: start over
+    if last > stop:
+        raise SystemExit(f"error: {curve_path} holds an unfinished run checkpointed at step {last}, past the asked "
+                         f"end (step {stop}): continue it to step {last} or later, or give this one another --name")
+    if differ:
+        raise SystemExit(f"error: {curve_path} holds an unfinished run with {'; '.join(differ)}: continue it with "
+                         "its own settings, or give this one another --name")
+    if not any(p["step"] == last for p in before.get("points", [])):
+        raise SystemExit(f"error: {curve_path} has no point at step {last}, where its last checkpoint is: "
+                         "checkpoints must fall on evaluation steps (--checkpoint-every a multiple of --eval-every)")
+    return last
+
+
+def shadow_file(out: Path, step: int) -> Path:
+    return out / "shadow_ema" / f"step-{step:08d}.safetensors"
+
+
 def save_outputs(d, shadow, prompts: list[str], out: Path) -> None:
     """The student's parameters (raw and EMA) and a grid of its first eval images, to look at."""
-    from safetensors.torch import save_file
     from wadi_lorad.trainer.sampling import one_step, save_grid
 
     save_file({k: v.contiguous() for k, v in d.views.student.state().items()}, str(out / "student_params.safetensors"))
@@ -265,6 +337,9 @@ def main(argv=None) -> int:
         return 0
     if not a.name:
         raise SystemExit("error: --name is required for a run")
+    if a.checkpoint_every < 0 or (a.checkpoint_every and a.checkpoint_every % a.eval_every):
+        raise SystemExit(f"error: --checkpoint-every {a.checkpoint_every} must be a multiple of --eval-every "
+                         f"({a.eval_every}), so that a continued run starts at one of its points; 0 = none")
     if not 0 <= a.stop_at <= a.steps:
         raise SystemExit(f"error: --stop-at {a.stop_at} must lie between 1 and --steps ({a.steps}); 0 = run them all")
     run(a)

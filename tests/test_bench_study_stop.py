@@ -8,36 +8,17 @@ the difference visible: a run whose schedule ends at step 2 (--steps 2) scores d
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--eval-every", "1", "--eval-prompts", "8", "--eval-seeds", "0", "--set", "optim.lr_scheduler=cosine",
-        "--set", "train.batch_size=2", "--set", "adapter.student_rank=4", "--set", "adapter.fake_rank=2",
-        "--set", "data.max_prompts=8"]
-TIMINGS = {"train_s", "eval_s"}  # wall-clock, differs between any two runs
-
-
-def _run(out: Path, name: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "bench" / "tinyworld_study.py"), "--out", str(out),
-                           "--name", name, *args, *TINY], capture_output=True, text=True, cwd=out.parent,
-                          timeout=1200)
-
-
-def _points(out: Path, name: str) -> list[dict]:
-    curve = json.loads((out / name / "curve.json").read_text())
-    assert curve["done"] is True
-    return [{k: v for k, v in p.items() if k not in TIMINGS} for p in curve["points"]]
+from study_helpers import finished_points, run_study
 
 
 def test_a_stopped_run_is_the_full_runs_prefix(tmp_path):
     out = tmp_path / "study"
     for name, args in (("full", ["--steps", "4"]), ("stopped", ["--steps", "4", "--stop-at", "2"]),
                        ("short", ["--steps", "2"])):
-        proc = _run(out, name, *args)
+        proc = run_study(out, name, *args)
         assert proc.returncode == 0, proc.stderr[-3000:]
-    full, stopped, short = (_points(out, n) for n in ("full", "stopped", "short"))
+    full, stopped, short = (finished_points(out, n) for n in ("full", "stopped", "short"))
     assert [p["step"] for p in full] == [0, 1, 2, 3, 4]
     assert [p["step"] for p in stopped] == [0, 1, 2]
     assert stopped == full[:3]
@@ -47,16 +28,16 @@ def test_a_stopped_run_is_the_full_runs_prefix(tmp_path):
     assert short[2]["fd"] != full[2]["fd"]
     # a finished run is kept when asked for again, and never handed back as a run of another length
     curve_before = (out / "stopped" / "curve.json").read_text()
-    again = _run(out, "stopped", "--steps", "4", "--stop-at", "2")
+    again = run_study(out, "stopped", "--steps", "4", "--stop-at", "2")
     assert again.returncode == 0 and "done before, kept" in again.stdout
-    longer = _run(out, "stopped", "--steps", "4")
+    longer = run_study(out, "stopped", "--steps", "4")
     assert longer.returncode != 0
     assert "curve.json" in longer.stderr and "stopped at step 2" in longer.stderr and "stopped at step 4" in longer.stderr
     assert (out / "stopped" / "curve.json").read_text() == curve_before
 
 
 def test_stop_at_past_the_schedule_is_refused(tmp_path):
-    proc = _run(tmp_path / "study", "x", "--steps", "4", "--stop-at", "5")
+    proc = run_study(tmp_path / "study", "x", "--steps", "4", "--stop-at", "5")
     assert proc.returncode != 0
     assert "--stop-at 5" in proc.stderr and "--steps (4)" in proc.stderr
     assert not (tmp_path / "study" / "x").exists()
