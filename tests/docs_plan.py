@@ -253,6 +253,11 @@ PLAN: dict[str, Run | Options | Skip | Covered] = {
         "trains a student on the quality recipe: 40 minutes or more on a CPU"),
     "python bench/tinyworld_study.py --plot docs/img/tinyworld_curves_round10.png --only \"^(q-c3reg001-|qr-)\" "
     "--json docs/perf/tinyworld_study_round10.json": study(PLOT_WHY),
+    "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name long-lorad-s0 --config configs/tinyworld-quality.yaml "
+    "--seed 0 --steps 10000 --eval-every 250 --checkpoint-every 250 --set adapter.kind=lorad "
+    "--set optim.student_lr=0.003": study(
+        "trains 10,000 steps: 3-4 hours on a CPU, in pieces; tests/test_bench_study_resume.py continues killed and "
+        "stopped runs at toy size"),
     "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name tq-lorad-s1 --config configs/tinyworld-quality.yaml "
     "--seed 1 --steps 1200 --stop-at 600 --eval-every 100": study(
         "trains half the quality recipe: 15 minutes or more on a CPU; tests/test_bench_study_stop.py runs --stop-at "
