@@ -135,6 +135,8 @@ def run(a: argparse.Namespace) -> Path:
                              f"{curve_path} has its last checkpointed point")
         # the points after the checkpoint (written before the run was killed) are computed again
         curve["points"] = [p for p in before["points"] if p["step"] <= d.step]
+        # where each later sitting took over, and with how many threads (the first sitting's are in "threads")
+        curve["continued"] = before.get("continued", []) + [{"step": d.step, "threads": a.threads}]
         train_s = curve["points"][-1]["train_s"]
         if shadow is not None and shadow is not d.ema:
             shadow.load_state_dict(load_file(str(shadow_file(out, d.step))))

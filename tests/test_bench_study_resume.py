@@ -30,6 +30,7 @@ def test_a_stopped_run_continues_to_the_one_gofinished_points(tmp_path):
     assert "continuing from step 2" in again.stdout
     assert finished_points(out, "part") == finished_points(out, "whole")  # schedule, optimizer, data stream and the config's EMA
     assert "stop_at" not in _curve(out, "part")
+    assert _curve(out, "part")["continued"] == [{"step": 2, "threads": 1}]
     # another run under the same name is refused, naming the curve, and nothing is touched
     before = (out / "part" / "curve.json").read_text()
     other = run_study(out, "part", "--steps", "4", "--checkpoint-every", "2", "--seed", "1")
