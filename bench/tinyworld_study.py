@@ -318,7 +318,7 @@ def plot(a: argparse.Namespace) -> None:
         ax.set_title(title)
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=6.5, loc="upper right", ncol=2)
-    fig.suptitle("WaDi on the tiny world: thick = mean ± sd over 3 training seeds (EMA 0.99); "
+    fig.suptitle("WaDi on the tiny world: thick = mean ± sd over the training seeds (EMA 0.99; how many: legend); "
                  "thin = one seed, solid EMA, dashed raw")
     fig.tight_layout()
     fig.savefig(a.plot, dpi=110)

@@ -253,6 +253,15 @@ PLAN: dict[str, Run | Options | Skip | Covered] = {
         "trains a student on the quality recipe: 40 minutes or more on a CPU"),
     "python bench/tinyworld_study.py --plot docs/img/tinyworld_curves_round10.png --only \"^(q-c3reg001-|qr-)\" "
     "--json docs/perf/tinyworld_study_round10.json": study(PLOT_WHY),
+    "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name long-lorad-s1 --config configs/tinyworld-quality.yaml "
+    "--seed 1 --steps 10000 --eval-every 250 --checkpoint-every 250 --set adapter.kind=lorad "
+    "--set optim.student_lr=0.003": study(
+        "trains 10,000 steps: 3-4 hours on a CPU, in pieces"),
+    "python bench/tinyworld_study.py --plot docs/img/tinyworld_curves_round11.png --only "
+    "\"^(long-lorad-|q-c3reg001-|qf64-)\" --json docs/perf/tinyworld_study_round11.json": study(PLOT_WHY),
+    "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name qf64-s0 --config configs/tinyworld-quality.yaml "
+    "--seed 0 --steps 1200 --eval-every 300 --set adapter.kind=lorad --set optim.student_lr=0.003 "
+    "--set adapter.fake_rank=64": study("trains a student on the quality recipe: 25 minutes or more on a CPU"),
     "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name long-lorad-s0 --config configs/tinyworld-quality.yaml "
     "--seed 0 --steps 10000 --eval-every 250 --checkpoint-every 250 --set adapter.kind=lorad "
     "--set optim.student_lr=0.003": study(
