@@ -173,7 +173,7 @@ def run(a: argparse.Namespace) -> Path:
         if shadow is not None and shadow is not d.ema:
             atomic_save(shadow_file(out, d.step), lambda tmp: save_file(shadow.state_dict(), str(tmp)))
         d.save_checkpoint()
-        kept = {int(p.name.split("-")[1]) for p in list_checkpoints(checkpoint_root(d.out))}
+        kept = set(saved_steps(d.out))
         for f in out.glob("shadow_ema/step-*.safetensors"):
             if int(f.stem.split("-")[1]) not in kept:
                 f.unlink()
@@ -216,7 +216,7 @@ def continue_from(a: argparse.Namespace, before: dict, curve_path: Path, stop: i
              "steps": a.steps}
     differ = [f"{k} {before.get(k)!r} (asked: {v!r})" for k, v in asked.items() if before.get(k) != v]
     ended = before.get("stop_at", before.get("steps"))
-    saved = [int(p.name.split("-")[1]) for p in list_checkpoints(checkpoint_root(curve_path.parent / "run"))]
+    saved = saved_steps(curve_path.parent / "run")
     last = saved[-1] if saved else None
     if before.get("done"):
         if not differ and ended == stop:
@@ -239,6 +239,11 @@ def continue_from(a: argparse.Namespace, before: dict, curve_path: Path, stop: i
         raise SystemExit(f"error: {curve_path} has no point at step {last}, where its last checkpoint is: "
                          "checkpoints must fall on evaluation steps (--checkpoint-every a multiple of --eval-every)")
     return last
+
+
+def saved_steps(run_dir: Path) -> list[int]:
+    """The steps of the trainer's complete checkpoints in ``run_dir``, oldest first."""
+    return [int(p.name.split("-")[1]) for p in list_checkpoints(checkpoint_root(run_dir))]
 
 
 def shadow_file(out: Path, step: int) -> Path:
