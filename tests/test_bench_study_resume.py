@@ -19,7 +19,7 @@ def _curve(out, name) -> dict:
     return json.loads((out / name / "curve.json").read_text())
 
 
-def test_a_stopped_run_continues_to_the_one_gofinished_points(tmp_path):
+def test_a_stopped_run_continues_to_the_one_go_points(tmp_path):
     out = tmp_path / "study"
     assert run_study(out, "whole", "--steps", "4").returncode == 0
     first = run_study(out, "part", "--steps", "4", "--stop-at", "2", "--checkpoint-every", "2")
@@ -53,7 +53,7 @@ def test_a_killed_run_continues_from_its_last_checkpoint(tmp_path):
     curve.update(done=False, points=[dict(p, fd=-1.0) if p["step"] == 3 else p for p in curve["points"][:4]])
     (out / "killed" / "curve.json").write_text(json.dumps(curve))
     early = run_study(out, "killed", "--steps", "4", "--stop-at", "1", "--checkpoint-every", "2",
-                 "--set", "train.ema_decay=0")
+                       "--set", "train.ema_decay=0")
     assert early.returncode != 0 and "checkpointed at step 2" in early.stderr
     go = run_study(out, "killed", "--steps", "4", "--checkpoint-every", "2", "--set", "train.ema_decay=0")
     assert go.returncode == 0, go.stderr[-3000:]
