@@ -66,6 +66,9 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--json", default="", help="with --plot: also collect the drawn curves (all, or --only's) into "
                                                "this JSON")
     p.add_argument("--only", default="", help="with --plot: draw only the runs whose name matches this regex")
+    p.add_argument("--include-json", action="append", default=[], metavar="JSON",
+                   help="with --plot (repeatable): also draw the curves kept in a JSON an earlier --plot --json wrote "
+                        "(docs/perf/), for runs that are not under --out; a run under --out wins over its namesake")
     return p.parse_args(argv)
 
 
@@ -285,6 +288,19 @@ def plot(a: argparse.Namespace) -> None:
     import matplotlib.pyplot as plt
 
     curves = [json.loads(p.read_text()) for p in sorted(Path(a.out).glob("*/curve.json"))]
+    # Earlier rounds' curves from their committed JSON: a fresh machine has no outputs/study, and a new
+    # round is drawn beside the old ones without training them again.
+    here = {c["name"] for c in curves}
+    for path in a.include_json:
+        try:
+            kept = json.loads(Path(path).read_text())["curves"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise SystemExit(f"error: --include-json {path}: expected a JSON written by --plot --json with a "
+                             f"'curves' list ({e})") from e
+        for c in kept:
+            if c["name"] not in here:
+                here.add(c["name"])
+                curves.append(c)
     drawn = [c for c in curves if re.search(a.only, c["name"])] if a.only else curves
     # Runs named <recipe>-s<seed> with several seeds are drawn as one mean line with a +-sd band of their
     # EMA scores; single-seed runs as before (solid EMA, dashed raw).
@@ -342,6 +358,8 @@ def main(argv=None) -> int:
     if a.plot:
         plot(a)
         return 0
+    if a.include_json:
+        raise SystemExit("error: --include-json only adds curves to a --plot")
     if not a.name:
         raise SystemExit("error: --name is required for a run")
     if a.checkpoint_every < 0 or (a.checkpoint_every and a.checkpoint_every % a.eval_every):
