@@ -307,7 +307,9 @@ def plot(a: argparse.Namespace) -> None:
     groups: dict[str, list[dict]] = {}
     for c in drawn:
         groups.setdefault(re.sub(r"-s\d+$", "", c["name"]), []).append(c)
-    palette = plt.get_cmap("tab20").colors
+    # tab20 pairs a dark and a light shade of each hue, which read as one recipe; up to 10 groups get tab10's
+    # distinct hues
+    palette = plt.get_cmap("tab10" if len(groups) <= 10 else "tab20").colors
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
     for i, (recipe, members) in enumerate(sorted(groups.items())):
         color = palette[i % len(palette)]
