@@ -267,6 +267,17 @@ PLAN: dict[str, Run | Options | Skip | Covered] = {
     "--set optim.student_lr=0.003": study(
         "trains 10,000 steps: 3-4 hours on a CPU, in pieces; tests/test_bench_study_resume.py continues killed and "
         "stopped runs at toy size"),
+    # round 12
+    "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name q2400-s0 --config configs/tinyworld-quality.yaml "
+    "--seed 0 --steps 2400 --eval-every 300 --set adapter.kind=lorad --set optim.student_lr=0.003 --export": study(
+        "trains 2400 steps of the quality recipe: an hour or more on a CPU"),
+    "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name q900-s0 --config configs/tinyworld-quality.yaml "
+    "--seed 0 --steps 900 --eval-every 300 --set adapter.kind=lorad --set optim.student_lr=0.003": study(
+        "trains 900 steps of the quality recipe: 20 minutes or more on a CPU"),
+    "python bench/tinyworld_study.py --plot docs/img/tinyworld_curves_round12.png --only "
+    "\"^(q2400-|q900-|q-c3reg001-|long-lorad-)\" --include-json docs/perf/tinyworld_study_round11.json "
+    "--json docs/perf/tinyworld_study_round12.json": study(
+        PLOT_WHY + "; tests/test_bench_study_plot.py runs --include-json on made-up rounds"),
     "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name tq-lorad-s1 --config configs/tinyworld-quality.yaml "
     "--seed 1 --steps 1200 --stop-at 600 --eval-every 100": study(
         "trains half the quality recipe: 15 minutes or more on a CPU; tests/test_bench_study_stop.py runs --stop-at "
