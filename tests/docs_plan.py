@@ -274,8 +274,11 @@ PLAN: dict[str, Run | Options | Skip | Covered] = {
     "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name q900-s0 --config configs/tinyworld-quality.yaml "
     "--seed 0 --steps 900 --eval-every 300 --set adapter.kind=lorad --set optim.student_lr=0.003": study(
         "trains 900 steps of the quality recipe: 20 minutes or more on a CPU"),
+    "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name qc5-s0 --config configs/tinyworld-quality.yaml "
+    "--seed 0 --steps 1200 --eval-every 300 --set adapter.kind=lorad --set optim.student_lr=0.003 "
+    "--set optim.conv_lr_scale=5": study("trains a student on the quality recipe: 25 minutes or more on a CPU"),
     "python bench/tinyworld_study.py --plot docs/img/tinyworld_curves_round12.png --only "
-    "\"^(q2400-|q900-|q-c3reg001-|long-lorad-)\" --include-json docs/perf/tinyworld_study_round11.json "
+    "\"^(q2400-|q900-|qc5-|q-c3reg001-|long-lorad-)\" --include-json docs/perf/tinyworld_study_round11.json "
     "--json docs/perf/tinyworld_study_round12.json": study(
         PLOT_WHY + "; tests/test_bench_study_plot.py runs --include-json on made-up rounds"),
     "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name tq-lorad-s1 --config configs/tinyworld-quality.yaml "
