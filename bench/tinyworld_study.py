@@ -287,20 +287,17 @@ def plot(a: argparse.Namespace) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    curves = [json.loads(p.read_text()) for p in sorted(Path(a.out).glob("*/curve.json"))]
+    by_name = {c["name"]: c for c in (json.loads(p.read_text()) for p in sorted(Path(a.out).glob("*/curve.json")))}
     # Earlier rounds' curves from their committed JSON: a fresh machine has no outputs/study, and a new
-    # round is drawn beside the old ones without training them again.
-    here = {c["name"] for c in curves}
+    # round is drawn beside the old ones without training them again.  A run under --out wins.
     for path in a.include_json:
         try:
-            kept = json.loads(Path(path).read_text())["curves"]
+            for c in json.loads(Path(path).read_text())["curves"]:
+                by_name.setdefault(c["name"], c)
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise SystemExit(f"error: --include-json {path}: expected a JSON written by --plot --json with a "
-                             f"'curves' list ({e})") from e
-        for c in kept:
-            if c["name"] not in here:
-                here.add(c["name"])
-                curves.append(c)
+                             f"'curves' list of named curves ({e})") from e
+    curves = list(by_name.values())
     drawn = [c for c in curves if re.search(a.only, c["name"])] if a.only else curves
     # Runs named <recipe>-s<seed> with several seeds are drawn as one mean line with a +-sd band of their
     # EMA scores; single-seed runs as before (solid EMA, dashed raw).
