@@ -247,6 +247,59 @@ def test_regression_run_resumes_exactly_and_old_hashes_hold(tiny_bases, tmp_path
     assert any(not torch.equal(p, plain.views.student.params[k]) for k, p in d.views.student.params.items())
 
 
+def test_linear_regression_ramp_reaches_each_step_and_resumes_exactly(tiny_bases, tmp_path, monkeypatch):
+    from distill_helpers import small_cfg, write_prompts
+    from wadi_lorad.trainer import distill
+    from wadi_lorad.trainer.regression import regression_weight_at
+
+    # Reference: step k of N (0-based) weighs the term by w * (k + 1) / N; "constant" by w.
+    n, w = 4, 0.8
+    assert [regression_weight_at(w, "linear", k, n) for k in range(n)] == pytest.approx([0.2, 0.4, 0.6, 0.8])
+    assert [regression_weight_at(w, "constant", k, n) for k in range(n)] == [w] * n
+    with pytest.raises(ValueError, match="vsd.regression_ramp"):
+        regression_weight_at(w, "cosine", 0, n)
+    cfg = DistillConfig()
+    before = config_hash(cfg)
+    cfg.vsd.regression_ramp = "constant"
+    assert config_hash(cfg) == before  # checkpoints from before the option still resume
+    cfg.vsd.regression_ramp = "linear"
+    assert config_hash(cfg) != before
+
+    # The trainer hands each step its own weight (recorded where the step receives it).
+    seen: list[float] = []
+    real = distill.micro_step
+
+    def recording(*args, **kwargs):
+        seen.append(args[5].regression_weight)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(distill, "micro_step", recording)
+    prompts = write_prompts(tmp_path / "p.txt")
+    over = {"vsd__regression_weight": 0.6, "vsd__regression_ramp": "linear", "vsd__regression_pairs": 6,
+            "vsd__regression_steps": 2, "train__max_steps": 3, "data__cache_dir": str(tmp_path / "cache")}
+    d = distill.Distiller(small_cfg(tiny_bases("sd"), prompts, tmp_path / "a", **over), progress=False,
+                          log=lambda *_: None)
+    d.run()
+    assert seen == pytest.approx([0.2, 0.4, 0.6])
+    assert d.settings.regression_weight == 0.6  # the run's settings keep the configured weight
+    # Stopped after step 2 of the same 3-step schedule and resumed: the ramp continues where it was,
+    # bit for bit.  (A shorter train.max_steps would be another ramp, as it is another lr schedule.)
+    first = distill.Distiller(small_cfg(tiny_bases("sd"), prompts, tmp_path / "b", **over), progress=False,
+                              log=lambda *_: None)
+    first.setup()
+    first.train_step(), first.train_step()
+    first.out.mkdir(parents=True, exist_ok=True)
+    first.save_checkpoint()
+    seen.clear()
+    resumed = distill.Distiller(small_cfg(tiny_bases("sd"), prompts, tmp_path / "b", resume="latest", **over),
+                                progress=False, log=lambda *_: None)
+    resumed.run()
+    assert seen == pytest.approx([0.6])
+    for part in ("fake", "student"):
+        for k, p in getattr(d.views, part).params.items():
+            assert torch.equal(p, getattr(resumed.views, part).params[k]), k
+
+
 def test_uniform_fake_weighting_is_the_plain_eps_mse_and_reaches_the_fake(tiny_bases, tmp_path):
     from distill_helpers import small_cfg, write_prompts
     from wadi_lorad.trainer.distill import Distiller

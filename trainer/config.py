@@ -74,6 +74,10 @@ class VSDConfig:
     # latent from the same noise) on regression_pairs fixed pairs, sampled once with
     # regression_steps DDIM steps at guidance_scale and cached (trainer/regression.py).  0 = off.
     regression_weight: float = 0.0
+    # How the regression weight moves over the run: "constant", or "linear" = it grows from 0 at the
+    # first step to regression_weight at train.max_steps (a term that holds the images near the
+    # teacher's late in the run, when VSD has bought the alignment; docs/quality-study.md, round 13).
+    regression_ramp: Literal["constant", "linear"] = "constant"
     regression_pairs: int = 2048
     regression_steps: int = 25
     timestep: int = 999  # the one-step generator's T
@@ -161,7 +165,8 @@ NOT_HASHED = {
 # checkpoint written before they existed still resumes under an otherwise equal config.
 HASHED_WHEN_SET = {"vsd.fake_updates": 1, "vsd.weighting": "sigma2", "vsd.fake_weighting": "alpha_bar",
                    "optim.conv_lr_scale": 1.0,
-                   "vsd.regression_weight": 0.0, "vsd.regression_pairs": 2048, "vsd.regression_steps": 25}
+                   "vsd.regression_weight": 0.0, "vsd.regression_pairs": 2048, "vsd.regression_steps": 25,
+                   "vsd.regression_ramp": "constant"}
 
 
 # -- type checking --------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ teacher, fake and student (:mod:`.adapters`); the per-step math is in :mod:`.ste
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,7 +29,7 @@ from .fingerprint import base_fingerprint
 from .jobs import RunStopped, end_stopped, stop_requested
 from .optim import clip_and_norm, make_lr_schedule, make_optimizer, make_scaler, sync_gradients
 from .prompts import load_prompts
-from .regression import PAIR_SEED, PairBatch, Pairs, load_or_make_pairs, make_pairs, pairs_identity
+from .regression import PAIR_SEED, PairBatch, Pairs, load_or_make_pairs, make_pairs, pairs_identity, regression_weight_at
 from .sampling import teacher_multistep
 from .step import Batch, StepSettings, draw_batch, fake_micro_step, micro_step, student_sample
 from .textcache import encode_cached
@@ -281,10 +282,13 @@ class Distiller:
         n_pairs = len(self.pairs) if self.pairs is not None else 0
         step_draw = draw_batch(self.gen, len(self.prompts), self.global_batch * accum, self.latent, self.settings,
                                n_pairs)
+        v = c.vsd
+        settings = dataclasses.replace(self.settings, regression_weight=regression_weight_at(
+            v.regression_weight, v.regression_ramp, self.step, c.train.max_steps))
         for micro in range(accum):
             batch = step_draw.part(micro, self.rank, self.world, c.train.batch_size).to(dev)
             cond = self.batch_cond(batch.prompt_idx)
-            a, b = micro_step(self.bb, self.views, batch, cond, self.null, self.settings, self.acc.autocast,
+            a, b = micro_step(self.bb, self.views, batch, cond, self.null, settings, self.acc.autocast,
                               1.0 / accum, self.scalers, self.pair_batch(batch))
             ls, lf = ls + a / accum, lf + b / accum
         norms = [self._optimizer_step(self.views.student.parameters(), self.opt_s, self.sched_s, self.scalers[0]),

@@ -92,7 +92,7 @@ def run_metadata(d: TrainedRun) -> dict:
             "fake_lr": c.optim.fake_lr, "teacher_cfg": c.vsd.guidance_scale,
             "fake_cfg": c.vsd.fake_guidance_scale, "seed": c.train.seed, "ema_decay": c.train.ema_decay,
             "timestep": c.vsd.timestep, "conv_lr_scale": c.optim.conv_lr_scale,
-            "regression_weight": c.vsd.regression_weight,
+            "regression_weight": c.vsd.regression_weight, "regression_ramp": c.vsd.regression_ramp,
             "base_model": str(c.model.base), "base_fingerprint": d.base_fp, "config_hash": d.cfg_hash,
             "prompts": str(c.data.prompts), "num_prompts": len(d.prompts),
             # A stopped and resumed run is the same run: say where it was continued from checkpoints.

@@ -30,7 +30,7 @@ from ..lorad.fsutil import atomic_write_bytes
 from .backbones import TextCond
 
 __all__ = ["Pairs", "PairBatch", "pairs_identity", "make_pairs", "load_or_make_pairs", "regression_loss",
-           "PAIR_SEED"]
+           "regression_weight_at", "PAIR_SEED"]
 
 # The pairs are data, like the prompt file: every run on the same teacher and prompts draws the
 # same ones (from this seed), whatever its training seed, so runs that differ only in their seed
@@ -104,3 +104,17 @@ def load_or_make_pairs(path: Path, make: Callable[[], Pairs], log=print) -> Pair
 def regression_loss(x0: Tensor, target: Tensor) -> Tensor:
     """Mean squared error in latent space between the one-step output and the teacher's."""
     return F.mse_loss(x0.float(), target.float(), reduction="mean")
+
+
+def regression_weight_at(weight: float, ramp: str, step: int, max_steps: int) -> float:
+    """The regression term's weight for optimizer step ``step`` (0-based) of ``max_steps``.
+
+    ``"constant"``: ``weight`` throughout.  ``"linear"``: ``weight * (step + 1) / max_steps``, so
+    the first step gets ``weight / max_steps`` and the last the full ``weight``.  A pure function
+    of the step, so a resumed run continues the ramp exactly.
+    """
+    if ramp == "constant":
+        return weight
+    if ramp == "linear":
+        return weight * min(step + 1, max_steps) / max_steps
+    raise ValueError(f"vsd.regression_ramp: expected 'constant' or 'linear', got {ramp!r}")
