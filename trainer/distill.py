@@ -29,7 +29,15 @@ from .fingerprint import base_fingerprint
 from .jobs import RunStopped, end_stopped, stop_requested
 from .optim import clip_and_norm, make_lr_schedule, make_optimizer, make_scaler, sync_gradients
 from .prompts import load_prompts
-from .regression import PAIR_SEED, PairBatch, Pairs, load_or_make_pairs, make_pairs, pairs_identity, regression_weight_at
+from .regression import (
+    PAIR_SEED,
+    PairBatch,
+    Pairs,
+    load_or_make_pairs,
+    make_pairs,
+    pairs_identity,
+    regression_weight_at,
+)
 from .sampling import teacher_multistep
 from .step import Batch, StepSettings, draw_batch, fake_micro_step, micro_step, student_sample
 from .textcache import encode_cached
