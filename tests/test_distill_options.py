@@ -247,14 +247,16 @@ def test_regression_run_resumes_exactly_and_old_hashes_hold(tiny_bases, tmp_path
     assert any(not torch.equal(p, plain.views.student.params[k]) for k, p in d.views.student.params.items())
 
 
-def test_linear_regression_ramp_reaches_each_step_and_resumes_exactly(tiny_bases, tmp_path, monkeypatch):
+def test_regression_ramp_reaches_each_step_and_resumes_exactly(tiny_bases, tmp_path, monkeypatch):
     from distill_helpers import small_cfg, write_prompts
     from wadi_lorad.trainer import distill
     from wadi_lorad.trainer.regression import regression_weight_at
 
-    # Reference: step k of N (0-based) weighs the term by w * (k + 1) / N; "constant" by w.
+    # Reference: step k of N (0-based) weighs the term by w * (k + 1) / N going up, w * (N - k) / N
+    # going down, and w when constant.
     n, w = 4, 0.8
-    assert [regression_weight_at(w, "linear", k, n) for k in range(n)] == pytest.approx([0.2, 0.4, 0.6, 0.8])
+    assert [regression_weight_at(w, "up", k, n) for k in range(n)] == pytest.approx([0.2, 0.4, 0.6, 0.8])
+    assert [regression_weight_at(w, "down", k, n) for k in range(n)] == pytest.approx([0.8, 0.6, 0.4, 0.2])
     assert [regression_weight_at(w, "constant", k, n) for k in range(n)] == [w] * n
     with pytest.raises(ValueError, match="vsd.regression_ramp"):
         regression_weight_at(w, "cosine", 0, n)
@@ -262,7 +264,7 @@ def test_linear_regression_ramp_reaches_each_step_and_resumes_exactly(tiny_bases
     before = config_hash(cfg)
     cfg.vsd.regression_ramp = "constant"
     assert config_hash(cfg) == before  # checkpoints from before the option still resume
-    cfg.vsd.regression_ramp = "linear"
+    cfg.vsd.regression_ramp = "up"
     assert config_hash(cfg) != before
 
     # The trainer hands each step its own weight (recorded where the step receives it).
@@ -275,7 +277,7 @@ def test_linear_regression_ramp_reaches_each_step_and_resumes_exactly(tiny_bases
 
     monkeypatch.setattr(distill, "micro_step", recording)
     prompts = write_prompts(tmp_path / "p.txt")
-    over = {"vsd__regression_weight": 0.6, "vsd__regression_ramp": "linear", "vsd__regression_pairs": 6,
+    over = {"vsd__regression_weight": 0.6, "vsd__regression_ramp": "up", "vsd__regression_pairs": 6,
             "vsd__regression_steps": 2, "train__max_steps": 3, "data__cache_dir": str(tmp_path / "cache")}
     d = distill.Distiller(small_cfg(tiny_bases("sd"), prompts, tmp_path / "a", **over), progress=False,
                           log=lambda *_: None)

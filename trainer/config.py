@@ -74,10 +74,10 @@ class VSDConfig:
     # latent from the same noise) on regression_pairs fixed pairs, sampled once with
     # regression_steps DDIM steps at guidance_scale and cached (trainer/regression.py).  0 = off.
     regression_weight: float = 0.0
-    # How the regression weight moves over the run: "constant", or "linear" = it grows from 0 at the
-    # first step to regression_weight at train.max_steps (a term that holds the images near the
-    # teacher's late in the run, when VSD has bought the alignment; docs/quality-study.md, round 13).
-    regression_ramp: Literal["constant", "linear"] = "constant"
+    # How the regression weight moves over the run: "constant"; "up" = linearly from 0 at the first
+    # step to regression_weight at train.max_steps; "down" = linearly from regression_weight to 0
+    # (where in the run the term buys FD and where it costs alignment: docs/quality-study.md, round 13).
+    regression_ramp: Literal["constant", "up", "down"] = "constant"
     regression_pairs: int = 2048
     regression_steps: int = 25
     timestep: int = 999  # the one-step generator's T

@@ -109,12 +109,16 @@ def regression_loss(x0: Tensor, target: Tensor) -> Tensor:
 def regression_weight_at(weight: float, ramp: str, step: int, max_steps: int) -> float:
     """The regression term's weight for optimizer step ``step`` (0-based) of ``max_steps``.
 
-    ``"constant"``: ``weight`` throughout.  ``"linear"``: ``weight * (step + 1) / max_steps``, so
-    the first step gets ``weight / max_steps`` and the last the full ``weight``.  A pure function
-    of the step, so a resumed run continues the ramp exactly.
+    ``"constant"``: ``weight`` throughout.  ``"up"``: ``weight * (step + 1) / max_steps``, so the
+    first step gets ``weight / max_steps`` and the last the full ``weight``.  ``"down"``:
+    ``weight * (max_steps - step) / max_steps``, the full ``weight`` first and ``weight / max_steps``
+    last.  A pure function of the step, so a resumed run continues the ramp exactly.
     """
     if ramp == "constant":
         return weight
-    if ramp == "linear":
-        return weight * min(step + 1, max_steps) / max_steps
-    raise ValueError(f"vsd.regression_ramp: expected 'constant' or 'linear', got {ramp!r}")
+    k = min(step, max_steps - 1)
+    if ramp == "up":
+        return weight * (k + 1) / max_steps
+    if ramp == "down":
+        return weight * (max_steps - k) / max_steps
+    raise ValueError(f"vsd.regression_ramp: expected 'constant', 'up' or 'down', got {ramp!r}")
