@@ -281,6 +281,25 @@ PLAN: dict[str, Run | Options | Skip | Covered] = {
     "\"^(q2400-|q900-|qc5-|q-c3reg001-|long-lorad-)\" --include-json docs/perf/tinyworld_study_round11.json "
     "--json docs/perf/tinyworld_study_round12.json": study(
         PLOT_WHY + "; tests/test_bench_study_plot.py runs --include-json on made-up rounds"),
+    # round 13
+    "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name qup03-s0 --config configs/tinyworld-quality.yaml "
+    "--seed 0 --steps 1200 --eval-every 300 --set adapter.kind=lorad --set optim.student_lr=0.003 "
+    "--set vsd.regression_weight=0.03 --set vsd.regression_ramp=up": study(
+        "trains a student on the quality recipe: 25 minutes or more on a CPU; tests/test_distill_options.py runs "
+        "the ramp at toy size"),
+    "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name qdown02-s0 --config configs/tinyworld-quality.yaml "
+    "--seed 0 --steps 1200 --eval-every 300 --set adapter.kind=lorad --set optim.student_lr=0.003 "
+    "--set vsd.regression_weight=0.02 --set vsd.regression_ramp=down": study(
+        "trains a student on the quality recipe: 25 minutes or more on a CPU"),
+    "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name qw015-s0 --config configs/tinyworld-quality.yaml "
+    "--seed 0 --steps 1200 --eval-every 300 --set adapter.kind=lorad --set optim.student_lr=0.003 "
+    "--set vsd.regression_weight=0.015": study("trains a student on the quality recipe: 25 minutes or more on a CPU"),
+    "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name qc2-s0 --config configs/tinyworld-quality.yaml "
+    "--seed 0 --steps 1200 --eval-every 300 --set adapter.kind=lorad --set optim.student_lr=0.003 "
+    "--set optim.conv_lr_scale=2": study("trains a student on the quality recipe: 25 minutes or more on a CPU"),
+    "python bench/tinyworld_study.py --plot docs/img/tinyworld_curves_round13.png --only "
+    "\"^(qup03-|qdown02-|qw015-|qc2-|q-c3reg001-)\" --include-json docs/perf/tinyworld_study_round7.json "
+    "--json docs/perf/tinyworld_study_round13.json": study(PLOT_WHY),
     "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name tq-lorad-s1 --config configs/tinyworld-quality.yaml "
     "--seed 1 --steps 1200 --stop-at 600 --eval-every 100": study(
         "trains half the quality recipe: 15 minutes or more on a CPU; tests/test_bench_study_stop.py runs --stop-at "
