@@ -284,19 +284,20 @@ def test_regression_ramp_reaches_each_step_and_resumes_exactly(tiny_bases, tmp_p
     d.run()
     assert seen == pytest.approx([0.2, 0.4, 0.6])
     assert d.settings.regression_weight == 0.6  # the run's settings keep the configured weight
-    # Stopped after step 2 of the same 3-step schedule and resumed: the ramp continues where it was,
-    # bit for bit.  (A shorter train.max_steps would be another ramp, as it is another lr schedule.)
+    # Stopped after step 1 of the same 3-step schedule and resumed: the ramp continues where it was
+    # (not from its start, not at the full weight), bit for bit.  A shorter train.max_steps would be
+    # another ramp, as it is another lr schedule.
     first = distill.Distiller(small_cfg(tiny_bases("sd"), prompts, tmp_path / "b", **over), progress=False,
                               log=lambda *_: None)
     first.setup()
-    first.train_step(), first.train_step()
+    first.train_step()
     first.out.mkdir(parents=True, exist_ok=True)
     first.save_checkpoint()
     seen.clear()
     resumed = distill.Distiller(small_cfg(tiny_bases("sd"), prompts, tmp_path / "b", resume="latest", **over),
                                 progress=False, log=lambda *_: None)
     resumed.run()
-    assert seen == pytest.approx([0.6])
+    assert seen == pytest.approx([0.4, 0.6])
     for part in ("fake", "student"):
         for k, p in getattr(d.views, part).params.items():
             assert torch.equal(p, getattr(resumed.views, part).params[k]), k
