@@ -300,6 +300,19 @@ PLAN: dict[str, Run | Options | Skip | Covered] = {
     "python bench/tinyworld_study.py --plot docs/img/tinyworld_curves_round13.png --only "
     "\"^(qup03-|qdown02-|qw015-|qc2-|q-c3reg001-)\" --include-json docs/perf/tinyworld_study_round7.json "
     "--json docs/perf/tinyworld_study_round13.json": study(PLOT_WHY),
+    # round 14
+    "wadi eval --mode onestep --lorad outputs/tinyworld-quality/student.lorad.safetensors "
+    "--out outputs/tinyworld-quality/eval.json": Run("--n 8 --seeds 0", needs=("tinyworld-quality",),
+                                                      makes=("outputs/tinyworld-quality/eval.json",)),
+    "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name qT750-s0 --config configs/tinyworld-quality.yaml "
+    "--seed 0 --steps 1200 --eval-every 300 --set adapter.kind=lorad --set optim.student_lr=0.003 "
+    "--set vsd.timestep=750": study("trains a student: 30-70 minutes on this CPU"),
+    "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name qT850-s0 --config configs/tinyworld-quality.yaml "
+    "--seed 0 --steps 1200 --eval-every 300 --set adapter.kind=lorad --set optim.student_lr=0.003 "
+    "--set vsd.timestep=850": study("trains a student: 30-70 minutes on this CPU"),
+    "python bench/tinyworld_study.py --plot docs/img/tinyworld_curves_round14.png --only "
+    "\"^(qT750-|qT850-|q-c3reg001-)\" --include-json docs/perf/tinyworld_study_round7.json "
+    "--json docs/perf/tinyworld_study_round14.json": study(PLOT_WHY),
     "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name tq-lorad-s1 --config configs/tinyworld-quality.yaml "
     "--seed 1 --steps 1200 --stop-at 600 --eval-every 100": study(
         "trains half the quality recipe: 15 minutes or more on a CPU; tests/test_bench_study_stop.py runs --stop-at "
