@@ -178,9 +178,12 @@ PLAN: dict[str, Run | Options | Skip | Covered] = {
     "wadi distill --config configs/tinyworld-regression.yaml": Run(
         f"{DISTILL_SMALL} --vsd.regression_pairs 4 --vsd.regression_steps 2 --output.dir outputs/quality",
         makes=("outputs/quality/student.lorad.safetensors",)),
+    # Into the config's own folder, as documented: the need "tinyworld-quality" (the eval below) runs this
+    # same entry, so the suite trains it once. --output.force: whichever of the two comes second starts
+    # over instead of stopping at the first one's run.
     "wadi distill --config configs/tinyworld-quality.yaml": Run(
-        f"{DISTILL_SMALL} --vsd.regression_pairs 4 --vsd.regression_steps 2 --output.dir outputs/quality-recipe",
-        makes=("outputs/quality-recipe/student.lorad.safetensors",)),
+        f"{DISTILL_SMALL} --vsd.regression_pairs 4 --vsd.regression_steps 2 --output.force true",
+        makes=("outputs/tinyworld-quality/student.lorad.safetensors",)),
     "wadi distill --config configs/tinyworld-quality-conv.yaml": Run(
         f"{DISTILL_SMALL} --output.dir outputs/quality-conv",
         makes=("outputs/quality-conv/student.lorad.safetensors",)),

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 import pytest
-from docs_plan import DISTILL_SMALL, FT_SMALL, PLAN, RELATION_SMALL, Covered, Options, Run
+from docs_plan import FT_SMALL, PLAN, RELATION_SMALL, Covered, Options, Run
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -144,9 +144,7 @@ class Workspace:
             self.need("run.yaml")
             self.sh("wadi distill --config run.yaml --output.checkpoint_every 1")
         elif what == "tinyworld-quality" and not (d / "outputs/tinyworld-quality/student.lorad.safetensors").exists():
-            # the quality recipe's own run, small, into the config's own output folder
-            self.sh(f"wadi distill --config configs/tinyworld-quality.yaml {DISTILL_SMALL} "
-                    "--vsd.regression_pairs 4 --vsd.regression_steps 2")
+            self.run_plan("wadi distill --config configs/tinyworld-quality.yaml")  # the recipe's documented run
         elif what == "student.lorad.safetensors" and not (d / what).exists():
             self.need("student")
             shutil.copy(d / "outputs/distill/student.lorad.safetensors", d / what)
