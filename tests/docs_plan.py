@@ -316,6 +316,19 @@ PLAN: dict[str, Run | Options | Skip | Covered] = {
     "python bench/tinyworld_study.py --plot docs/img/tinyworld_curves_round14.png --only "
     "\"^(qT750-|qT850-|q-c3reg001-)\" --include-json docs/perf/tinyworld_study_round7.json "
     "--json docs/perf/tinyworld_study_round14.json": study(PLOT_WHY),
+    # round 15
+    "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name qb32-s0 --config configs/tinyworld-quality.yaml "
+    "--seed 0 --steps 1200 --eval-every 300 --set adapter.kind=lorad --set optim.student_lr=0.003 "
+    "--set train.batch_size=32": study("trains a student at twice the recipe's batch: 40 minutes or more on this CPU"),
+    "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name qttur2-s0 --config configs/tinyworld-quality.yaml "
+    "--seed 0 --steps 1200 --eval-every 300 --set adapter.kind=lorad --set optim.student_lr=0.003 "
+    "--set vsd.fake_updates=2": study("trains a student: 30 minutes or more on this CPU"),
+    "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name qcfg2-s0 --config configs/tinyworld-quality.yaml "
+    "--seed 0 --steps 1200 --eval-every 300 --set adapter.kind=lorad --set optim.student_lr=0.003 "
+    "--set vsd.guidance_scale=2.0 --set vsd.regression_weight=0": study("trains a student: 25 minutes or more on this CPU"),
+    "python bench/tinyworld_study.py --plot docs/img/tinyworld_curves_round15.png --only "
+    "\"^(qb32-|qttur2-|qcfg2-|q-c3reg001-s[0-4])\" --include-json docs/perf/tinyworld_study_round14.json "
+    "--json docs/perf/tinyworld_study_round15.json": study(PLOT_WHY),
     "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name tq-lorad-s1 --config configs/tinyworld-quality.yaml "
     "--seed 1 --steps 1200 --stop-at 600 --eval-every 100": study(
         "trains half the quality recipe: 15 minutes or more on a CPU; tests/test_bench_study_stop.py runs --stop-at "
