@@ -327,7 +327,7 @@ PLAN: dict[str, Run | Options | Skip | Covered] = {
     "--seed 0 --steps 1200 --eval-every 300 --set adapter.kind=lorad --set optim.student_lr=0.003 "
     "--set vsd.guidance_scale=2.0 --set vsd.regression_weight=0": study("trains a student: 25 minutes or more on this CPU"),
     "python bench/tinyworld_study.py --plot docs/img/tinyworld_curves_round15.png --only "
-    "\"^(qb32-|qttur2-|qcfg2-|q-c3reg001-s[0-4])\" --include-json docs/perf/tinyworld_study_round14.json "
+    "\"^(qb32-|qttur2-|qcfg2-|q-c3reg001-)\" --include-json docs/perf/tinyworld_study_round14.json "
     "--json docs/perf/tinyworld_study_round15.json": study(PLOT_WHY),
     "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name tq-lorad-s1 --config configs/tinyworld-quality.yaml "
     "--seed 1 --steps 1200 --stop-at 600 --eval-every 100": study(
