@@ -51,6 +51,12 @@ def study(why: str) -> Options:
     return Options(STUDY_HELP, why)
 
 
+def quality_variant(name: str, sets: str) -> str:
+    """A study run of the quality recipe with one change (``sets``), seed 0: its text exactly as the docs show it."""
+    return (f"OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name {name}-s0 --config configs/tinyworld-quality.yaml "
+            f"--seed 0 --steps 1200 --eval-every 300 --set adapter.kind=lorad --set optim.student_lr=0.003 {sets}")
+
+
 @dataclass(frozen=True)
 class Skip:
     why: str
@@ -262,9 +268,7 @@ PLAN: dict[str, Run | Options | Skip | Covered] = {
         "trains 10,000 steps: 3-4 hours on a CPU, in pieces"),
     "python bench/tinyworld_study.py --plot docs/img/tinyworld_curves_round11.png --only "
     "\"^(long-lorad-|q-c3reg001-|qf64-)\" --json docs/perf/tinyworld_study_round11.json": study(PLOT_WHY),
-    "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name qf64-s0 --config configs/tinyworld-quality.yaml "
-    "--seed 0 --steps 1200 --eval-every 300 --set adapter.kind=lorad --set optim.student_lr=0.003 "
-    "--set adapter.fake_rank=64": study("trains a student on the quality recipe: 25 minutes or more on a CPU"),
+    quality_variant("qf64", "--set adapter.fake_rank=64"): study("trains a student on the quality recipe: 25 minutes or more on a CPU"),
     "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name long-lorad-s0 --config configs/tinyworld-quality.yaml "
     "--seed 0 --steps 10000 --eval-every 250 --checkpoint-every 250 --set adapter.kind=lorad "
     "--set optim.student_lr=0.003": study(
@@ -277,29 +281,19 @@ PLAN: dict[str, Run | Options | Skip | Covered] = {
     "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name q900-s0 --config configs/tinyworld-quality.yaml "
     "--seed 0 --steps 900 --eval-every 300 --set adapter.kind=lorad --set optim.student_lr=0.003": study(
         "trains 900 steps of the quality recipe: 20 minutes or more on a CPU"),
-    "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name qc5-s0 --config configs/tinyworld-quality.yaml "
-    "--seed 0 --steps 1200 --eval-every 300 --set adapter.kind=lorad --set optim.student_lr=0.003 "
-    "--set optim.conv_lr_scale=5": study("trains a student on the quality recipe: 25 minutes or more on a CPU"),
+    quality_variant("qc5", "--set optim.conv_lr_scale=5"): study("trains a student on the quality recipe: 25 minutes or more on a CPU"),
     "python bench/tinyworld_study.py --plot docs/img/tinyworld_curves_round12.png --only "
     "\"^(q2400-|q900-|qc5-|q-c3reg001-|long-lorad-)\" --include-json docs/perf/tinyworld_study_round11.json "
     "--json docs/perf/tinyworld_study_round12.json": study(
         PLOT_WHY + "; tests/test_bench_study_plot.py runs --include-json on made-up rounds"),
     # round 13
-    "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name qup03-s0 --config configs/tinyworld-quality.yaml "
-    "--seed 0 --steps 1200 --eval-every 300 --set adapter.kind=lorad --set optim.student_lr=0.003 "
-    "--set vsd.regression_weight=0.03 --set vsd.regression_ramp=up": study(
+    quality_variant("qup03", "--set vsd.regression_weight=0.03 --set vsd.regression_ramp=up"): study(
         "trains a student on the quality recipe: 25 minutes or more on a CPU; tests/test_distill_options.py runs "
         "the ramp at toy size"),
-    "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name qdown02-s0 --config configs/tinyworld-quality.yaml "
-    "--seed 0 --steps 1200 --eval-every 300 --set adapter.kind=lorad --set optim.student_lr=0.003 "
-    "--set vsd.regression_weight=0.02 --set vsd.regression_ramp=down": study(
+    quality_variant("qdown02", "--set vsd.regression_weight=0.02 --set vsd.regression_ramp=down"): study(
         "trains a student on the quality recipe: 25 minutes or more on a CPU"),
-    "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name qw015-s0 --config configs/tinyworld-quality.yaml "
-    "--seed 0 --steps 1200 --eval-every 300 --set adapter.kind=lorad --set optim.student_lr=0.003 "
-    "--set vsd.regression_weight=0.015": study("trains a student on the quality recipe: 25 minutes or more on a CPU"),
-    "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name qc2-s0 --config configs/tinyworld-quality.yaml "
-    "--seed 0 --steps 1200 --eval-every 300 --set adapter.kind=lorad --set optim.student_lr=0.003 "
-    "--set optim.conv_lr_scale=2": study("trains a student on the quality recipe: 25 minutes or more on a CPU"),
+    quality_variant("qw015", "--set vsd.regression_weight=0.015"): study("trains a student on the quality recipe: 25 minutes or more on a CPU"),
+    quality_variant("qc2", "--set optim.conv_lr_scale=2"): study("trains a student on the quality recipe: 25 minutes or more on a CPU"),
     "python bench/tinyworld_study.py --plot docs/img/tinyworld_curves_round13.png --only "
     "\"^(qup03-|qdown02-|qw015-|qc2-|q-c3reg001-)\" --include-json docs/perf/tinyworld_study_round7.json "
     "--json docs/perf/tinyworld_study_round13.json": study(PLOT_WHY),
@@ -307,25 +301,15 @@ PLAN: dict[str, Run | Options | Skip | Covered] = {
     "wadi eval --mode onestep --lorad outputs/tinyworld-quality/student.lorad.safetensors "
     "--out outputs/tinyworld-quality/eval.json": Run("--n 8 --seeds 0", needs=("tinyworld-quality",),
                                                       makes=("outputs/tinyworld-quality/eval.json",)),
-    "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name qT750-s0 --config configs/tinyworld-quality.yaml "
-    "--seed 0 --steps 1200 --eval-every 300 --set adapter.kind=lorad --set optim.student_lr=0.003 "
-    "--set vsd.timestep=750": study("trains a student: 30-70 minutes on this CPU"),
-    "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name qT850-s0 --config configs/tinyworld-quality.yaml "
-    "--seed 0 --steps 1200 --eval-every 300 --set adapter.kind=lorad --set optim.student_lr=0.003 "
-    "--set vsd.timestep=850": study("trains a student: 30-70 minutes on this CPU"),
+    quality_variant("qT750", "--set vsd.timestep=750"): study("trains a student: 30-70 minutes on this CPU"),
+    quality_variant("qT850", "--set vsd.timestep=850"): study("trains a student: 30-70 minutes on this CPU"),
     "python bench/tinyworld_study.py --plot docs/img/tinyworld_curves_round14.png --only "
     "\"^(qT750-|qT850-|q-c3reg001-)\" --include-json docs/perf/tinyworld_study_round7.json "
     "--json docs/perf/tinyworld_study_round14.json": study(PLOT_WHY),
     # round 15
-    "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name qb32-s0 --config configs/tinyworld-quality.yaml "
-    "--seed 0 --steps 1200 --eval-every 300 --set adapter.kind=lorad --set optim.student_lr=0.003 "
-    "--set train.batch_size=32": study("trains a student at twice the recipe's batch: 40 minutes or more on this CPU"),
-    "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name qttur2-s0 --config configs/tinyworld-quality.yaml "
-    "--seed 0 --steps 1200 --eval-every 300 --set adapter.kind=lorad --set optim.student_lr=0.003 "
-    "--set vsd.fake_updates=2": study("trains a student: 30 minutes or more on this CPU"),
-    "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name qcfg2-s0 --config configs/tinyworld-quality.yaml "
-    "--seed 0 --steps 1200 --eval-every 300 --set adapter.kind=lorad --set optim.student_lr=0.003 "
-    "--set vsd.guidance_scale=2.0 --set vsd.regression_weight=0": study("trains a student: 25 minutes or more on this CPU"),
+    quality_variant("qb32", "--set train.batch_size=32"): study("trains a student at twice the recipe's batch: 40 minutes or more on this CPU"),
+    quality_variant("qttur2", "--set vsd.fake_updates=2"): study("trains a student: 30 minutes or more on this CPU"),
+    quality_variant("qcfg2", "--set vsd.guidance_scale=2.0 --set vsd.regression_weight=0"): study("trains a student: 25 minutes or more on this CPU"),
     "python bench/tinyworld_study.py --plot docs/img/tinyworld_curves_round15.png --only "
     "\"^(qb32-|qttur2-|qcfg2-|q-c3reg001-)\" --include-json docs/perf/tinyworld_study_round14.json "
     "--json docs/perf/tinyworld_study_round15.json": study(PLOT_WHY),
