@@ -336,3 +336,31 @@ def test_uniform_fake_weighting_is_the_plain_eps_mse_and_reaches_the_fake(tiny_b
     a, u = runs["alpha_bar"].views, runs["uniform"].views
     assert all(torch.equal(p, u.student.params[k]) for k, p in a.student.params.items())
     assert any(not torch.equal(p, u.fake.params[k]) for k, p in a.fake.params.items())
+
+
+def test_schedule_steps_stops_the_run_part_way_along_a_longer_cosine(tiny_bases, tmp_path):
+    from distill_helpers import small_cfg, write_prompts
+    from wadi_lorad.trainer.distill import Distiller
+
+    over = {"optim__lr_scheduler": "cosine", "optim__schedule_steps": 8, "optim__student_lr": 1e-3,
+            "optim__fake_lr": 1e-2, "vsd__fake_updates": 2, "train__max_steps": 3}
+    d = Distiller(small_cfg(tiny_bases("sd"), write_prompts(tmp_path / "p.txt"), tmp_path / "a", **over),
+                  progress=False, log=lambda *_: None)
+    d.setup()
+    for k in range(1, 4):
+        d.train_step()
+        # written out: a cosine over 8 student steps (16 fake updates, 2 per step), seen after step k
+        assert d.opt_s.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * k / 8)))
+        assert d.opt_f.param_groups[0]["lr"] == pytest.approx(1e-2 * 0.5 * (1 + math.cos(math.pi * 2 * k / 16)))
+    cfg = DistillConfig()
+    cfg.model.base, cfg.data.prompts = "x", "y"
+    cfg.optim.lr_scheduler = "cosine"
+    before = config_hash(cfg)
+    cfg.optim.schedule_steps = 0
+    assert config_hash(cfg) == before  # the default is not hashed: older checkpoints still resume
+    cfg.optim.schedule_steps = cfg.train.max_steps * 2
+    assert config_hash(cfg) != before  # another schedule is another run
+    validate(cfg)
+    cfg.optim.schedule_steps = cfg.train.max_steps - 1  # shorter than the run: a cosine would rise again
+    with pytest.raises(ConfigError, match=r"optim.schedule_steps: .*at least train.max_steps \(1000\); got 999"):
+        validate(cfg)

@@ -50,13 +50,18 @@ def test_shipped_prompts_are_the_domains_own_captions():
 
 
 def test_tinyworld_preset_is_the_demo_recipe():
-    from wadi_lorad.trainer.demo import DEMO_OVERRIDES
+    from wadi_lorad.trainer.demo import DEMO_OVERRIDES, DemoSettings, demo_config
 
     preset = config.from_dict(yaml.safe_load((BUILTIN_PRESETS / "distill" / "tinyworld.yaml").read_text()))
     demo = config.apply_overrides(config.DistillConfig(), list(DEMO_OVERRIDES.items()))
     flat_preset, flat_demo = _flat(config.to_dict(preset)), _flat(config.to_dict(demo))
     for key in DEMO_OVERRIDES:
         assert flat_preset[key] == flat_demo[key], key
+    # the demo's cosine spans twice its run, which demo_config sets from the demo's steps
+    settings = DemoSettings()
+    run = demo_config(settings, PROMPTS)
+    assert (preset.train.max_steps, preset.optim.schedule_steps) == (settings.steps, run.optim.schedule_steps)
+    assert run.optim.schedule_steps == 2 * settings.steps
     assert preset.model.base == "assets/tinyworld/teacher" and preset.data.prompts == "assets/tinyworld/prompts.txt"
 
 

@@ -35,7 +35,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     d = DemoSettings()
     p = sub.add_parser("demo", help="distill the embedded tiny-world teacher and compare it (offline, CPU, minutes)")
     p.add_argument("--out", default=str(d.out), help="output folder (default outputs/demo)")
-    p.add_argument("--steps", type=int, default=d.steps, help="distillation steps")
+    p.add_argument("--steps", type=int, default=d.steps,
+                   help="distillation steps (the learning rates' cosine spans twice as many: the run stops half-way "
+                   "along it)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--base", help="teacher folder (default: the shipped tiny-world teacher)")
     p.add_argument("--threads", type=int, default=0,

@@ -145,8 +145,9 @@ class Distiller:
         s_params, f_params = self.views.student_param_groups(o.conv_lr_scale), self.views.fake.parameters()
         self.opt_s = make_optimizer(s_params, o.student_lr, o, dev, self.log)
         self.opt_f = make_optimizer(f_params, o.fake_lr, o, dev, self.log)
-        self.sched_s = make_lr_schedule(self.opt_s, o, c.train.max_steps)
-        self.sched_f = make_lr_schedule(self.opt_f, o, c.train.max_steps * c.vsd.fake_updates)
+        length = o.schedule_steps or c.train.max_steps
+        self.sched_s = make_lr_schedule(self.opt_s, o, length)
+        self.sched_f = make_lr_schedule(self.opt_f, o, length * c.vsd.fake_updates)
         amp = c.train.mixed_precision == "fp16" and self.acc.native_amp
         if c.train.mixed_precision == "fp16" and not self.acc.native_amp and self.main:
             self.log(f"note: fp16 autocast is not available on {dev.type}; computing in float32")
