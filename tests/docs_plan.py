@@ -46,6 +46,10 @@ PLOT_WHY = ("plots the study's runs (outputs/study); tests/test_bench_study_plot
             "on made-up runs")
 
 
+# The demo with another training seed or thread count (quality-study.md, round 16).
+DEMO_SEED = Options("wadi demo --help", "the real demo: 8 minutes on this CPU; tests/test_distill_demo.py runs it (slow)")
+
+
 def study(why: str) -> Options:
     """A documented `bench/tinyworld_study.py` run: too long for the tests, its options checked against --help."""
     return Options(STUDY_HELP, why)
@@ -323,6 +327,19 @@ PLAN: dict[str, Run | Options | Skip | Covered] = {
     "python bench/tinyworld_study.py --plot docs/img/tinyworld_time_to_quality_round10.png --only "
     "\"^(tq-|qr-(lora3e-4-r41|dora3e-4)-s[12])\" --json docs/perf/tinyworld_time_to_quality_round10.json": study(
         PLOT_WHY),
+    "OMP_NUM_THREADS=1 python bench/tinyworld_study.py --name tq-lora3e-4-s0 --config configs/tinyworld-quality.yaml "
+    "--seed 0 --steps 1200 --stop-at 600 --eval-every 100 --set adapter.kind=lora --set optim.student_lr=3e-4": study(
+        "trains half the quality recipe: 15 minutes or more on a CPU"),
+    "python bench/tinyworld_study.py --plot docs/img/tinyworld_time_to_quality_round16.png --only "
+    "\"^(tq-|qr-(lora3e-4-r41|dora3e-4)-s[12])\" --include-json docs/perf/tinyworld_time_to_quality_round10.json "
+    "--json docs/perf/tinyworld_time_to_quality_round16.json": study(PLOT_WHY),
+    "wadi demo --threads 1 --seed 1 --out outputs/demo-t1-s1": DEMO_SEED,
+    "wadi demo --threads 2 --seed 1 --out outputs/demo-t2-s1": DEMO_SEED,
+    "python bench/demo_runs.py --group \"600 of a 1200-step cosine, 1 thread=outputs/demo-t1-s*\" --group "
+    "\"600 of a 1200-step cosine, 2 threads=outputs/demo-t2-s*\" --group \"cosine over the 600, 1 thread="
+    "outputs/demo-old-t1-s*\" --plot docs/img/demo_recipes_round16.png --json docs/perf/demo_recipes_round16.json":
+        Options("python {root}/bench/demo_runs.py --help",
+                "needs the demo runs above; tests/test_bench_demo_runs.py runs it on made-up demo folders"),
     "python bench/distill_step_time.py --kinds lora --targets all-linear-conv --student-rank 41 --fake-rank 32 "
     "--batch 16 --steps 20 --threads 2 --set vsd.timestep=800 --set optim.conv_lr_scale=3 "
     "--set vsd.regression_weight=0.01 --set vsd.regression_pairs=32 --set vsd.regression_steps=2": Options(

@@ -59,8 +59,10 @@ def test_demo_writes_every_output(tiny_bases, tmp_path, monkeypatch, capsys):
     assert saved["methods"].keys() == m["methods"].keys() and len(saved["methods"]) == 3
     assert all(len(v) == 2 for v in saved["per_seed"].values())  # two evaluation seeds per method
     assert saved["settings"]["steps"] == 2 and saved["wall_time_s"]["total"] > 0
+    assert saved["settings"]["schedule_steps"] == 4  # the demo's cosine spans twice its steps
     printed = capsys.readouterr().out
     assert "WaDi demo - what happened" in printed and "Wall time" in printed
+    assert "cosine learning rates over 4 steps, stopped at step 2" in printed
     kinds = [json.loads(x)["event"] for x in (out / "run" / "events.jsonl").read_text().splitlines()]
     assert kinds[0] == "start" and kinds[-1] == "done" and "checkpoint" in kinds and "sample" in kinds
 
