@@ -384,6 +384,11 @@ def parse_override_args(args: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
+def schedule_length(cfg: DistillConfig) -> int:
+    """The decaying learning-rate schedule's length in student steps: ``optim.schedule_steps``, else the run's."""
+    return cfg.optim.schedule_steps or cfg.train.max_steps
+
+
 def validate(cfg: DistillConfig) -> None:
     """Cross-field checks that a type cannot express."""
     a, v, o, t = cfg.adapter, cfg.vsd, cfg.optim, cfg.train

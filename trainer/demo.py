@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .config import DistillConfig, apply_overrides
+from .config import DistillConfig, apply_overrides, schedule_length
 
 ROOT = Path(__file__).resolve().parent.parent
 TEACHER = ROOT / "assets" / "tinyworld" / "teacher"
@@ -224,7 +224,7 @@ def run_demo(s: DemoSettings) -> dict:
                      "student_lr": cfg.optim.student_lr, "guidance_scale": cfg.vsd.guidance_scale,
                      "fake_guidance_scale": cfg.vsd.fake_guidance_scale, "timestep": d.settings.timestep,
                      "fake_lr": cfg.optim.fake_lr, "lr_scheduler": cfg.optim.lr_scheduler,
-                     "schedule_steps": cfg.optim.schedule_steps or cfg.train.max_steps},
+                     "schedule_steps": schedule_length(cfg)},
         "methods": methods,
         "per_seed": per_method,
         "wall_time_s": {"total": round(time.perf_counter() - t_start, 1), "distill": round(d.train_time_s, 1)},
@@ -244,8 +244,8 @@ def _pm(m: dict, key: str, digits: int = 3) -> str:
 
 
 def _schedule(st: dict) -> str:
-    """How the learning rates moved, in words (older metrics.json files have no schedule_steps)."""
-    kind, length = st.get("lr_scheduler", "constant"), st.get("schedule_steps", st["steps"])
+    """How the learning rates moved, in words."""
+    kind, length = st["lr_scheduler"], st["schedule_steps"]
     if kind == "constant" or length == st["steps"]:
         return f"{kind} learning rates"
     return f"{kind} learning rates over {length} steps, stopped at step {st['steps']}"

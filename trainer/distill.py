@@ -22,7 +22,7 @@ from .accel import make_accelerator
 from .adapters import build_views
 from .backbones import REQUIRED, check_one_step_alpha_bar, inspect_folder, load_backbone
 from .checkpoint import OutputExistsError
-from .config import ConfigError, DistillConfig, config_hash, save_yaml, validate
+from .config import ConfigError, DistillConfig, config_hash, save_yaml, schedule_length, validate
 from .ema import EMA
 from .events import EventLog, due, write_step
 from .fingerprint import base_fingerprint
@@ -145,7 +145,7 @@ class Distiller:
         s_params, f_params = self.views.student_param_groups(o.conv_lr_scale), self.views.fake.parameters()
         self.opt_s = make_optimizer(s_params, o.student_lr, o, dev, self.log)
         self.opt_f = make_optimizer(f_params, o.fake_lr, o, dev, self.log)
-        length = o.schedule_steps or c.train.max_steps
+        length = schedule_length(c)
         self.sched_s = make_lr_schedule(self.opt_s, o, length)
         self.sched_f = make_lr_schedule(self.opt_f, o, length * c.vsd.fake_updates)
         amp = c.train.mixed_precision == "fp16" and self.acc.native_amp
